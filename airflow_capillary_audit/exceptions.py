@@ -1,0 +1,121 @@
+"""
+Every error a caller of this package can meet.
+
+    AirflowException
+    └── CapillaryError
+        ├── CapillaryConfigError ............ bad connection or operator input; nothing was sent
+        ├── CapillaryRequestError ........... a request to Capillary failed
+        │   ├── CapillaryAuthError .......... 401 / 403: credentials refused or access denied
+        │   ├── CapillaryBadRequestError .... 400 / 404 / 405 / 415: Capillary rejected the request
+        │   ├── CapillaryRateLimitError ..... 429 persisted, or Retry-After beyond retry_max_wait
+        │   ├── CapillaryServerError ........ 5xx after every retry
+        │   ├── CapillaryTimeoutError ....... no answer within the timeout after every retry
+        │   ├── CapillaryConnectionError .... connection refused / reset after every retry
+        │   └── CapillaryResponseError ...... the answer is not the JSON promised, or has errors[]
+        └── CapillaryWriteError ............. the storage sink could not write a run's files
+
+Every request error names the event, the HTTP status, Capillary's error codes and messages and the
+``X-Cap-Requestid`` header, which is what Capillary support asks for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.exceptions import AirflowException
+
+
+class CapillaryError(AirflowException):
+    """Raised for every failure of this package; catch it to catch them all."""
+
+
+class CapillaryConfigError(CapillaryError, ValueError):
+    """Raised when a connection field, extra or operator argument is wrong, before any request."""
+
+
+class CapillaryRequestError(CapillaryError):
+    """Raised when a request to Capillary fails; carries what Capillary said about it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        event_name: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        errors: Sequence[dict[str, Any]] = (),
+        attempts: int | None = None,
+    ) -> None:
+        self.summary = message
+        self.event_name = event_name
+        self.status = status
+        self.request_id = request_id
+        self.errors = list(errors)
+        self.attempts = attempts
+        super().__init__(self._describe(message))
+
+    def after(self, attempts: int) -> CapillaryRequestError:
+        """Return the same error, saying how many attempts were made."""
+        return type(self)(
+            self.summary,
+            event_name=self.event_name,
+            status=self.status,
+            request_id=self.request_id,
+            errors=self.errors,
+            attempts=attempts,
+        )
+
+    def _describe(self, message: str) -> str:
+        parts = [message]
+        if self.event_name is not None:
+            parts.append(f"event name {self.event_name!r}")
+        if self.status is not None:
+            parts.append(f"HTTP {self.status}")
+        if self.errors:
+            parts.append("Capillary errors: " + "; ".join(_format_error(e) for e in self.errors))
+        if self.attempts is not None:
+            parts.append(f"after {self.attempts} attempt{'s' if self.attempts != 1 else ''}")
+        if self.request_id:
+            parts.append(f"X-Cap-Requestid {self.request_id}")
+        return " | ".join(parts)
+
+
+class CapillaryAuthError(CapillaryRequestError):
+    """Raised on 401 or 403: the till id / password (or OAuth key) was refused or lacks access."""
+
+
+class CapillaryBadRequestError(CapillaryRequestError):
+    """Raised on 400, 404, 405 or 415: Capillary rejected the request itself; retrying will not help."""
+
+
+class CapillaryRateLimitError(CapillaryRequestError):
+    """Raised when 429 persists through every retry or Retry-After asks for more than retry_max_wait."""
+
+
+class CapillaryServerError(CapillaryRequestError):
+    """Raised when Capillary answers 5xx on every attempt."""
+
+
+class CapillaryTimeoutError(CapillaryRequestError):
+    """Raised when no answer arrives within the timeout on every attempt."""
+
+
+class CapillaryConnectionError(CapillaryRequestError):
+    """Raised when the connection is refused, reset or cut short on every attempt."""
+
+
+class CapillaryResponseError(CapillaryRequestError):
+    """Raised when a body is not the JSON object promised, has the wrong shape, or carries errors[]."""
+
+
+class CapillaryWriteError(CapillaryError):
+    """Raised when the storage sink cannot write or commit a run's files."""
+
+
+def _format_error(entry: Any) -> str:
+    if not isinstance(entry, dict):
+        return repr(entry)
+    code = entry.get("code")
+    message = entry.get("message")
+    return f"code {code}: {message}" if code is not None else str(message)

@@ -1,0 +1,48 @@
+"""Space requests evenly at a per-minute rate, and hold every worker back after a 429."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class RequestPacer:
+    """
+    Hand out request slots at most ``requests_per_minute`` a minute, evenly spaced, across threads.
+
+    Even spacing trips none of the limiters an API gateway may use (fixed window, sliding window,
+    leaky bucket), where spending a minute's allowance in a burst trips the last two. ``hold``
+    pushes every worker's next slot back, so a 429 slows the whole pool, not one thread.
+
+    :param requests_per_minute: the cap; ``None`` means no cap (``hold`` still works).
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next_slot = float("-inf")
+
+    def acquire(self) -> float:
+        """Block until this caller's slot comes; return the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + self.interval
+        wait = slot - now
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def hold(self, seconds: float) -> None:
+        """Let no slot start sooner than ``seconds`` from now."""
+        with self._lock:
+            self._next_slot = max(self._next_slot, self._clock() + seconds)

@@ -1,0 +1,120 @@
+"""Shared fixtures: a throw-away Airflow home on SQLite, the Capillary stand-in, DAG runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from pathlib import Path
+
+# Airflow reads its configuration when first imported: point it at a private home before that.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="capillary-airflow-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(_AIRFLOW_HOME / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_AIRFLOW_HOME / "logs"),
+        "AIRFLOW__CORE__ALLOWED_DESERIALIZATION_CLASSES_REGEXP": ".*",
+    }
+)
+(_AIRFLOW_HOME / "dags").mkdir()
+
+import pytest  # noqa: E402
+
+from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset  # noqa: E402
+
+LOGIN = "store.server"
+PASSWORD = "server123"
+PASSWORD_MD5 = "8a16a6b70505eb1f1ff7cdc0cd5559a7"
+# Fast back-off so retry tests take fractions of a second.
+FAST_EXTRAS = {"timeout": 2, "max_retries": 3, "retry_initial_wait": 0.01, "retry_max_wait": 2}
+
+
+@pytest.fixture(scope="session")
+def airflow_home() -> Path:
+    """Return the Airflow home of this test session."""
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def airflow_db(airflow_home: Path) -> Path:
+    """Create the SQLite metadata DB once per session."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+    return airflow_home
+
+
+@pytest.fixture
+def stand_in():
+    """Start Capillary's stand-in on loopback with the documented worked-example till."""
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as server:
+        yield server
+
+
+def connection_json(url: str, **extra: object) -> str:
+    """Return a ``capillary`` connection as Airflow's JSON connection format."""
+    return json.dumps(
+        {"conn_type": "capillary", "host": url, "login": LOGIN, "password": PASSWORD, "extra": extra}
+    )
+
+
+@pytest.fixture
+def capillary_conn(stand_in, monkeypatch):
+    """Point ``capillary_default`` at the stand-in through an environment variable."""
+    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, **FAST_EXTRAS))
+    return stand_in
+
+
+@pytest.fixture
+def run_dag(airflow_db, tmp_path):
+    """
+    Write a DAG file into the DAGs folder, load it and run it with ``dag.test()``.
+
+    Returns ``(dag_run, xcom)`` where ``xcom(task_id, map_index=-1)`` reads a task's return value.
+    """
+
+    def run(source: str, dag_id: str | None = None, **test_kwargs):
+        dag_id = dag_id or f"t_{uuid.uuid4().hex[:12]}"
+        path = airflow_db / "dags" / f"{dag_id}.py"
+        path.write_text(textwrap.dedent(source).replace("__DAG_ID__", dag_id))
+        spec = importlib.util.spec_from_file_location(f"dagfile_{dag_id}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        dag = getattr(module, "dag")
+        dag_run = dag.test(**test_kwargs)
+        return dag_run, lambda task_id, map_index=-1: read_xcom(dag_run, task_id, map_index)
+
+    return run
+
+
+def read_xcom(dag_run, task_id: str, map_index: int = -1):
+    """Read a task's return value from the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            XComModel.get_many(
+                run_id=dag_run.run_id,
+                key="return_value",
+                dag_ids=dag_run.dag_id,
+                task_ids=task_id,
+                map_indexes=map_index,
+                session=session,
+            )
+            .with_only_columns(XComModel.value)
+            .first()
+        )
+    return None if row is None else XComModel.deserialize_value(row)

@@ -1,0 +1,360 @@
+"""The hook against the stand-in over real HTTP: auth, retries, pacing, errors, bad connections."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from airflow_capillary_audit.auth import basic_token, md5_hex
+from airflow_capillary_audit.exceptions import (
+    CapillaryAuthError,
+    CapillaryBadRequestError,
+    CapillaryConfigError,
+    CapillaryRateLimitError,
+    CapillaryRequestError,
+    CapillaryResponseError,
+    CapillaryServerError,
+    CapillaryTimeoutError,
+)
+from airflow_capillary_audit.hooks.capillary import CapillaryHook
+from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
+from tests.conftest import FAST_EXTRAS, LOGIN, PASSWORD, PASSWORD_MD5, connection_json
+
+TOKEN = base64.b64encode(f"{LOGIN}:{PASSWORD_MD5}".encode()).decode()
+SECRETS = (PASSWORD, PASSWORD_MD5, TOKEN)
+
+
+def use_connection(monkeypatch, url: str, conn_id: str = "capillary_default", **extra) -> CapillaryHook:
+    settings = {**FAST_EXTRAS, **extra}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", connection_json(url, **settings))
+    return CapillaryHook(conn_id)
+
+
+def logged(capfd, caplog) -> str:
+    """Return everything logged so far: Airflow's structured logs go to the process's stdout."""
+    out, err = capfd.readouterr()
+    return out + err + caplog.text
+
+
+def gaps(requests) -> list[float]:
+    return [b.monotonic - a.monotonic for a, b in zip(requests, requests[1:])]
+
+
+def test_worked_example_digest_and_header(stand_in, monkeypatch):
+    assert md5_hex("server123") == "8a16a6b70505eb1f1ff7cdc0cd5559a7"
+    assert basic_token("store.server", md5_hex("server123")) == TOKEN
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    hook.get_audit_logs("TestingEvent_FE")
+
+    (request,) = stand_in.requests
+    assert request.headers["Authorization"] == f"Basic {TOKEN}"
+    assert request.headers["Accept"] == "application/json"
+    assert request.headers["User-Agent"].startswith("airflow-capillary-audit/")
+    assert request.query == {"format": ["json"], "eventName": ["TestingEvent_FE"]}
+
+
+@pytest.mark.parametrize("name", ["TestingEvent_FE", "Café ☕ 日本", "points & tiers", "a/b?c=d#e", "100%"])
+def test_returns_exactly_what_capillary_served(stand_in, monkeypatch, name):
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    body = hook.get_audit_logs(name)
+
+    assert body == {"data": stand_in.dataset.records(name), "warnings": [], "errors": []}
+    assert stand_in.requests[-1].event_name == name
+
+
+def test_stored_md5_digest_is_sent_as_is(stand_in, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "capillary",
+                "host": stand_in.url,
+                "login": LOGIN,
+                "password": PASSWORD_MD5.upper(),
+                "extra": {"password_is_md5": True},
+            }
+        ),
+    )
+    CapillaryHook().get_audit_logs("e")
+    assert stand_in.requests[0].headers["Authorization"] == f"Basic {TOKEN}"
+
+
+def test_retries_5xx_with_growing_backoff(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("http_503", times=2)])
+    hook = use_connection(monkeypatch, stand_in.url, retry_initial_wait=0.2)
+
+    assert hook.get_audit_logs("e")["data"] == stand_in.dataset.records("e")
+
+    assert [r.status for r in stand_in.requests] == [503, 503, 200]
+    first, second = gaps(stand_in.requests)
+    # Back-off is initial * 2**n times a jitter factor in [0.5, 1.5].
+    assert 0.1 <= first <= 0.5
+    assert 0.2 <= second <= 0.9
+
+
+@pytest.mark.parametrize("style", ["seconds", "http-date"])
+def test_retry_after_is_honoured_never_undercut(stand_in, monkeypatch, style):
+    stand_in.set_faults([Fault("rate_limited", times=1, retry_after=style, seconds=1)])
+    hook = use_connection(monkeypatch, stand_in.url, retry_initial_wait=0.01)
+
+    hook.get_audit_logs("e")
+
+    assert [r.status for r in stand_in.requests] == [429, 200]
+    # An HTTP date carries whole seconds, so the wait rounds up, never down.
+    assert gaps(stand_in.requests)[0] >= 0.99
+
+
+def test_retry_after_beyond_the_cap_fails_at_once(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("rate_limited", retry_after="seconds", seconds=120)])
+    hook = use_connection(monkeypatch, stand_in.url, retry_max_wait=5)
+
+    with pytest.raises(CapillaryRateLimitError, match="retry_max_wait") as caught:
+        hook.get_audit_logs("e")
+
+    assert len(stand_in.requests) == 1
+    assert "120" in str(caught.value) and "HTTP 429" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("http_400", CapillaryBadRequestError),
+        ("http_401", CapillaryAuthError),
+        ("http_403", CapillaryAuthError),
+        ("http_404", CapillaryBadRequestError),
+    ],
+)
+def test_client_errors_are_not_retried(stand_in, monkeypatch, kind, error):
+    stand_in.set_faults([Fault(kind)])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    with pytest.raises(error) as caught:
+        hook.get_audit_logs("e")
+
+    assert len(stand_in.requests) == 1
+    message = str(caught.value)
+    assert f"HTTP {kind[-3:]}" in message
+    assert "'e'" in message
+    assert f"X-Cap-Requestid {stand_in.requests[0].request_id}" in message
+
+
+def test_wrong_password_is_an_auth_error_without_retry(stand_in, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT",
+        json.dumps({"conn_type": "capillary", "host": stand_in.url, "login": LOGIN, "password": "wrong"}),
+    )
+    with pytest.raises(CapillaryAuthError, match="HTTP 401"):
+        CapillaryHook().get_audit_logs("e")
+    assert len(stand_in.requests) == 1
+
+
+def test_errors_in_a_200_body_raise_with_codes(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("errors_in_body")])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    with pytest.raises(CapillaryResponseError, match="code 8084") as caught:
+        hook.get_audit_logs("e")
+
+    assert "HTTP 200" in str(caught.value)
+    assert len(stand_in.requests) == 1
+
+
+def test_warnings_are_logged_not_raised(stand_in, monkeypatch, capfd, caplog):
+    stand_in.set_faults([Fault("warnings_in_body")])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    body = hook.get_audit_logs("e")
+
+    assert body["data"] == stand_in.dataset.records("e")
+    assert len(body["warnings"]) == 1
+    assert "Capillary warning for event 'e'" in logged(capfd, caplog)
+
+
+@pytest.mark.parametrize("kind", ["http_500_html", "http_502", "http_504", "reset", "truncated", "html_200",
+                                  "not_json_200"])
+def test_transient_faults_are_retried_to_the_same_answer(stand_in, monkeypatch, kind):
+    stand_in.set_faults([Fault(kind, times=2)])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    assert hook.get_audit_logs("e")["data"] == stand_in.dataset.records("e")
+    assert len(stand_in.requests) == 3
+
+
+def test_retry_budget_exhausted_says_how_often(stand_in, monkeypatch, capfd, caplog):
+    stand_in.set_faults([Fault("http_503")])
+    hook = use_connection(monkeypatch, stand_in.url, max_retries=2)
+
+    with pytest.raises(CapillaryServerError, match="after 3 attempts"):
+        hook.get_audit_logs("e")
+
+    assert len(stand_in.requests) == 3
+    retry_lines = [line for line in logged(capfd, caplog).splitlines() if "retrying in" in line]
+    assert len(retry_lines) == 2
+    assert "attempt 1 of 3: HTTP 503" in retry_lines[0]
+
+
+def test_a_hanging_server_times_out(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("hang", seconds=5)])
+    hook = use_connection(monkeypatch, stand_in.url, timeout=0.3, max_retries=1)
+
+    with pytest.raises(CapillaryTimeoutError, match="0.3 s"):
+        hook.get_audit_logs("e")
+    assert len(stand_in.requests) == 2
+
+
+def test_redirect_to_another_host_never_carries_credentials(stand_in, monkeypatch):
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as other:
+        other_url = other.url.replace("127.0.0.1", "localhost")
+        stand_in.set_faults([Fault("redirect", location=f"{other_url}/v2/events/audit_logs?eventName=e")])
+        hook = use_connection(monkeypatch, stand_in.url)
+
+        with pytest.raises(CapillaryRequestError, match="redirect"):
+            hook.get_audit_logs("e")
+
+        assert other.requests == []
+
+
+def test_pace_holds_across_threads(stand_in, monkeypatch):
+    hook = use_connection(monkeypatch, stand_in.url, requests_per_minute=600)
+    names = [f"event-{i}" for i in range(12)]
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(hook.get_audit_logs, names))
+
+    arrivals = sorted(stand_in.requests, key=lambda r: r.monotonic)
+    assert len(arrivals) == 12
+    # 600 a minute is one each 0.1 s; allow for the scheduler's jitter on a loaded machine.
+    assert min(gaps(arrivals)) >= 0.08
+    assert arrivals[-1].monotonic - arrivals[0].monotonic >= 1.0
+
+
+def test_a_429_holds_every_worker(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("rate_limited", times=1, retry_after="seconds", seconds=1)])
+    hook = use_connection(monkeypatch, stand_in.url, requests_per_minute=1200)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(hook.get_audit_logs, [f"event-{i}" for i in range(8)]))
+
+    limited = next(r for r in stand_in.requests if r.status == 429)
+    # Slots handed out before the 429 came back may still go; nothing new starts inside the wait.
+    inside = [r for r in stand_in.requests if limited.monotonic + 0.25 < r.monotonic < limited.monotonic + 0.95]
+    assert inside == []
+    assert len(stand_in.requests) == 9
+
+
+def test_bad_credentials_fail_the_connection_test(stand_in, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT",
+        json.dumps({"conn_type": "capillary", "host": stand_in.url, "login": LOGIN, "password": "nope"}),
+    )
+    ok, message = CapillaryHook().test_connection()
+    assert not ok
+    assert "HTTP 401" in message
+
+
+def test_connection_test_succeeds(stand_in, monkeypatch):
+    ok, message = use_connection(monkeypatch, stand_in.url).test_connection()
+    assert ok, message
+    assert stand_in.url in message
+
+
+BAD_CONNECTIONS = [
+    ({"host": ""}, "host is empty"),
+    ({"host": "eu.api.capillarytech.com/v2/events"}, "path or query"),
+    ({"host": "https://eu.api.capillarytech.com/?x=1"}, "path or query"),
+    ({"host": "ftp://eu.api.capillarytech.com"}, "not http or https"),
+    ({"host": "http://eu.api.capillarytech.com"}, "allow_insecure_http"),
+    ({"login": ""}, "login is empty"),
+    ({"password": ""}, "password is empty"),
+    ({"extra": {"timeout": "soon"}}, "'timeout' must be a number"),
+    ({"extra": {"timeout": 0}}, "'timeout' must be greater than 0"),
+    ({"extra": {"timeout": -3}}, "'timeout' must be greater than 0"),
+    ({"extra": {"max_retries": 1.5}}, "'max_retries' must be a whole number"),
+    ({"extra": {"max_retries": -1}}, "'max_retries' must not be negative"),
+    ({"extra": {"retry_max_wait": "x"}}, "'retry_max_wait' must be a number"),
+    ({"extra": {"requests_per_minute": 0}}, "'requests_per_minute' must be greater than 0"),
+    ({"extra": {"password_is_md5": "yes"}}, "'password_is_md5' must be true or false"),
+    ({"extra": {"password_is_md5": True}}, "not a 32-character hex MD5"),
+    ({"extra": {"verify": "/no/such/ca.pem"}}, "'verify'"),
+    ({"extra": {"allow_insecure_http": 3}}, "'allow_insecure_http' must be true or false"),
+    ({"extra": {"timezone": "Mars/Olympus"}}, "'timezone'"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_CONNECTIONS, ids=[m for _, m in BAD_CONNECTIONS])
+def test_bad_connections_fail_before_any_request(stand_in, monkeypatch, change, message):
+    conn = {"conn_type": "capillary", "host": stand_in.url, "login": LOGIN, "password": PASSWORD}
+    conn.update(change)
+    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", json.dumps(conn))
+
+    with pytest.raises(CapillaryConfigError, match=message) as caught:
+        CapillaryHook().get_audit_logs("e")
+
+    assert "capillary_default" in str(caught.value)
+    assert stand_in.requests == []
+
+
+def test_unknown_extras_are_warned_not_fatal(stand_in, monkeypatch, capfd, caplog):
+    hook = use_connection(monkeypatch, stand_in.url, colour="blue")
+    hook.get_audit_logs("e")
+    assert "ignoring unknown extras ['colour']" in logged(capfd, caplog)
+
+
+def test_bare_host_means_https_and_loopback_http_is_allowed(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT",
+        json.dumps({"conn_type": "capillary", "host": "eu.api.capillarytech.com", "login": "l", "password": "p"}),
+    )
+    assert CapillaryHook().settings.base_url == "https://eu.api.capillarytech.com"
+    hook = use_connection(monkeypatch, "http://localhost:9", conn_id="local")
+    assert hook.settings.base_url == "http://localhost:9"
+
+
+def test_no_secret_reaches_logs_or_errors(stand_in, monkeypatch, capfd, caplog):
+    hook = use_connection(monkeypatch, stand_in.url, retry_initial_wait=0.01)
+    messages = []
+    caplog.set_level(logging.DEBUG)
+    hook.get_audit_logs("ok")
+    for fault in ("http_503", "errors_in_body", "http_401", "rate_limited"):
+        stand_in.set_faults([Fault(fault, times=2, retry_after="zero")])
+        try:
+            hook.get_audit_logs(f"after-{fault}")
+        except CapillaryRequestError as err:
+            messages.append(str(err))
+        hook.log.info("settings %r auth %r", hook.settings, hook.get_conn().auth)
+    text = logged(capfd, caplog) + "\n".join(messages)
+    assert text
+    for secret in SECRETS:
+        assert secret not in text
+
+
+def test_derived_secrets_are_registered_with_the_masker(stand_in, monkeypatch):
+    from airflow.sdk._shared.secrets_masker import redact
+
+    hook = use_connection(monkeypatch, stand_in.url)
+    hook.get_conn()
+    for secret in SECRETS:
+        assert secret not in str(redact(f"value {secret} here"))
+
+
+def test_the_session_is_shared_by_threads(stand_in, monkeypatch):
+    hook = use_connection(monkeypatch, stand_in.url)
+    seen = set()
+
+    def fetch(name):
+        hook.get_audit_logs(name)
+        seen.add(id(hook.get_conn()))
+
+    threads = [threading.Thread(target=fetch, args=(f"e{i}",)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 1

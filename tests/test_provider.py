@@ -1,0 +1,66 @@
+"""The package as Airflow sees it: provider registration, connection form, CLI connection test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from airflow_capillary_audit.get_provider_info import CONN_FIELDS, get_provider_info
+from tests.conftest import FAST_EXTRAS, connection_json
+
+
+def test_providers_manager_lists_the_connection_type_and_its_fields():
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert "airflow-capillary-audit" in manager.providers
+    hook = manager.hooks["capillary"]
+    assert hook.hook_class_name == "airflow_capillary_audit.hooks.capillary.CapillaryHook"
+    assert hook.connection_id_attribute_name == "capillary_conn_id"
+    assert hook.connection_testable
+    widgets = {k for k in manager.connection_form_widgets if k.startswith("extra__capillary__")}
+    assert widgets == {f"extra__capillary__{name}" for name in CONN_FIELDS}
+    behaviour = manager.field_behaviours["capillary"]
+    assert behaviour["relabeling"]["host"] == "Cluster host"
+    assert behaviour["relabeling"]["login"] == "Till ID / username"
+    assert "schema" in behaviour["hidden_fields"]
+
+
+def test_provider_info_is_valid_against_airflows_schema():
+    import json
+    from importlib.resources import files
+
+    import jsonschema
+
+    schema = json.loads(files("airflow").joinpath("provider_info.schema.json").read_text())
+    jsonschema.validate(get_provider_info(), schema)
+
+
+def test_cli_connection_test_succeeds_against_the_stand_in(stand_in, airflow_db):
+    env = {**os.environ, "AIRFLOW_CONN_CAPILLARY_DEFAULT": connection_json(stand_in.url, **FAST_EXTRAS)}
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "connections", "test", "capillary_default"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Connection success!" in result.stdout
+    assert len(stand_in.requests) == 1
+    assert stand_in.requests[0].headers["Authorization"].startswith("Basic ")
+
+
+def test_cli_connection_test_reports_refused_credentials(stand_in, airflow_db):
+    conn = connection_json(stand_in.url, **FAST_EXTRAS).replace('"server123"', '"wrong"')
+    env = {**os.environ, "AIRFLOW_CONN_CAPILLARY_DEFAULT": conn}
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "connections", "test", "capillary_default"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert "Connection failed" in result.stdout + result.stderr
+    assert "HTTP 401" in result.stdout + result.stderr
