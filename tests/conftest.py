@@ -104,17 +104,13 @@ def read_xcom(dag_run, task_id: str, map_index: int = -1):
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
+    query = XComModel.get_many(
+        run_id=dag_run.run_id,
+        key="return_value",
+        dag_ids=dag_run.dag_id,
+        task_ids=task_id,
+        map_indexes=map_index,
+    )
     with create_session() as session:
-        row = (
-            XComModel.get_many(
-                run_id=dag_run.run_id,
-                key="return_value",
-                dag_ids=dag_run.dag_id,
-                task_ids=task_id,
-                map_indexes=map_index,
-                session=session,
-            )
-            .with_only_columns(XComModel.value)
-            .first()
-        )
-    return None if row is None else XComModel.deserialize_value(row)
+        row = session.scalars(query).first()
+        return None if row is None else XComModel.deserialize_value(row)

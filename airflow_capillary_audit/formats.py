@@ -1,0 +1,421 @@
+"""
+Write rows or audit log records as JSON Lines, JSON, CSV or Parquet, and name their files.
+
+Every writer streams into a binary file object in batches, so memory stays bounded however many
+rows come, and writes the same bytes for the same rows, so a rerun can be compared with the run
+before it. This module is pure: it imports nothing from Airflow, and pyarrow only when Parquet
+is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import chain, islice
+from operator import itemgetter
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import quote, unquote
+
+if TYPE_CHECKING:
+    import pyarrow
+
+OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "parquet")
+
+FILE_SUFFIX: Mapping[str, str] = MappingProxyType(
+    {"jsonl": ".jsonl", "json": ".json", "csv": ".csv", "parquet": ".parquet"}
+)
+_FORMAT_BY_EXTENSION = {suffix[1:]: output_format for output_format, suffix in FILE_SUFFIX.items()}
+
+MAX_FILE_NAME_BYTES = 255
+PARQUET_ROW_GROUP_ROWS = 65_536
+PARQUET_INSTALL_HINT = "output_format='parquet' needs pyarrow: pip install 'airflow-capillary-audit[parquet]'"
+
+# Columns Parquet stores as int64; every other column is a string.
+PARQUET_INT64_COLUMNS = frozenset({"org_id"})
+
+_TEXT_BATCH_ROWS = 1_000
+_SCALAR_TYPES = frozenset({str, type(None), int, float, bool})
+_NESTED_TYPES = (Mapping, list, tuple, set, frozenset)
+_INT64_CELL_TYPES = frozenset({int, type(None)})
+# Line breaks that JSON leaves unescaped but str.splitlines() and older JavaScript split lines on.
+_UNESCAPED_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+
+_json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_encode_json_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+
+
+def _fast_json_encode() -> Callable[[Any], str]:
+    """
+    Return a function encoding one value exactly as ``_json_encoder.encode`` does, but faster.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which costs more than encoding a
+    flattened row; the C encoder is built once here instead, when this Python has one.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _json_encoder.encode
+    try:
+        encode_chunks = make(
+            None,
+            _json_encoder.default,
+            json.encoder.encode_basestring,
+            None,
+            _json_encoder.key_separator,
+            _json_encoder.item_separator,
+            False,
+            False,
+            False,
+        )
+        probe = {"a": ["é", 1, None, 1.5, True, {"b": "\n"}]}
+        if "".join(encode_chunks(probe, 0)) != _json_encoder.encode(probe):
+            return _json_encoder.encode
+    except Exception:  # any change in the C encoder's private signature: fall back to the public path
+        return _json_encoder.encode
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(encode_chunks(value, 0))
+
+    return encode
+
+
+_encode_json = _fast_json_encode()
+
+
+class ParquetUnavailableError(ImportError):
+    """Raised when Parquet output is asked for and pyarrow is not installed."""
+
+
+def _suffix(output_format: str) -> str:
+    suffix = FILE_SUFFIX.get(output_format)
+    if suffix is None:
+        raise ValueError(f"output_format {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    return suffix
+
+
+def event_file_name(event_name: str, output_format: str) -> str:
+    """
+    Return the file name of an event's output: its name percent-encoded, plus the format's suffix.
+
+    Every character but ASCII letters, digits, ``-`` and ``_`` is percent-encoded as UTF-8 bytes
+    with upper-case hex (``.`` and ``~`` included), so the name holds no path separator, never
+    starts with a dot, is never ``.`` or ``..``, and never starts with ``_`` (a leading ``_`` is
+    encoded too, keeping ``_manifest.json`` and other run files apart from event files), and :func:`event_name_from_file` gives the event
+    name back. Names differing only by case give names differing only by case.
+
+    :param event_name: the event name, as Capillary spells it.
+    :param output_format: one of :data:`OUTPUT_FORMATS`.
+    :raises ValueError: naming ``event_names`` when the name is empty, is not valid Unicode, or
+        would make a file name longer than 255 bytes; or for an unknown ``output_format``.
+    """
+    suffix = _suffix(output_format)
+    if not event_name:
+        raise ValueError("event_names: an empty event name has no file name")
+    try:
+        stem = quote(event_name, safe="", encoding="utf-8", errors="strict")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"event_names: the event name {event_name!r} holds unpaired surrogates and has no file name"
+        ) from None
+    stem = stem.replace(".", "%2E").replace("~", "%7E")
+    if stem.startswith("_"):
+        stem = "%5F" + stem[1:]
+    file_name = stem + suffix
+    if len(file_name) > MAX_FILE_NAME_BYTES:
+        shown = event_name if len(event_name) <= 40 else event_name[:40] + "..."
+        raise ValueError(
+            f"event_names: the event name {shown!r} is too long for a file name: encoded it takes "
+            f"{len(file_name)} bytes, more than the {MAX_FILE_NAME_BYTES} file systems allow"
+        )
+    return file_name
+
+
+def event_name_from_file(file_name: str) -> tuple[str, str]:
+    """
+    Return the event name and output format of a file name made by :func:`event_file_name`.
+
+    :param file_name: the file's base name, without any folder.
+    :raises ValueError: when the suffix is not a known format's, or the name is not one that
+        :func:`event_file_name` makes.
+    """
+    stem, dot, extension = file_name.rpartition(".")
+    output_format = _FORMAT_BY_EXTENSION.get(extension) if dot else None
+    if output_format is None:
+        raise ValueError(f"{file_name!r} does not end in one of {', '.join(FILE_SUFFIX.values())}")
+    try:
+        event_name = unquote(stem, encoding="utf-8", errors="strict")
+        made = event_file_name(event_name, output_format)
+    except ValueError:
+        made = None
+    if made != file_name:
+        raise ValueError(f"{file_name!r} is not a file name of an event's output")
+    return event_name, output_format
+
+
+class HashingWriter:
+    """
+    Forward writes to a binary file object, keeping a running SHA-256 and byte count.
+
+    :param fileobj: the binary file object to write to; closing it stays with its owner.
+    """
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._fileobj = fileobj
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Write all of ``data`` and return its length in bytes."""
+        size = memoryview(data).nbytes
+        self._hash.update(data)
+        written = self._fileobj.write(data)
+        # Raw (unbuffered) files may take only part of the data; buffered ones take all of it.
+        if written is not None and written < size:
+            view = memoryview(data).cast("B")
+            while written is not None and written < len(view):
+                view = view[written:]
+                written = self._fileobj.write(view)
+        self.bytes += size
+        return size
+
+    def flush(self) -> None:
+        """Flush the wrapped file object."""
+        self._fileobj.flush()
+
+    def writable(self) -> bool:
+        """Say that this object can be written to."""
+        return True
+
+    @property
+    def closed(self) -> bool:
+        """Whether the wrapped file object is closed."""
+        return bool(getattr(self._fileobj, "closed", False))
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of everything written so far, in hex."""
+        return self._hash.hexdigest()
+
+
+def write_rows(
+    output_format: str,
+    rows: Iterable[Mapping[str, Any]],
+    fileobj: BinaryIO,
+    *,
+    columns: Sequence[str] | None = None,
+) -> int:
+    """
+    Stream rows into a binary file object in one of :data:`OUTPUT_FORMATS`; return how many.
+
+    The same rows always give the same bytes. All text is UTF-8 without a byte order mark.
+
+    * ``jsonl``: one compact JSON object per line, keys in row order, each line ending in ``\\n``;
+      no rows give an empty file.
+    * ``json``: one JSON array, an element per line (``[{...},\\n{...}]\\n``); no rows give
+      ``[]\\n``. Rows may be nested, such as audit log records kept whole.
+    * ``csv``: RFC 4180 as Python's ``csv`` module writes it: a header of ``columns``, lines
+      ending in ``\\r\\n``, fields quoted only when needed; None and ``""`` both become an empty
+      field. Nested values are refused.
+    * ``parquet``: one row group per 65,536 rows, snappy-compressed; ``org_id`` is int64 and every
+      other column a string, all nullable; no rows give a valid file with the schema. Non-string
+      scalars in string columns are stored as ``str(value)``, as CSV writes them; nested values
+      are refused.
+
+    JSON output is strict: NaN and infinities are refused, and text that UTF-8 cannot hold
+    (unpaired surrogates) is written with ``\\u`` escapes, as are U+0085, U+2028 and U+2029, so
+    that a JSON Lines file splits into rows wherever a reader splits lines.
+
+    :param output_format: one of :data:`OUTPUT_FORMATS`.
+    :param rows: dicts; for ``csv`` and ``parquet`` a missing key is an empty value and keys not
+        in ``columns`` are ignored.
+    :param fileobj: where to write; it is not closed.
+    :param columns: the columns of ``csv`` and ``parquet``, in order (required for them);
+        ``jsonl`` and ``json`` write each row as it is and ignore it.
+    :raises ValueError: for an unknown format, missing ``columns``, nested values in ``csv`` or
+        ``parquet``, NaN in JSON, or an ``org_id`` that is not an integer in ``parquet``.
+    :raises ParquetUnavailableError: for ``parquet`` when pyarrow is not installed.
+    """
+    _suffix(output_format)
+    if output_format == "jsonl":
+        return _write_jsonl(rows, fileobj)
+    if output_format == "json":
+        return _write_json(rows, fileobj)
+    if not columns:
+        raise ValueError(f"output_format {output_format!r} needs the columns to write")
+    if output_format == "csv":
+        return _write_csv(rows, fileobj, columns)
+    return _write_parquet(rows, fileobj, columns)
+
+
+def _batches(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(rows)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _utf8(lines: list[str], batch: list[Any], separator: str, end: str) -> bytes:
+    text = separator.join(lines) + end
+    for line_break, escaped in _UNESCAPED_LINE_BREAKS:
+        if line_break in text:
+            text = text.replace(line_break, escaped)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        safe = [_ascii_if_needed(line, row) for line, row in zip(lines, batch, strict=True)]
+        return _utf8(safe, batch, separator, end)
+
+
+def _ascii_if_needed(line: str, row: Any) -> str:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return _encode_json_ascii(row)
+    return line
+
+
+def _write_jsonl(rows: Iterable[Any], fileobj: BinaryIO) -> int:
+    count = 0
+    for batch in _batches(rows, _TEXT_BATCH_ROWS):
+        fileobj.write(_utf8(list(map(_encode_json, batch)), batch, "\n", "\n"))
+        count += len(batch)
+    return count
+
+
+def _write_json(rows: Iterable[Any], fileobj: BinaryIO) -> int:
+    count = 0
+    for batch in _batches(rows, _TEXT_BATCH_ROWS):
+        fileobj.write(b",\n" if count else b"[")
+        fileobj.write(_utf8(list(map(_encode_json, batch)), batch, ",\n", ""))
+        count += len(batch)
+    fileobj.write(b"]\n" if count else b"[]\n")
+    return count
+
+
+def _row_values(columns: Sequence[str]) -> Callable[[list[Mapping[str, Any]]], list[tuple[Any, ...]]]:
+    """Return a function turning a batch of rows into tuples of their ``columns`` values."""
+    columns = tuple(columns)
+    getter: Callable[[Mapping[str, Any]], Any]
+    if len(columns) == 1:
+        only = columns[0]
+
+        def getter(row: Mapping[str, Any]) -> tuple[Any, ...]:
+            return (row[only],)
+
+    else:
+        getter = itemgetter(*columns)
+
+    def values(batch: list[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        try:
+            return list(map(getter, batch))
+        except KeyError:
+            return [tuple(row.get(column) for column in columns) for row in batch]
+
+    return values
+
+
+def _column_values(batch: list[Mapping[str, Any]], getter: itemgetter[Any], column: str) -> list[Any]:
+    try:
+        return list(map(getter, batch))
+    except KeyError:
+        return [row.get(column) for row in batch]
+
+
+def _refuse_nested(values: list[tuple[Any, ...]], columns: Sequence[str], output_format: str) -> None:
+    odd_types = set(map(type, chain.from_iterable(values))) - _SCALAR_TYPES
+    if any(issubclass(odd, _NESTED_TYPES) for odd in odd_types):
+        for row in values:
+            for column, value in zip(columns, row, strict=True):
+                if isinstance(value, _NESTED_TYPES):
+                    raise ValueError(
+                        f"output_format {output_format!r} cannot hold the nested value of column "
+                        f"{column!r} ({type(value).__name__}); write jsonl or json instead"
+                    )
+
+
+def _write_csv(rows: Iterable[Mapping[str, Any]], fileobj: BinaryIO, columns: Sequence[str]) -> int:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(columns)
+    fileobj.write(buffer.getvalue().encode("utf-8"))
+    values_of = _row_values(columns)
+    count = 0
+    for batch in _batches(rows, _TEXT_BATCH_ROWS):
+        values = values_of(batch)
+        _refuse_nested(values, columns, "csv")
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerows(values)
+        fileobj.write(buffer.getvalue().encode("utf-8"))
+        count += len(batch)
+    return count
+
+
+def _import_pyarrow() -> tuple[Any, Any]:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as error:
+        raise ParquetUnavailableError(PARQUET_INSTALL_HINT) from error
+    return pyarrow, pyarrow.parquet
+
+
+def _parquet_cell(value: Any, column: str, as_int: bool) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, _NESTED_TYPES):
+        raise ValueError(
+            f"output_format 'parquet' cannot hold the nested value of column {column!r} "
+            f"({type(value).__name__}); write jsonl or json instead"
+        )
+    if not as_int:
+        return value if isinstance(value, str) else str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise ValueError(f"output_format 'parquet' stores column {column!r} as int64 and cannot hold {value!r}")
+
+
+def _parquet_array(pa: Any, values: list[Any], column: str, data_type: pyarrow.DataType) -> Any:
+    as_int = data_type == pa.int64()
+    try:
+        # pyarrow would truncate a float such as 1.5 into int64 silently.
+        if as_int and not _INT64_CELL_TYPES.issuperset(map(type, values)):
+            raise TypeError(column)
+        return pa.array(values, type=data_type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        cells = [_parquet_cell(value, column, as_int) for value in values]
+        try:
+            return pa.array(cells, type=data_type)
+        except (pa.ArrowInvalid, OverflowError) as error:
+            raise ValueError(f"output_format 'parquet' cannot store column {column!r}: {error}") from None
+
+
+def _write_parquet(rows: Iterable[Mapping[str, Any]], fileobj: BinaryIO, columns: Sequence[str]) -> int:
+    pa, pq = _import_pyarrow()
+    schema = pa.schema(
+        [
+            pa.field(column, pa.int64() if column in PARQUET_INT64_COLUMNS else pa.string())
+            for column in columns
+        ]
+    )
+    # Column by column: a tuple per row would be garbage-collector work across the whole batch.
+    getters = [itemgetter(column) for column in columns]
+    count = 0
+    # Compression is pinned so that a pyarrow upgrade changing its default does not change the bytes.
+    writer = pq.ParquetWriter(fileobj, schema, compression="snappy")
+    try:
+        for batch in _batches(rows, PARQUET_ROW_GROUP_ROWS):
+            arrays = [
+                _parquet_array(pa, _column_values(batch, getter, field.name), field.name, field.type)
+                for getter, field in zip(getters, schema, strict=True)
+            ]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=len(batch))
+            count += len(batch)
+    finally:
+        writer.close()
+    return count

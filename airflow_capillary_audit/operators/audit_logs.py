@@ -1,0 +1,327 @@
+"""Fetch Capillary audit logs for a list of event names into XCom or a storage folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow_capillary_audit._compat import BaseOperator
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from airflow.sdk import Context
+
+    from airflow_capillary_audit.hooks.capillary import CapillaryHook
+    from airflow_capillary_audit.records import FlattenStats
+    from airflow_capillary_audit.sinks import FolderSink, WrittenFile
+
+OUTPUT_FORMATS = ("jsonl", "json", "csv", "parquet")
+
+
+class CapillaryAuditLogsOperator(BaseOperator):
+    """
+    Fetch the audit logs of Capillary behavioural events and push them to XCom or write them to files.
+
+    One request per event name (Capillary returns an event's whole history each time), run on a
+    bounded pool of threads that share the hook's session, pace and back-off. Rows are kept when
+    ``changed_since <= changed_on < changed_until``.
+
+    With ``destination`` set, each event is written to its own file in that folder, whole or not at
+    all, and ``_manifest.json`` is written last, only when every event succeeded; the task returns a
+    small summary. Without it, the task returns the rows themselves (at most ``max_xcom_rows``).
+
+    :param event_names: one event name or a list of them; each is rendered with Jinja; an XComArg
+        or a native list from a template also works. Duplicates are dropped. (templated)
+    :param capillary_conn_id: the ``capillary`` connection to use.
+    :param changed_since: keep value-history entries changed at or after this time: a datetime or
+        an ISO 8601 string such as ``{{ data_interval_start }}``. (templated)
+    :param changed_until: keep entries changed before this time. (templated)
+    :param flatten: one row per value-history entry (default); ``False`` keeps Capillary's records.
+    :param destination: folder URI or local path for the files; ``None`` pushes rows to XCom.
+        (templated)
+    :param destination_conn_id: the Airflow connection with the store's credentials. (templated)
+    :param output_format: ``jsonl`` (default), ``json``, ``csv`` or ``parquet``.
+    :param max_xcom_rows: the most rows pushed to XCom; above it the task fails and points to
+        ``destination``.
+    :param max_active_requests: how many events are fetched at once.
+    """
+
+    template_fields: Sequence[str] = (
+        "event_names",
+        "changed_since",
+        "changed_until",
+        "destination",
+        "destination_conn_id",
+    )
+    ui_color = "#fde2c8"
+    ui_fgcolor = "#4a2a00"
+
+    def __init__(
+        self,
+        *,
+        event_names: str | Sequence[str] | Any,
+        capillary_conn_id: str = "capillary_default",
+        changed_since: Any = None,
+        changed_until: Any = None,
+        flatten: bool = True,
+        destination: str | None = None,
+        destination_conn_id: str | None = None,
+        output_format: str = "jsonl",
+        max_xcom_rows: int = 10_000,
+        max_active_requests: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.event_names = event_names
+        self.capillary_conn_id = capillary_conn_id
+        self.changed_since = changed_since
+        self.changed_until = changed_until
+        self.flatten = flatten
+        self.destination = destination
+        self.destination_conn_id = destination_conn_id
+        self.output_format = output_format
+        self.max_xcom_rows = max_xcom_rows
+        self.max_active_requests = max_active_requests
+        self._check_static_arguments()
+
+    def _check_static_arguments(self) -> None:
+        from airflow_capillary_audit.exceptions import CapillaryConfigError
+
+        if self.output_format not in OUTPUT_FORMATS:
+            raise CapillaryConfigError(
+                f"output_format {self.output_format!r} is not supported; use one of {', '.join(OUTPUT_FORMATS)}"
+            )
+        if not isinstance(self.flatten, bool):
+            raise CapillaryConfigError(f"flatten must be true or false, got {self.flatten!r}")
+        if not self.flatten and self.output_format in ("csv", "parquet"):
+            raise CapillaryConfigError(
+                f"output_format {self.output_format!r} needs flat rows; set flatten=True, or use "
+                "output_format 'jsonl' or 'json' to keep Capillary's nested records"
+            )
+        for name in ("max_xcom_rows", "max_active_requests"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CapillaryConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+    def execute(self, context: Context) -> Any:
+        from airflow_capillary_audit.hooks.capillary import CapillaryHook
+
+        plan = self._plan()
+        hook = CapillaryHook(self.capillary_conn_id, pool_size=max(16, self.max_active_requests))
+        timezone = hook.settings.tzinfo  # checks the connection before any request
+        try:
+            if plan.sink is None:
+                return self._to_xcom(hook, plan, timezone)
+            return self._to_destination(hook, plan, timezone, context)
+        finally:
+            hook.close()
+
+    def _plan(self) -> _Plan:
+        """Check every rendered argument and name every file, before any request is sent."""
+        from airflow_capillary_audit.exceptions import CapillaryConfigError
+        from airflow_capillary_audit.records import event_names_from, parse_window_bound, validate_window
+
+        try:
+            names = event_names_from(self.event_names)
+            since = parse_window_bound(self.changed_since, "changed_since")
+            until = parse_window_bound(self.changed_until, "changed_until")
+            validate_window(since, until)
+        except ValueError as err:
+            raise CapillaryConfigError(str(err)) from None
+        sink = None
+        file_names: dict[str, str] = {}
+        if self.destination is not None:
+            from airflow_capillary_audit.formats import event_file_name
+            from airflow_capillary_audit.sinks import FolderSink
+
+            sink = FolderSink(self.destination, self.destination_conn_id)
+            try:
+                file_names = {name: event_file_name(name, self.output_format) for name in names}
+            except ValueError as err:
+                raise CapillaryConfigError(str(err)) from None
+            sink.check()
+        return _Plan(names, since, until, sink, file_names)
+
+    def _fetch_all(self, hook: CapillaryHook, plan: _Plan, handle: Any) -> dict[str, Any]:
+        """Run ``handle(event_name, body)`` for every event on the pool; fail naming every failed event."""
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        from airflow_capillary_audit.exceptions import CapillaryAuthError, CapillaryError
+
+        def job(name: str) -> Any:
+            return handle(name, hook.get_audit_logs(name))
+
+        results: dict[str, Any] = {}
+        failures: dict[str, BaseException] = {}
+        with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="capillary") as pool:
+            futures = {pool.submit(job, name): name for name in plan.event_names}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    name = futures[future]
+                    error = future.exception()
+                    if error is None:
+                        results[name] = future.result()
+                        continue
+                    failures[name] = error
+                    # Every other request would be refused too, and retries could lock the till out.
+                    if isinstance(error, CapillaryAuthError):
+                        for other in pending:
+                            other.cancel()
+        if failures:
+            lines = [f"  - {name!r}: {error}" for name, error in failures.items()]
+            skipped = [n for n in plan.event_names if n not in results and n not in failures]
+            if skipped:
+                lines.append(f"  - not fetched after an authentication failure: {len(skipped)} event(s)")
+            raise CapillaryError(
+                f"{len(failures)} of {len(plan.event_names)} event(s) failed; nothing of this run is "
+                "marked complete:\n" + "\n".join(lines)
+            )
+        return results
+
+    def _shape(self, name: str, body: dict[str, Any], plan: _Plan, timezone: Any, stats: FlattenStats) -> Any:
+        """Return the event's rows (or narrowed records) as an iterator or list."""
+        from airflow_capillary_audit.records import filter_records, iter_rows
+
+        if self.flatten:
+            return iter_rows(
+                name, body["data"], default_tz=timezone, since=plan.since, until=plan.until, stats=stats
+            )
+        return filter_records(body["data"], default_tz=timezone, since=plan.since, until=plan.until, stats=stats)
+
+    def _to_xcom(self, hook: CapillaryHook, plan: _Plan, timezone: Any) -> list[Any]:
+        from airflow_capillary_audit.exceptions import CapillaryConfigError
+        from airflow_capillary_audit.records import FlattenStats
+
+        def handle(name: str, body: dict[str, Any]) -> tuple[list[Any], FlattenStats]:
+            stats = FlattenStats()
+            rows = self._checked(name, lambda: list(self._shape(name, body, plan, timezone, stats)))
+            return rows, stats
+
+        results = self._fetch_all(hook, plan, handle)
+        out: list[Any] = []
+        for name in plan.event_names:
+            rows, stats = results[name]
+            self._report(name, stats, len(rows), "XCom")
+            out.extend(rows)
+            if len(out) > self.max_xcom_rows:
+                raise CapillaryConfigError(
+                    f"{len(out)}+ rows exceed max_xcom_rows={self.max_xcom_rows}: XCom is not a data store; "
+                    "set destination to write the rows to files (local disk, s3://, gs://) instead"
+                )
+        return out
+
+    def _to_destination(self, hook: CapillaryHook, plan: _Plan, timezone: Any, context: Context) -> dict[str, Any]:
+        import pendulum
+
+        from airflow_capillary_audit.formats import write_rows
+        from airflow_capillary_audit.records import ROW_COLUMNS, FlattenStats
+
+        sink = plan.sink
+        assert sink is not None
+        manifest_name = _manifest_name(context)
+        sink.prepare(manifest_name)
+        columns = ROW_COLUMNS if self.flatten else None
+
+        def handle(name: str, body: dict[str, Any]) -> tuple[WrittenFile, FlattenStats]:
+            stats = FlattenStats()
+
+            def write_body(out: Any) -> int:
+                rows = self._shape(name, body, plan, timezone, stats)
+                return self._checked(name, lambda: write_rows(self.output_format, rows, out, columns=columns))
+
+            written = sink.write(plan.file_names[name], write_body)
+            return written, stats
+
+        results = self._fetch_all(hook, plan, handle)
+        events = []
+        for name in plan.event_names:
+            written, stats = results[name]
+            self._report(name, stats, written.rows, written.uri)
+            events.append(
+                {
+                    "event_name": name,
+                    "file": written.name,
+                    "rows": written.rows,
+                    "records": stats.records,
+                    "bytes": written.bytes,
+                    "sha256": written.sha256,
+                }
+            )
+        total = sum(e["rows"] for e in events)
+        ti = context.get("ti")
+        manifest = {
+            "manifest_version": 1,
+            "dag_id": getattr(ti, "dag_id", None),
+            "task_id": getattr(ti, "task_id", self.task_id),
+            "run_id": context.get("run_id"),
+            "map_index": getattr(ti, "map_index", -1),
+            "fetched_at": pendulum.now("UTC").isoformat(),
+            "capillary_conn_id": self.capillary_conn_id,
+            "output_format": self.output_format,
+            "flatten": self.flatten,
+            "changed_since": plan.since.isoformat() if plan.since else None,
+            "changed_until": plan.until.isoformat() if plan.until else None,
+            "total_rows": total,
+            "events": events,
+        }
+        written_manifest = sink.write_manifest(manifest, manifest_name)
+        self.log.info("Wrote %d rows for %d event(s); manifest %s", total, len(events), written_manifest.uri)
+        return {
+            "destination": sink.uri,
+            "manifest": written_manifest.uri,
+            "files": [sink.uri.rstrip("/") + "/" + e["file"] for e in events],
+            "rows": {e["event_name"]: e["rows"] for e in events},
+            "total_rows": total,
+        }
+
+    def _checked(self, name: str, shape: Any) -> Any:
+        """Run ``shape``; turn a malformed record into a response error naming the event."""
+        from airflow_capillary_audit.exceptions import CapillaryResponseError
+        from airflow_capillary_audit.records import RecordShapeError
+
+        try:
+            return shape()
+        except RecordShapeError as err:
+            raise CapillaryResponseError(f"Capillary's audit logs are malformed: {err}", event_name=name) from None
+
+    def _report(self, name: str, stats: FlattenStats, count: int, where: str) -> None:
+        self.log.info("Event %r: %d record(s), %d row(s) -> %s", name, stats.records, count, where)
+        if stats.unparseable:
+            self.log.warning(
+                "Event %r: %d changedOn value(s) could not be read as a time (e.g. %s)",
+                name,
+                stats.unparseable,
+                ", ".join(repr(s) for s in stats.unparseable_samples),
+            )
+        if stats.excluded_no_time:
+            self.log.warning(
+                "Event %r: %d value-history entr(ies) without a readable time left out of the window",
+                name,
+                stats.excluded_no_time,
+            )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one run will do, checked before the first request."""
+
+    event_names: list[str]
+    since: datetime | None
+    until: datetime | None
+    sink: FolderSink | None
+    file_names: dict[str, str]
+
+
+def _manifest_name(context: Context) -> str:
+    from airflow_capillary_audit.sinks import MANIFEST_NAME
+
+    ti = context.get("ti")
+    map_index = getattr(ti, "map_index", -1)
+    if map_index is None or map_index < 0:
+        return MANIFEST_NAME
+    # Mapped instances share a folder; each marks its own share complete.
+    return MANIFEST_NAME.replace(".json", f".map-{map_index}.json")

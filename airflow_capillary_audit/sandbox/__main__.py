@@ -1,0 +1,157 @@
+"""Serve the Capillary stand-in from a shell until SIGINT or SIGTERM.
+
+Example::
+
+    python -m airflow_capillary_audit.sandbox --port 8765 --user store.server:server123 --seed 42 \\
+        --events "points_update,tier_change" --rate-limit 600 --fault http_503:0.05 --ready-file /tmp/url
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from airflow_capillary_audit.sandbox.data import Dataset
+from airflow_capillary_audit.sandbox.faults import FAULT_KINDS, RATE_LIMIT_ALGORITHMS, Fault, RateLimit
+from airflow_capillary_audit.sandbox.server import DEFAULT_USERS, CapillaryStandIn
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, separator, value = text.partition(":")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME:VALUE, got {text!r}")
+    return name, value
+
+
+def _range(text: str) -> tuple[int, int]:
+    low, separator, high = text.partition(":")
+    try:
+        return (int(low), int(high)) if separator else (int(low), int(low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH, got {text!r}") from None
+
+
+def _fault(text: str) -> Fault:
+    try:
+        return Fault.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_capillary_audit.sandbox",
+        description="Serve a local stand-in of Capillary's audit-log API (GET /v2/events/audit_logs).",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument(
+        "--user",
+        action="append",
+        type=_pair,
+        default=[],
+        metavar="LOGIN:PASSWORD",
+        help="a user, with the plain password (repeatable; default store.server:server123)",
+    )
+    parser.add_argument("--seed", default="42", help="seed of the generated data")
+    parser.add_argument("--events", help="comma-separated event names the org has (default: any name)")
+    parser.add_argument("--records-per-event", type=_range, default=(1, 6), metavar="LOW:HIGH")
+    parser.add_argument("--history-per-record", type=_range, default=(0, 5), metavar="LOW:HIGH")
+    parser.add_argument(
+        "--unparseable-rate", type=float, default=0.0, help="fraction of junk changedOn values"
+    )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds waited before every response")
+    parser.add_argument("--rate-limit", type=int, help="requests allowed per window (default: no limit)")
+    parser.add_argument("--rate-window", type=float, default=60.0, help="seconds")
+    parser.add_argument("--rate-algorithm", choices=RATE_LIMIT_ALGORITHMS, default="fixed")
+    parser.add_argument("--rate-burst", type=int, help="leaky bucket capacity")
+    parser.add_argument("--retry-after", choices=("seconds", "http-date", "zero", "none"), default="seconds")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        type=_fault,
+        default=[],
+        metavar="KIND[:RATE]",
+        help=f"inject a fault (repeatable): {', '.join(FAULT_KINDS)}",
+    )
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault RNG")
+    parser.add_argument("--oauth-client", action="append", type=_pair, default=[], metavar="KEY:SECRET")
+    parser.add_argument("--oauth-ttl", type=int, default=300, help="OAuth token lifetime in seconds")
+    parser.add_argument("--no-basic-auth", action="store_true", help="refuse Basic authentication")
+    parser.add_argument("--ready-file", help="write the URL to this file once listening")
+    return parser
+
+
+def _write_atomically(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".stand-in-", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGINT or SIGTERM, then return 0."""
+    args = _parser().parse_args(argv)
+    seed: int | str = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
+    events = [name.strip() for name in args.events.split(",") if name.strip()] if args.events else None
+    rate_limit = None
+    if args.rate_limit is not None:
+        rate_limit = RateLimit(
+            limit=args.rate_limit,
+            window=args.rate_window,
+            algorithm=args.rate_algorithm,
+            burst=args.rate_burst,
+            retry_after=None if args.retry_after == "none" else args.retry_after,
+        )
+    stand_in = CapillaryStandIn(
+        users=dict(args.user) if args.user else DEFAULT_USERS,
+        dataset=Dataset(
+            seed=seed,
+            event_names=events,
+            records_per_event=args.records_per_event,
+            history_per_record=args.history_per_record,
+            unparseable_rate=args.unparseable_rate,
+        ),
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        rate_limit=rate_limit,
+        faults=args.fault,
+        seed=args.fault_seed,
+        oauth_clients=dict(args.oauth_client) if args.oauth_client else None,
+        oauth_ttl_seconds=args.oauth_ttl,
+        basic_auth_enabled=not args.no_basic_auth,
+    )
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    stand_in.start()
+    try:
+        print(stand_in.url, flush=True)
+        if args.ready_file:
+            _write_atomically(args.ready_file, stand_in.url)
+        # A timed wait keeps the main thread responsive to signals on every platform.
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stand_in.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,688 @@
+"""Serve a local stand-in of Capillary's audit-log API over real HTTP.
+
+``GET /v2/events/audit_logs?format=json&eventName=<name>`` is checked in Capillary's order as far as
+it is known: path (404, 405 for other methods), authentication (401), rate limit (429), injected
+faults, parameters (400), then 200 with the :class:`~.data.Dataset`'s records.
+``POST /v3/oauth/token/generate`` issues OAuth tokens when OAuth clients are configured.
+Every response carries an ``X-Cap-Requestid`` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import os
+import secrets
+import socket
+import socketserver
+import ssl
+import struct
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from airflow_capillary_audit.sandbox.data import Dataset, encode_json
+from airflow_capillary_audit.sandbox.faults import (
+    DEFAULT_HANG_SECONDS,
+    DEFAULT_HUGE_BODY_SIZE,
+    DEFAULT_SLOW_SECONDS,
+    Fault,
+    FaultPicker,
+    RateLimit,
+    RateLimiter,
+    retry_after_value,
+)
+
+log = logging.getLogger(__name__)
+
+AUDIT_LOGS_PATH = "/v2/events/audit_logs"
+OAUTH_TOKEN_PATH = "/v3/oauth/token/generate"
+OAUTH_TOKEN_HEADER = "X-CAP-API-OAUTH-TOKEN"
+REQUEST_ID_HEADER = "X-Cap-Requestid"
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+HTML_CONTENT_TYPE = "text/html; charset=utf-8"
+DEFAULT_USERS: Mapping[str, str] = {"store.server": "server123"}
+
+# errors[] codes. Capillary documents 4000 (access denied), 498 (expired OAuth token) and 320001
+# (bad OAuth client) and shows 8084 as an example; every other code is the stand-in's choice.
+ERROR_BAD_REQUEST = 400  # stand-in's choice: eventName missing or blank, format other than json
+ERROR_UNKNOWN_EVENT = 8015  # stand-in's choice: event name the org does not have (unknown_event="400")
+ERROR_UNAUTHORIZED = 401  # stand-in's choice: Basic credentials missing, malformed or wrong
+ERROR_BASIC_AUTH_DISABLED = 4011  # stand-in's choice: Basic sent to an org that switched it off
+ERROR_INVALID_TOKEN = 4012  # stand-in's choice: an OAuth token the stand-in never issued
+ERROR_TOKEN_EXPIRED = 498  # documented: expired OAuth token
+ERROR_ACCESS_DENIED = 4000  # documented: 403 access denied
+ERROR_NOT_FOUND = 404  # stand-in's choice: unknown path
+ERROR_METHOD_NOT_ALLOWED = 405  # stand-in's choice: known path, other method
+ERROR_RATE_LIMITED = 429  # stand-in's choice: rate limit hit
+ERROR_INVALID_CLIENT = 320001  # documented: bad OAuth key or secret
+ERROR_IN_BODY = 8084  # shown in Capillary's docs as a v2 errors[] code; used by the errors_in_body fault
+WARNING_IN_BODY = 8090  # stand-in's choice: the warnings_in_body fault's warning
+
+_HTTP_REASONS = {
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_FAULT_ERRORS = {
+    "http_400": (400, ERROR_BAD_REQUEST, "Invalid request"),
+    "http_401": (401, ERROR_UNAUTHORIZED, "Invalid user credentials"),
+    "http_403": (403, ERROR_ACCESS_DENIED, "Access denied"),
+    "http_404": (404, ERROR_NOT_FOUND, "Resource not found"),
+}
+_HTML_200 = (
+    b"<!DOCTYPE html><html><head><title>Capillary</title></head>"
+    b"<body><h1>Scheduled maintenance</h1><p>We will be back shortly.</p></body></html>"
+)
+_NOT_JSON = b"Internal error: upstream returned an unexpected response\n"
+# A pause before the reset lets the client read the headers, so the failure lands mid-body.
+_RESET_PAUSE_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """Describe one request the stand-in received and what it answered.
+
+    ``status`` is the status line sent: 200 for ``reset`` and ``truncated`` (their body is cut),
+    ``None`` for ``hang``. ``fault`` names the fault applied, ``"rate_limited"`` when the rate
+    limiter refused the request.
+    """
+
+    monotonic: float
+    wall: float
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    event_name: str | None
+    headers: dict[str, str]
+    status: int | None
+    fault: str | None
+    request_id: str
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes = b""
+    content_type: str | None = JSON_CONTENT_TYPE
+    headers: dict[str, str] = field(default_factory=dict)
+    fault: str | None = None
+    # "full", or how a fault cuts the exchange short: "reset", "truncated", "hang".
+    delivery: str = "full"
+    delay: float = 0.0
+
+
+def md5_hex(text: str) -> str:
+    """Return the md5 hex digest Capillary's Basic authentication expects in place of the password."""
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def _errors_body(code: int, message: str) -> bytes:
+    return encode_json(
+        {"data": [], "warnings": [], "errors": [{"status": False, "code": code, "message": message}]}
+    )
+
+
+def _error(status: int, code: int, message: str, **options: Any) -> _Reply:
+    return _Reply(status, _errors_body(code, message), **options)
+
+
+def _html_error(status: int) -> _Reply:
+    title = f"{status} {_HTTP_REASONS[status]}"
+    page = (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
+        "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    )
+    return _Reply(status, page.encode("ascii"), content_type=HTML_CONTENT_TYPE)
+
+
+def _first(values: list[str] | None) -> str | None:
+    return values[0] if values else None
+
+
+class CapillaryStandIn:
+    """Run a local stand-in of Capillary's audit-log API, for demos and tests.
+
+    :param users: Login -> plain password. A request is accepted with
+        ``Authorization: Basic base64(login:md5hex(password))``, as Capillary documents; the plain
+        password in place of the digest is refused.
+    :param dataset: What is served; defaults to ``Dataset(seed=42)``.
+    :param host: Address to listen on.
+    :param port: Port to listen on; 0 picks a free one.
+    :param latency: Seconds waited before every response.
+    :param rate_limit: Rate limit of the audit-log endpoint, or ``None``.
+    :param faults: Faults injected into audit-log requests, tried in order.
+    :param seed: Seed of the RNG that decides partial-rate faults.
+    :param ssl_context: Server-side context to serve HTTPS.
+    :param oauth_clients: OAuth key -> secret; enables ``POST /v3/oauth/token/generate``.
+    :param oauth_ttl_seconds: Lifetime of issued OAuth tokens.
+    :param basic_auth_enabled: Whether Basic authentication is accepted; Capillary lets an org switch
+        it off.
+    :param oauth_expired_status: HTTP status for an expired token (its ``errors[]`` code is 498).
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, str] | None = None,
+        dataset: Dataset | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        rate_limit: RateLimit | None = None,
+        faults: Sequence[Fault] = (),
+        seed: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        oauth_clients: Mapping[str, str] | None = None,
+        oauth_ttl_seconds: int = 300,
+        basic_auth_enabled: bool = True,
+        oauth_expired_status: int = 401,
+    ) -> None:
+        self.dataset = dataset if dataset is not None else Dataset(seed=42)
+        self._digests = {
+            login: md5_hex(password)
+            for login, password in (DEFAULT_USERS if users is None else users).items()
+        }
+        self._host = host
+        self._port = port
+        self._latency = latency
+        self._rate_limit = rate_limit
+        self._limiter: RateLimiter | None = None
+        self._seed = seed
+        self._picker = FaultPicker(faults, seed)
+        self._ssl_context = ssl_context
+        self._oauth_clients = dict(oauth_clients) if oauth_clients is not None else None
+        self._oauth_ttl_seconds = oauth_ttl_seconds
+        self._basic_auth_enabled = basic_auth_enabled
+        self._oauth_expired_status = oauth_expired_status
+        self._tokens: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._request_ids = itertools.count(1)
+        self._request_id_base = int.from_bytes(os.urandom(8), "big")
+        self._huge_bodies: dict[tuple[str, int], bytes] = {}
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # Lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> CapillaryStandIn:
+        """Start listening and serving in a background thread; return the stand-in."""
+        if self._server is not None:
+            raise RuntimeError("the stand-in is already running")
+        self._stopping = threading.Event()
+        self.set_rate_limit(self._rate_limit)
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        self._server = _Server((self._host, self._port), self, family)
+        self._port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="capillary-stand-in",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop every open connection, waking handlers that sleep or hang."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        self._stopping.set()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> CapillaryStandIn:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        """Return the address the stand-in listens on."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """Return the port the stand-in listens on (the chosen one once started with port 0)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Return the base URL, such as ``http://127.0.0.1:8765``."""
+        scheme = "https" if self._ssl_context is not None else "http"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{scheme}://{host}:{self._port}"
+
+    # Settings that tests change while running ------------------------------------------------------
+
+    @property
+    def faults(self) -> tuple[Fault, ...]:
+        """Return the faults in force."""
+        return self._picker.faults
+
+    def set_faults(self, faults: Sequence[Fault]) -> None:
+        """Replace the faults, restarting their counters and the fault RNG."""
+        self._picker = FaultPicker(faults, self._seed)
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """Return the rate limit in force."""
+        return self._rate_limit
+
+    def set_rate_limit(self, rate_limit: RateLimit | None) -> None:
+        """Replace the rate limit (``None`` lifts it); counting restarts now."""
+        self._rate_limit = rate_limit
+        self._limiter = RateLimiter(rate_limit, time.monotonic()) if rate_limit is not None else None
+
+    @property
+    def latency(self) -> float:
+        """Return the seconds waited before every response."""
+        return self._latency
+
+    def set_latency(self, seconds: float) -> None:
+        """Wait ``seconds`` before every response from now on."""
+        self._latency = seconds
+
+    def expire_oauth_tokens(self) -> None:
+        """Make every token issued so far expired (answered with code 498, not as unknown)."""
+        with self._lock:
+            self._tokens = dict.fromkeys(self._tokens, float("-inf"))
+
+    # Recorded requests -----------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Return a snapshot of the requests received so far, in the order they were answered."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        """Forget the requests recorded so far."""
+        with self._lock:
+            self._requests.clear()
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _next_request_id(self) -> str:
+        return str(uuid.UUID(int=(self._request_id_base << 64) | next(self._request_ids)))
+
+    # Answering -------------------------------------------------------------------------------------
+
+    def _answer(
+        self, method: str, path: str, query: dict[str, list[str]], headers: Message, body: bytes
+    ) -> _Reply:
+        if path == AUDIT_LOGS_PATH:
+            if method != "GET":
+                return _error(405, ERROR_METHOD_NOT_ALLOWED, "Method not allowed", headers={"Allow": "GET"})
+            return self._audit_logs(query, headers)
+        if path == OAUTH_TOKEN_PATH and self._oauth_clients is not None:
+            if method != "POST":
+                return _error(405, ERROR_METHOD_NOT_ALLOWED, "Method not allowed", headers={"Allow": "POST"})
+            return self._generate_token(body)
+        return _error(404, ERROR_NOT_FOUND, f"No resource at {path}")
+
+    def _audit_logs(self, query: dict[str, list[str]], headers: Message) -> _Reply:
+        refusal = self._authenticate(headers)
+        if refusal is not None:
+            return refusal
+        limiter = self._limiter
+        if limiter is not None:
+            wait = limiter.acquire(time.monotonic())
+            if wait is not None:
+                return self._too_many_requests(
+                    limiter.policy.retry_after, wait, "Rate limit exceeded", "rate_limited"
+                )
+        event_name = _first(query.get("eventName"))
+        fault = self._picker.pick(event_name)
+        if fault is None:
+            return self._audit_logs_reply(query, event_name)
+        if fault.kind == "slow":
+            reply = self._audit_logs_reply(query, event_name)
+            reply.delay = fault.seconds if fault.seconds is not None else DEFAULT_SLOW_SECONDS
+        else:
+            reply = self._fault_reply(fault, event_name or "")
+        reply.fault = fault.kind
+        return reply
+
+    def _audit_logs_reply(self, query: dict[str, list[str]], event_name: str | None) -> _Reply:
+        if event_name is None or not event_name.strip():
+            return _error(400, ERROR_BAD_REQUEST, "eventName is required")
+        response_format = _first(query.get("format"))
+        if response_format is None or response_format.lower() != "json":
+            return _error(400, ERROR_BAD_REQUEST, "format must be json")
+        if not self.dataset.knows(event_name) and self.dataset.unknown_event == "400":
+            return _error(400, ERROR_UNKNOWN_EVENT, f"Invalid event name: {event_name}")
+        return _Reply(200, self.dataset.body(event_name))
+
+    def _authenticate(self, headers: Message) -> _Reply | None:
+        token = headers.get(OAUTH_TOKEN_HEADER)
+        if token is not None:
+            with self._lock:
+                expires_at = self._tokens.get(token)
+            if expires_at is None:
+                return _error(401, ERROR_INVALID_TOKEN, "Invalid OAuth token")
+            if time.monotonic() >= expires_at:
+                return _error(self._oauth_expired_status, ERROR_TOKEN_EXPIRED, "OAuth token expired")
+            return None
+        authorization = headers.get("Authorization")
+        if not authorization:
+            return _error(401, ERROR_UNAUTHORIZED, "Authorization header is missing")
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return _error(401, ERROR_UNAUTHORIZED, f"Unsupported authorization scheme {scheme!r}")
+        if not self._basic_auth_enabled:
+            return _error(
+                401, ERROR_BASIC_AUTH_DISABLED, "Basic authentication is disabled for this org; use OAuth"
+            )
+        try:
+            login, _, digest = (
+                base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
+            )
+        except ValueError:
+            return _error(401, ERROR_UNAUTHORIZED, "Malformed Basic credentials")
+        expected = self._digests.get(login)
+        if expected is None or not hmac.compare_digest(digest.encode(), expected.encode()):
+            return _error(401, ERROR_UNAUTHORIZED, "Invalid user credentials")
+        return None
+
+    def _generate_token(self, body: bytes) -> _Reply:
+        try:
+            document = json.loads(body)
+            key, secret = document["key"], document["secret"]
+        except (ValueError, TypeError, KeyError):
+            document = {
+                "data": None,
+                "errors": [{"code": ERROR_BAD_REQUEST, "message": "Expected JSON key and secret"}],
+            }
+            return _Reply(400, encode_json(document))
+        assert self._oauth_clients is not None
+        expected = self._oauth_clients.get(key) if isinstance(key, str) else None
+        if expected is None or not isinstance(secret, str) or not hmac.compare_digest(secret, expected):
+            document = {
+                "data": None,
+                "errors": [{"code": ERROR_INVALID_CLIENT, "message": "Invalid client key and secret"}],
+            }
+            return _Reply(401, encode_json(document))
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens[token] = time.monotonic() + self._oauth_ttl_seconds
+        document = {"data": {"accessToken": token, "ttlSeconds": self._oauth_ttl_seconds}, "errors": None}
+        return _Reply(200, encode_json(document))
+
+    def _too_many_requests(self, style: str | None, wait: float, message: str, fault: str | None) -> _Reply:
+        reply = _error(429, ERROR_RATE_LIMITED, message, fault=fault)
+        value = retry_after_value(style, wait, time.time())
+        if value is not None:
+            reply.headers["Retry-After"] = value
+        return reply
+
+    def _fault_reply(self, fault: Fault, event_name: str) -> _Reply:
+        kind = fault.kind
+        if kind == "http_500_html":
+            return _html_error(500)
+        if kind in ("http_502", "http_503", "http_504"):
+            return _html_error(int(kind[-3:]))
+        if kind in _FAULT_ERRORS:
+            status, code, message = _FAULT_ERRORS[kind]
+            return _error(status, code, message)
+        if kind == "rate_limited":
+            wait = fault.seconds if fault.seconds is not None else 1.0
+            return self._too_many_requests(fault.retry_after, wait, "Too many requests", kind)
+        if kind in ("reset", "truncated"):
+            return _Reply(200, self.dataset.body(event_name), delivery=kind)
+        if kind == "hang":
+            return _Reply(
+                0, delivery="hang", delay=fault.seconds if fault.seconds is not None else DEFAULT_HANG_SECONDS
+            )
+        if kind == "html_200":
+            return _Reply(200, _HTML_200, content_type=HTML_CONTENT_TYPE)
+        if kind == "not_json_200":
+            return _Reply(200, _NOT_JSON)
+        if kind == "errors_in_body":
+            return _error(200, ERROR_IN_BODY, "Unable to fetch audit logs for the event")
+        if kind == "huge_body":
+            return _Reply(200, self._huge_body(event_name, fault.size or DEFAULT_HUGE_BODY_SIZE))
+        if kind == "redirect":
+            assert fault.location is not None
+            return _Reply(302, content_type=None, headers={"Location": fault.location})
+        if kind == "body":
+            assert fault.body is not None
+            return _Reply(200, fault.body)
+        return _Reply(200, encode_json(self._malformed(kind, event_name)))
+
+    def _malformed(self, kind: str, event_name: str) -> Any:
+        """Return the document a malformed-shape or warnings fault serves."""
+        records = self.dataset.records(event_name)
+        if kind == "warnings_in_body":
+            warning = {
+                "status": True,
+                "code": WARNING_IN_BODY,
+                "message": "Audit log history may be incomplete",
+            }
+            return {"data": records, "warnings": [warning], "errors": []}
+        if kind == "json_list":
+            return records
+        if kind == "no_data":
+            return {"warnings": [], "errors": []}
+        if kind == "data_not_list":
+            return {"data": records[0] if records else {}, "warnings": [], "errors": []}
+        # The remaining shapes break records, so serve at least one even for an event without any.
+        if not records:
+            records = [
+                {
+                    "orgId": self.dataset.org_id,
+                    "valueHistory": [],
+                    "updatedType": "UPDATED",
+                    "eventName": event_name,
+                }
+            ]
+            records[0].update(id="0" * 24, requestId=str(uuid.UUID(int=0)))
+        for record in records:
+            if kind == "record_missing_fields":
+                record.pop("id", None)
+                record.pop("valueHistory", None)
+            elif kind == "history_not_list":
+                record["valueHistory"] = json.dumps(record["valueHistory"], ensure_ascii=False)
+        return {"data": records, "warnings": [], "errors": []}
+
+    def _huge_body(self, event_name: str, size: int) -> bytes:
+        key = (event_name, size)
+        with self._lock:
+            cached = self._huge_bodies.get(key)
+        if cached is None:
+            cached = self.dataset.padded_body(event_name, size)
+            with self._lock:
+                cached = self._huge_bodies.setdefault(key, cached)
+        return cached
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(
+        self, address: tuple[str, int], stand_in: CapillaryStandIn, family: socket.AddressFamily
+    ) -> None:
+        self.address_family = family
+        self.stand_in = stand_in
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can stall on a machine without DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        context = self.stand_in._ssl_context
+        if context is not None:
+            # The handshake runs in the handler's thread, so a stalled client cannot block accept().
+            connection = context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut every open connection down, so handlers blocked reading from a client return."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            # The plain socket call: SSLSocket.shutdown would drop its TLS state under the handler.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(connection, socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) or self.stand_in._stopping.is_set():
+            log.debug("Connection from %s ended: %r", client_address, error)
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "CapillaryStandIn/1.0"
+    # Headers and body go out in separate writes; Nagle's algorithm would hold the body ~40 ms.
+    disable_nagle_algorithm = True
+    server: _Server
+    _received: tuple[float, float] = (0.0, 0.0)
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
+        super().setup()
+
+    def parse_request(self) -> bool:
+        self._received = (time.monotonic(), time.time())
+        return super().parse_request()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class signature
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET  # noqa: N815
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Answer a request the base class could not parse, in Capillary's error shape."""
+        self.close_connection = True
+        reply = _error(code, code, message or self.responses.get(code, ("Error",))[0])
+        reply.headers["Connection"] = "close"
+        self._send(reply, self.server.stand_in._next_request_id())
+
+    def _serve(self) -> None:
+        stand_in = self.server.stand_in
+        monotonic, wall = self._received
+        body = self._read_body()
+        split = urlsplit(self.path)
+        query = parse_qs(split.query, keep_blank_values=True)
+        reply = stand_in._answer(self.command, split.path, query, self.headers, body)
+        request_id = stand_in._next_request_id()
+        stopping = stand_in._stopping
+        if stand_in.latency > 0:
+            stopping.wait(stand_in.latency)
+        if reply.delivery != "hang" and reply.delay > 0:
+            stopping.wait(reply.delay)
+        if stopping.is_set():
+            # Stopping woke the wait: drop the request rather than answer from a stopped stand-in.
+            self.close_connection = True
+            return
+        stand_in._record(
+            RecordedRequest(
+                monotonic=monotonic,
+                wall=wall,
+                method=self.command,
+                path=split.path,
+                query=query,
+                event_name=_first(query.get("eventName")),
+                headers=dict(self.headers.items()),
+                status=None if reply.delivery == "hang" else reply.status,
+                fault=reply.fault,
+                request_id=request_id,
+            )
+        )
+        if reply.delivery == "hang":
+            stopping.wait(reply.delay)
+            self.close_connection = True
+            return
+        self._send(reply, request_id)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            # No caller sends a chunked body; closing afterwards keeps the framing of later requests safe.
+            self.close_connection = True
+            return b""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            return b""
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(self, reply: _Reply, request_id: str) -> None:
+        self.send_response(reply.status)
+        self.send_header(REQUEST_ID_HEADER, request_id)
+        if reply.content_type is not None:
+            self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if reply.delivery == "full":
+            self.wfile.write(reply.body)
+        elif reply.delivery == "truncated":
+            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self.close_connection = True
+        elif reply.delivery == "reset":
+            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self.server.stand_in._stopping.wait(_RESET_PAUSE_SECONDS)
+            self._reset()
+
+    def _reset(self) -> None:
+        """Abort the connection with a TCP reset instead of an orderly close."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # The file objects hold references to the socket; the close only happens once they are gone.
+        self.rfile.close()
+        self.wfile.close()
+        self.connection.close()

@@ -1,0 +1,159 @@
+"""Write a run's files into a folder of Airflow's object storage, each file complete or absent."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import urlsplit
+
+from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryWriteError
+from airflow_capillary_audit.formats import HashingWriter
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+MANIFEST_NAME = "_manifest.json"
+# Temporary files start with a dot: event files never do, so the two can not collide.
+TEMP_PREFIX = ".tmp-"
+# Object storage that cannot hold a folder of files we write.
+READ_ONLY_SCHEMES = frozenset({"http", "https", "ftp", "github", "zip", "tar", "memory-readonly"})
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """One file the sink committed: its name in the folder, rows, size and SHA-256."""
+
+    name: str
+    uri: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class FolderSink:
+    """
+    Commit files into one destination folder: write to a temporary name, then move into place.
+
+    A move within one store is a rename on local disk and a server-side copy on object stores; in
+    both, readers see the whole file or none of it. A failed write removes its temporary file.
+
+    :param destination: a folder URI (``file:///data``, ``s3://bucket/prefix``, ``gs://...``) or a
+        plain local path.
+    :param conn_id: the Airflow connection holding the store's credentials.
+    """
+
+    def __init__(self, destination: str, conn_id: str | None = None) -> None:
+        if not isinstance(destination, str) or not destination.strip():
+            raise CapillaryConfigError(
+                f"destination must be a folder URI or path, got {destination!r}; e.g. s3://bucket/capillary"
+            )
+        self.uri = _folder_uri(destination.strip())
+        self.conn_id = conn_id or None
+        self._root: ObjectStoragePath | None = None
+
+    @property
+    def root(self) -> ObjectStoragePath:
+        """Return the folder as Airflow's object-storage path."""
+        if self._root is None:
+            from airflow_capillary_audit._compat import ObjectStoragePath
+
+            self._root = ObjectStoragePath(self.uri, conn_id=self.conn_id)
+        return self._root
+
+    def check(self) -> None:
+        """Fail with a clear error, before any request, when the folder cannot be written to."""
+        scheme = urlsplit(self.uri).scheme
+        if scheme in READ_ONLY_SCHEMES:
+            raise CapillaryConfigError(
+                f"destination {self.uri!r}: scheme {scheme!r} cannot be written to; use a local path, "
+                "file://, s3://, gs:// or another object store Airflow supports"
+            )
+        try:
+            import fsspec
+
+            fsspec.get_filesystem_class(scheme)
+        except ValueError:
+            raise CapillaryConfigError(
+                f"destination {self.uri!r}: scheme {scheme!r} is not a known object store; use a local "
+                "path, file://, s3://, gs:// or another fsspec protocol"
+            ) from None
+        except ImportError as err:
+            raise CapillaryConfigError(
+                f"destination {self.uri!r}: the {scheme!r} store needs a package that is not installed "
+                f"({err}); install the Airflow provider for it, e.g. apache-airflow-providers-amazon[s3fs]"
+            ) from None
+        try:
+            is_file = self.root.is_file()
+        except Exception as err:
+            raise CapillaryConfigError(f"destination {self.uri!r} cannot be read: {err}") from err
+        if is_file:
+            raise CapillaryConfigError(
+                f"destination {self.uri!r} is an existing file; give a folder for the event files"
+            )
+
+    def prepare(self, manifest_name: str = MANIFEST_NAME) -> None:
+        """Create the folder and remove an earlier manifest, so nothing marks this run complete yet."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            manifest = self.root / manifest_name
+            if manifest.exists():
+                manifest.unlink()
+        except Exception as err:
+            raise CapillaryWriteError(f"Cannot prepare destination {self.uri!r}: {err}") from err
+
+    def write(self, name: str, write_body: Callable[[BinaryIO], int]) -> WrittenFile:
+        """
+        Write one file whole: ``write_body`` streams into it and returns its row count.
+
+        :param name: the file's name inside the folder.
+        :param write_body: writes the content into the binary file object it is given.
+        """
+        final = self.root / name
+        temp = self.root / f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        try:
+            with temp.open("wb") as raw:
+                out = HashingWriter(raw)
+                rows = write_body(out)
+            temp.move(final)
+        except BaseException as err:
+            _remove_quietly(temp)
+            if isinstance(err, Exception) and not isinstance(err, CapillaryWriteError):
+                raise CapillaryWriteError(f"Cannot write {final}: {err}") from err
+            raise
+        return WrittenFile(name=name, uri=str(final), rows=rows, bytes=out.bytes, sha256=out.sha256)
+
+    def write_manifest(self, manifest: dict[str, Any], manifest_name: str = MANIFEST_NAME) -> WrittenFile:
+        """Write the manifest, last: its presence says every file of the run is in place."""
+        body = (json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=False) + "\n").encode()
+
+        def write_body(out: BinaryIO) -> int:
+            out.write(body)
+            return 0
+
+        return self.write(manifest_name, write_body)
+
+
+def written_file_entry(written: WrittenFile, **extra: Any) -> dict[str, Any]:
+    """Return a manifest entry for one committed file."""
+    entry = asdict(written)
+    entry.update(extra)
+    return entry
+
+
+def _folder_uri(destination: str) -> str:
+    scheme = urlsplit(destination).scheme
+    # A one-letter "scheme" is a Windows drive letter, not a store.
+    if not scheme or len(scheme) == 1:
+        return "file://" + os.path.abspath(os.path.expanduser(destination))
+    return destination
+
+
+def _remove_quietly(path: ObjectStoragePath) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except Exception:  # the original error matters more than a failed clean-up
+        pass

@@ -1,0 +1,38 @@
+"""
+A large org's events in groups, one mapped task instance per group, landing in S3.
+
+Mapping spreads the groups over workers; inside each instance the operator fetches its group's
+events concurrently within the connection's ``requests_per_minute``. ``destination_conn_id`` names
+the AWS connection (needs ``apache-airflow-providers-amazon[s3fs]`` on the workers).
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, CronDataIntervalTimetable
+
+from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+EVENT_GROUPS = [
+    ["PointsRedeemed", "PointsIssued", "PointsExpired"],
+    ["TierUpgraded", "TierDowngraded"],
+    ["CouponIssued", "CouponRedeemed", "coupons & offers"],
+]
+
+with DAG(
+    dag_id="capillary_audit_mapped_s3",
+    description="Event-name groups mapped over workers, written to S3 as JSON Lines",
+    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["capillary", "example"],
+) as dag:
+    CapillaryAuditLogsOperator.partial(
+        task_id="fetch_audit_logs",
+        changed_since="{{ data_interval_start }}",
+        changed_until="{{ data_interval_end }}",
+        destination="s3://{{ var.value.get('capillary_audit_bucket', 'my-audit-bucket') }}/capillary/{{ data_interval_start | ds }}",
+        destination_conn_id="aws_default",
+        output_format="jsonl",
+        max_active_requests=4,
+    ).expand(event_names=EVENT_GROUPS)

@@ -1,0 +1,383 @@
+"""The operator in a real Airflow (SQLite, dag.test) against the stand-in over real HTTP."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from airflow_capillary_audit.formats import event_file_name
+from airflow_capillary_audit.records import ROW_COLUMNS
+from airflow_capillary_audit.sandbox import Fault
+
+pytestmark = pytest.mark.airflow
+
+NAMES = ["PointsRedeemed", "Café Visit ☕", "coupons & offers", "tier upgrade"]
+
+DAG_HEAD = """
+import pendulum
+from airflow.sdk import DAG, task
+from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+         render_template_as_native_obj=NATIVE, params=PARAMS) as dag:
+"""
+
+
+def dag_source(body: str, *, native: bool = False, params: dict | None = None) -> str:
+    head = DAG_HEAD.replace("NATIVE", repr(native)).replace("PARAMS", repr(params or {}))
+    return head + "\n".join("    " + line for line in body.strip().splitlines()) + "\n"
+
+
+def expected_rows(dataset, names, since=None, until=None) -> list[dict]:
+    """Build the rows independently from the stand-in's own record of what it generated."""
+    windowed = since is not None or until is not None
+    rows = []
+    for name in names:
+        for record, instants in zip(dataset.records(name), dataset.instants(name)):
+            base = {
+                "event_name": name,
+                "id": record["id"],
+                "org_id": record["orgId"],
+                "updated_type": record["updatedType"],
+                "request_id": record["requestId"],
+            }
+            if not record["valueHistory"]:
+                if not windowed:
+                    rows.append({**base, "value": None, "changed_on": None, "changed_on_raw": None})
+                continue
+            for entry, instant in zip(record["valueHistory"], instants):
+                if windowed and (
+                    instant is None
+                    or (since is not None and instant < since)
+                    or (until is not None and instant >= until)
+                ):
+                    continue
+                rows.append(
+                    {
+                        **base,
+                        "value": entry["value"],
+                        "changed_on": instant.astimezone(timezone.utc).isoformat() if instant else None,
+                        "changed_on_raw": str(entry["changedOn"]),
+                    }
+                )
+    return rows
+
+
+def read_back(path: Path, output_format: str) -> list:
+    data = path.read_bytes()
+    if output_format == "jsonl":
+        return [json.loads(line) for line in data.decode().splitlines()]
+    if output_format == "json":
+        return json.loads(data)
+    if output_format == "csv":
+        rows = list(csv.DictReader(io.StringIO(data.decode(), newline="")))
+        for row in rows:
+            for key, value in row.items():
+                row[key] = None if value == "" else value
+            row["org_id"] = int(row["org_id"]) if row["org_id"] is not None else None
+        return rows
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+def test_rows_to_xcom_equal_what_capillary_served(capillary_conn, run_dag):
+    dag_run, xcom = run_dag(dag_source(f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES!r})"))
+
+    assert dag_run.state == "success"
+    assert xcom("fetch") == expected_rows(capillary_conn.dataset, NAMES)
+    assert sorted(r.event_name for r in capillary_conn.requests) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "json", "csv", "parquet"])
+def test_each_format_reads_back_to_the_served_rows(capillary_conn, run_dag, tmp_path, output_format):
+    source = dag_source(
+        f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES!r}, "
+        f"destination={str(tmp_path)!r}, output_format={output_format!r})"
+    )
+    dag_run, xcom = run_dag(source)
+
+    assert dag_run.state == "success"
+    summary = xcom("fetch")
+    for name in NAMES:
+        path = tmp_path / event_file_name(name, output_format)
+        rows = read_back(path, output_format)
+        expected = expected_rows(capillary_conn.dataset, [name])
+        if output_format == "csv":
+            assert list(rows[0]) == list(ROW_COLUMNS)
+            # CSV has one spelling for null and the empty string: an empty field.
+            expected = [{k: None if v == "" else v for k, v in row.items()} for row in expected]
+        assert rows == expected
+        assert summary["rows"][name] == len(rows)
+    manifest = json.loads((tmp_path / "_manifest.json").read_text())
+    assert manifest["run_id"] == dag_run.run_id
+    assert [e["event_name"] for e in manifest["events"]] == NAMES
+    assert manifest["total_rows"] == summary["total_rows"] == sum(summary["rows"].values())
+    import hashlib
+
+    for entry in manifest["events"]:
+        assert hashlib.sha256((tmp_path / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_unflattened_records_keep_capillarys_shape(capillary_conn, run_dag, tmp_path):
+    source = dag_source(
+        f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES[:2]!r}, flatten=False, "
+        f"destination={str(tmp_path)!r}, output_format='json')"
+    )
+    run_dag(source)
+    for name in NAMES[:2]:
+        assert json.loads((tmp_path / event_file_name(name, "json")).read_bytes()) == (
+            capillary_conn.dataset.records(name)
+        )
+
+
+def test_rerun_rewrites_the_same_bytes(capillary_conn, run_dag, tmp_path):
+    source = dag_source(
+        f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES!r}, destination={str(tmp_path)!r})"
+    )
+    run_dag(source, dag_id="rerun_same")
+    first = files_in(tmp_path)
+    run_dag(source, dag_id="rerun_same")
+    second = files_in(tmp_path)
+
+    data_files = [n for n in first if n != "_manifest.json"]
+    assert len(data_files) == len(NAMES)
+    assert {n: first[n] for n in data_files} == {n: second[n] for n in data_files}
+    assert set(first) == set(second)
+
+
+def test_a_failing_event_leaves_no_manifest_and_no_partial_file(capillary_conn, run_dag, tmp_path):
+    # A manifest from an earlier, successful run must not survive a failed rerun.
+    (tmp_path / "_manifest.json").write_text("{}")
+    capillary_conn.set_faults(
+        [Fault("http_503", event_names=["coupons & offers"]), Fault("truncated", event_names=["tier upgrade"])]
+    )
+    source = dag_source(
+        f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES!r}, destination={str(tmp_path)!r})"
+    )
+    dag_run, _ = run_dag(source)
+
+    assert dag_run.state == "failed"
+    names = set(files_in(tmp_path))
+    assert "_manifest.json" not in names
+    assert not [n for n in names if n.startswith(".")]
+    assert event_file_name("coupons & offers", "jsonl") not in names
+    assert event_file_name("tier upgrade", "jsonl") not in names
+    # The events that succeeded are whole.
+    for name in NAMES[:2]:
+        rows = read_back(tmp_path / event_file_name(name, "jsonl"), "jsonl")
+        assert rows == expected_rows(capillary_conn.dataset, [name])
+
+
+def test_failure_names_every_failed_event(capillary_conn, airflow_db, monkeypatch):
+    from airflow_capillary_audit.exceptions import CapillaryError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    capillary_conn.set_faults(
+        [Fault("http_503", event_names=["bad one"]), Fault("errors_in_body", event_names=["bad two"])]
+    )
+    op = CapillaryAuditLogsOperator(task_id="t", event_names=["fine", "bad one", "bad two"])
+    with pytest.raises(CapillaryError) as caught:
+        op.execute({})
+    message = str(caught.value)
+    assert "2 of 3 event(s) failed" in message
+    assert "'bad one'" in message and "HTTP 503" in message
+    assert "'bad two'" in message and "code 8084" in message
+
+
+def test_window_keeps_since_to_until(capillary_conn, run_dag):
+    dataset = capillary_conn.dataset
+    instants = sorted(i for name in NAMES for rec in dataset.instants(name) for i in rec if i is not None)
+    since, until = instants[len(instants) // 4], instants[3 * len(instants) // 4]
+    source = dag_source(
+        f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES!r}, "
+        f"changed_since={since.isoformat()!r}, changed_until='{{{{ params.until }}}}')",
+        params={"until": until.isoformat()},
+    )
+    _, xcom = run_dag(source)
+
+    rows = xcom("fetch")
+    assert rows == expected_rows(dataset, NAMES, since=since, until=until)
+    assert 0 < len(rows) < len(expected_rows(dataset, NAMES))
+    assert any(r["changed_on"] == since.isoformat() for r in rows)  # since is inclusive
+    assert all(r["changed_on"] != until.isoformat() for r in rows)  # until is exclusive
+
+
+def test_event_names_from_params_jinja_and_an_upstream_xcom(capillary_conn, run_dag):
+    source = dag_source(
+        """
+@task
+def pick():
+    return ["from xcom", "PointsRedeemed"]
+
+CapillaryAuditLogsOperator(task_id="from_params", event_names="{{ params.names }}")
+CapillaryAuditLogsOperator(task_id="from_jinja", event_names=["{{ params.prefix }}-daily", "static"])
+CapillaryAuditLogsOperator(task_id="from_xcom", event_names=pick())
+""",
+        native=True,
+        params={"names": ["p1", "p2", "p1"], "prefix": "jinja"},
+    )
+    dag_run, xcom = run_dag(source)
+
+    assert dag_run.state == "success"
+    dataset = capillary_conn.dataset
+    assert xcom("from_params") == expected_rows(dataset, ["p1", "p2"])
+    assert xcom("from_jinja") == expected_rows(dataset, ["jinja-daily", "static"])
+    assert xcom("from_xcom") == expected_rows(dataset, ["from xcom", "PointsRedeemed"])
+
+
+def test_mapped_over_event_groups(capillary_conn, run_dag, tmp_path):
+    groups = [["a1", "a2"], ["b1"], ["c1", "c 2 & 3"]]
+    source = dag_source(
+        f"CapillaryAuditLogsOperator.partial(task_id='fetch', destination={str(tmp_path)!r})"
+        f".expand(event_names={groups!r})"
+    )
+    dag_run, xcom = run_dag(source)
+
+    assert dag_run.state == "success"
+    for index, group in enumerate(groups):
+        assert xcom("fetch", map_index=index)["rows"] == {
+            name: len(expected_rows(capillary_conn.dataset, [name])) for name in group
+        }
+        manifest = json.loads((tmp_path / f"_manifest.map-{index}.json").read_text())
+        assert [e["event_name"] for e in manifest["events"]] == group
+    for name in sum(groups, []):
+        rows = read_back(tmp_path / event_file_name(name, "jsonl"), "jsonl")
+        assert rows == expected_rows(capillary_conn.dataset, [name])
+
+
+def test_xcom_row_cap_points_to_destination(capillary_conn, airflow_db):
+    from airflow_capillary_audit.exceptions import CapillaryConfigError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    op = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES, max_xcom_rows=3)
+    with pytest.raises(CapillaryConfigError, match="max_xcom_rows=3.*destination"):
+        op.execute({})
+
+
+BAD_ARGUMENTS = [
+    ({"event_names": []}, "event_names"),
+    ({"event_names": "  "}, "event_names"),
+    ({"event_names": ["ok", 7]}, "event_names"),
+    ({"event_names": None}, "event_names"),
+    ({"event_names": "a", "changed_since": "2026-02-01", "changed_until": "2026-01-01"}, "changed_since"),
+    ({"event_names": "a", "changed_since": "yesterday"}, "changed_since"),
+    ({"event_names": "a", "destination": "http://example.com/x"}, "destination"),
+    ({"event_names": "a", "destination": "nosuchstore://bucket/x"}, "destination"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "field"), BAD_ARGUMENTS)
+def test_bad_arguments_fail_before_any_request(capillary_conn, airflow_db, arguments, field):
+    from airflow_capillary_audit.exceptions import CapillaryConfigError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    op = CapillaryAuditLogsOperator(task_id="t", **arguments)
+    with pytest.raises(CapillaryConfigError, match=field):
+        op.execute({})
+    assert capillary_conn.requests == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [({"output_format": "xml"}, "output_format"), ({"output_format": "csv", "flatten": False}, "flatten")],
+)
+def test_bad_static_arguments_fail_when_the_dag_is_parsed(arguments, field):
+    from airflow_capillary_audit.exceptions import CapillaryConfigError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    with pytest.raises(CapillaryConfigError, match=field):
+        CapillaryAuditLogsOperator(task_id="t", event_names="a", **arguments)
+
+
+def test_destination_that_is_a_file_is_refused(capillary_conn, airflow_db, tmp_path):
+    from airflow_capillary_audit.exceptions import CapillaryConfigError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    op = CapillaryAuditLogsOperator(task_id="t", event_names="a", destination=str(target))
+    with pytest.raises(CapillaryConfigError, match="existing file"):
+        op.execute({})
+    assert capillary_conn.requests == []
+
+
+def test_event_names_never_leave_the_destination(capillary_conn, airflow_db, tmp_path):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    folder = tmp_path / "out"
+    names = ["../escape", "a/b", "..", ".", "/etc/passwd", "_manifest"]
+    op = CapillaryAuditLogsOperator(task_id="t", event_names=names, destination=str(folder))
+    op.execute({})
+
+    assert [p for p in tmp_path.iterdir()] == [folder]
+    assert len([p for p in folder.iterdir() if p.name != "_manifest.json"]) == len(names)
+
+
+def test_naive_times_use_the_connections_timezone(stand_in, monkeypatch, airflow_db):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+    from tests.conftest import connection_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata"))
+    rows = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES).execute({})
+    naive = [r for r in rows if r["changed_on_raw"] and " " in r["changed_on_raw"]]
+    assert naive
+    for row in naive:
+        local = datetime.strptime(row["changed_on_raw"], "%Y-%m-%d %H:%M:%S")
+        expected = local.replace(tzinfo=__import__("zoneinfo").ZoneInfo("Asia/Kolkata")).astimezone(timezone.utc)
+        assert row["changed_on"] == expected.isoformat()
+
+
+def test_example_dags_load_without_errors(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder = Path(__file__).resolve().parents[2] / "dags_examples"
+    bag = DagBag(dag_folder=str(folder))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {"capillary_audit_daily", "capillary_audit_to_xcom", "capillary_audit_mapped_s3"}
+
+
+def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
+    import shutil
+
+    from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
+    from tests.conftest import _AIRFLOW_HOME, LOGIN, PASSWORD, connection_json
+
+    # The demo's data density (scripts/demo.py), so that one day holds rows.
+    dataset = Dataset(seed=42, records_per_event=(20, 40), history_per_record=(0, 10))
+    stand_in = CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset).start()
+    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url))
+
+    for name in ("capillary_audit_daily.py", "capillary_audit_to_xcom.py"):
+        shutil.copy(Path(__file__).resolve().parents[2] / "dags_examples" / name, _AIRFLOW_HOME / "dags" / name)
+    monkeypatch.setenv("AIRFLOW_VAR_CAPILLARY_AUDIT_DESTINATION", str(tmp_path))
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(_AIRFLOW_HOME / "dags" / "capillary_audit_daily.py"))
+    dag = bag.get_dag("capillary_audit_daily")
+    try:
+        dag_run = dag.test()
+    finally:
+        stand_in.stop()
+
+    assert dag_run.state == "success"
+    (folder,) = [p for p in tmp_path.iterdir()]
+    manifest = json.loads((folder / "_manifest.json").read_text())
+    start = datetime.fromisoformat(manifest["changed_since"])
+    end = datetime.fromisoformat(manifest["changed_until"])
+    assert (end - start).days == 1
+    names = [e["event_name"] for e in manifest["events"]]
+    for name in names:
+        rows = read_back(folder / event_file_name(name, "jsonl"), "jsonl")
+        assert rows == expected_rows(dataset, [name], since=start, until=end)
+    assert manifest["total_rows"] > 0

@@ -1,0 +1,760 @@
+"""Test the Capillary stand-in over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import requests
+
+from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault, RateLimit
+from airflow_capillary_audit.sandbox.data import CHANGED_ON_FORMATS
+from airflow_capillary_audit.sandbox.faults import RateLimiter, retry_after_value
+
+PATH = "/v2/events/audit_logs"
+USERS = {"store.server": "server123"}
+START = datetime(2025, 5, 1, tzinfo=timezone.utc)
+END = datetime(2025, 6, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def basic(login: str = "store.server", secret: str = "8a16a6b70505eb1f1ff7cdc0cd5559a7") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{login}:{secret}".encode()).decode()}
+
+
+AUTH = basic()
+
+
+def audit(
+    stand_in: CapillaryStandIn,
+    event: str | None = "points_update",
+    session: requests.Session | None = None,
+    **options: Any,
+) -> requests.Response:
+    params = {"format": "json"} if event is None else {"format": "json", "eventName": event}
+    options.setdefault("headers", AUTH)
+    options.setdefault("timeout", 5)
+    return (session or requests).get(stand_in.url + PATH, params=params, **options)
+
+
+def error_codes(response: requests.Response) -> list[int]:
+    body = response.json()
+    assert body["data"] == []
+    assert body["warnings"] == []
+    assert all(entry["status"] is False and isinstance(entry["message"], str) for entry in body["errors"])
+    return [entry["code"] for entry in body["errors"]]
+
+
+@pytest.fixture
+def stand_in():
+    with CapillaryStandIn(users=USERS, dataset=Dataset(seed=42, start=START, end=END)) as running:
+        yield running
+
+
+# Authentication ------------------------------------------------------------------------------------
+
+
+def test_documented_md5_example_is_accepted(stand_in):
+    assert hashlib.md5(b"server123").hexdigest() == "8a16a6b70505eb1f1ff7cdc0cd5559a7"
+    response = audit(stand_in)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert response.content == stand_in.dataset.body("points_update")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param(basic(secret="server123"), id="plain-password"),
+        pytest.param(basic(secret="8A16A6B70505EB1F1FF7CDC0CD5559A7"), id="uppercase-digest"),
+        pytest.param(basic(login="someone.else"), id="unknown-user"),
+        pytest.param({"Authorization": "Basic !!!"}, id="not-base64"),
+        pytest.param({"Authorization": "Bearer 8a16a6b7"}, id="other-scheme"),
+    ],
+)
+def test_bad_credentials_get_401_in_errors_shape(stand_in, headers):
+    response = audit(stand_in, headers=headers)
+    assert response.status_code == 401
+    assert error_codes(response) == [401]
+    assert response.headers["X-Cap-Requestid"]
+
+
+def test_basic_auth_can_be_switched_off():
+    with CapillaryStandIn(users=USERS, basic_auth_enabled=False, oauth_clients={"k": "s"}) as stand_in:
+        response = audit(stand_in)
+        assert response.status_code == 401
+        assert "disabled" in response.json()["errors"][0]["message"].lower()
+        token = requests.post(
+            stand_in.url + "/v3/oauth/token/generate", json={"key": "k", "secret": "s"}, timeout=5
+        )
+        headers = {"X-CAP-API-OAUTH-TOKEN": token.json()["data"]["accessToken"]}
+        assert audit(stand_in, headers=headers).status_code == 200
+
+
+def test_oauth_token_flow_and_expiry():
+    with CapillaryStandIn(
+        users=USERS, oauth_clients={"key-1": "secret-1"}, oauth_ttl_seconds=300
+    ) as stand_in:
+        url = stand_in.url + "/v3/oauth/token/generate"
+        refused = requests.post(url, json={"key": "key-1", "secret": "wrong"}, timeout=5)
+        assert refused.status_code == 401
+        assert refused.json()["errors"] == [{"code": 320001, "message": "Invalid client key and secret"}]
+        assert requests.post(url, data=b"not json", timeout=5).status_code == 400
+
+        issued = requests.post(url, json={"key": "key-1", "secret": "secret-1"}, timeout=5)
+        assert issued.status_code == 200
+        body = issued.json()
+        assert body["errors"] is None
+        assert body["data"]["ttlSeconds"] == 300
+        headers = {"X-CAP-API-OAUTH-TOKEN": body["data"]["accessToken"]}
+        assert audit(stand_in, headers=headers).status_code == 200
+
+        unknown = audit(stand_in, headers={"X-CAP-API-OAUTH-TOKEN": "never-issued"})
+        assert unknown.status_code == 401
+        assert error_codes(unknown) != [498]
+
+        stand_in.expire_oauth_tokens()
+        expired = audit(stand_in, headers=headers)
+        assert expired.status_code == 401
+        assert error_codes(expired) == [498]
+
+
+def test_oauth_token_expires_after_its_ttl_with_configurable_status():
+    clients = {"k": "s"}
+    with CapillaryStandIn(oauth_clients=clients, oauth_ttl_seconds=1, oauth_expired_status=498) as stand_in:
+        token = requests.post(
+            stand_in.url + "/v3/oauth/token/generate", json={"key": "k", "secret": "s"}, timeout=5
+        )
+        headers = {"X-CAP-API-OAUTH-TOKEN": token.json()["data"]["accessToken"]}
+        assert audit(stand_in, headers=headers).status_code == 200
+        time.sleep(1.05)
+        expired = audit(stand_in, headers=headers)
+        assert expired.status_code == 498
+        assert error_codes(expired) == [498]
+
+
+def test_oauth_endpoint_absent_without_clients(stand_in):
+    response = requests.post(
+        stand_in.url + "/v3/oauth/token/generate", json={"key": "k", "secret": "s"}, timeout=5
+    )
+    assert response.status_code == 404
+
+
+# Routing and parameters ----------------------------------------------------------------------------
+
+
+def test_unknown_path_and_other_methods(stand_in):
+    assert requests.get(stand_in.url + "/v2/events/other", headers=AUTH, timeout=5).status_code == 404
+    response = requests.post(stand_in.url + PATH, headers=AUTH, timeout=5)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET"
+    assert error_codes(response) == [405]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"format": "json"},
+        {"format": "json", "eventName": ""},
+        {"format": "json", "eventName": "   "},
+        {"format": "xml", "eventName": "points_update"},
+        {"eventName": "points_update"},
+    ],
+)
+def test_bad_parameters_get_400(stand_in, params):
+    response = requests.get(stand_in.url + PATH, params=params, headers=AUTH, timeout=5)
+    assert response.status_code == 400
+    assert error_codes(response) == [400]
+
+
+def test_checks_run_in_order_auth_then_rate_limit_then_parameters(stand_in):
+    stand_in.set_rate_limit(RateLimit(limit=1, window=60))
+    assert requests.get(stand_in.url + PATH, timeout=5).status_code == 401
+    assert requests.get(stand_in.url + PATH, headers=AUTH, timeout=5).status_code == 400
+    assert requests.get(stand_in.url + PATH, headers=AUTH, timeout=5).status_code == 429
+
+
+def test_unknown_event_policy():
+    dataset = Dataset(seed=1, event_names=["known"], start=START, end=END)
+    with CapillaryStandIn(users=USERS, dataset=dataset) as stand_in:
+        assert audit(stand_in, "known").json()["data"]
+        response = audit(stand_in, "unknown")
+        assert response.status_code == 200
+        assert response.json() == {"data": [], "warnings": [], "errors": []}
+    dataset = Dataset(seed=1, event_names=["known"], start=START, end=END, unknown_event="400")
+    with CapillaryStandIn(users=USERS, dataset=dataset) as stand_in:
+        response = audit(stand_in, "unknown")
+        assert response.status_code == 400
+        assert len(error_codes(response)) == 1
+
+
+def test_every_response_has_a_unique_request_id(stand_in):
+    responses = [
+        audit(stand_in),
+        audit(stand_in, headers={}),
+        requests.get(stand_in.url + "/nope", timeout=5),
+    ]
+    ids = [response.headers["X-Cap-Requestid"] for response in responses]
+    assert len(set(ids)) == 3
+    assert [request.request_id for request in stand_in.requests] == ids
+
+
+# Generated data ------------------------------------------------------------------------------------
+
+
+def test_success_body_has_capillary_shape(stand_in):
+    body = audit(stand_in, "tier_change").json()
+    assert set(body) == {"data", "warnings", "errors"}
+    assert body["warnings"] == []
+    assert body["errors"] == []
+    assert body["data"]
+    for record in body["data"]:
+        assert set(record) == {"id", "orgId", "valueHistory", "updatedType", "requestId", "eventName"}
+        assert re.fullmatch(r"[0-9a-f]{24}", record["id"])
+        assert isinstance(record["orgId"], int)
+        assert record["eventName"] == "tier_change"
+        assert re.fullmatch(
+            r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", record["requestId"]
+        )
+        assert record["updatedType"] in {"CREATED", "UPDATED", "DELETED"}
+        for entry in record["valueHistory"]:
+            assert set(entry) == {"value", "changedOn"}
+            assert isinstance(entry["value"], str)
+
+
+def test_data_is_deterministic_per_seed_and_event_regardless_of_order():
+    events = ["points_update", "tier_change", "Ünïcödé event"]
+    with (
+        CapillaryStandIn(users=USERS, dataset=Dataset(seed=7, start=START, end=END)) as first,
+        CapillaryStandIn(users=USERS, dataset=Dataset(seed=7, start=START, end=END)) as second,
+        CapillaryStandIn(users=USERS, dataset=Dataset(seed=8, start=START, end=END)) as other,
+    ):
+        forward = {event: audit(first, event).content for event in events}
+        backward = {event: audit(second, event).content for event in reversed(events)}
+        assert forward == backward
+        assert audit(first, events[0]).content == forward[events[0]]
+        assert all(audit(other, event).content != forward[event] for event in events)
+        assert first.dataset.records(events[0]) == json.loads(forward[events[0]])["data"]
+
+
+def test_records_returns_a_copy():
+    dataset = Dataset(seed=3, records_per_event=(2, 2), start=START, end=END)
+    dataset.records("e")[0]["id"] = "changed"
+    assert dataset.records("e")[0]["id"] != "changed"
+
+
+def _format_of(changed_on: str | int) -> str:
+    if isinstance(changed_on, int):
+        return "epoch_ms_number"
+    if changed_on.isdigit():
+        return "epoch_ms"
+    if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", changed_on):
+        return "iso_z"
+    if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000", changed_on):
+        return "iso_millis_offset"
+    if re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", changed_on):
+        return "naive_space"
+    return "junk"
+
+
+def _parse(changed_on: str | int, zone: str) -> datetime | None:
+    kind = _format_of(changed_on)
+    if kind in ("epoch_ms", "epoch_ms_number"):
+        return EPOCH + timedelta(milliseconds=int(changed_on))
+    if kind == "iso_z":
+        return datetime.strptime(str(changed_on), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    if kind == "iso_millis_offset":
+        return datetime.strptime(str(changed_on), "%Y-%m-%dT%H:%M:%S.%f%z")
+    if kind == "naive_space":
+        try:
+            local = datetime.strptime(str(changed_on), "%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            return None
+        return local.replace(tzinfo=ZoneInfo(zone)).astimezone(timezone.utc)
+    return None
+
+
+def test_default_events_mix_all_formats_empty_histories_and_unicode():
+    dataset = Dataset(seed=42)
+    events = [f"event_{number}" for number in range(12)]
+    entries = [
+        entry for event in events for record in dataset.records(event) for entry in record["valueHistory"]
+    ]
+    assert {_format_of(entry["changedOn"]) for entry in entries} == set(CHANGED_ON_FORMATS)
+    assert any(not record["valueHistory"] for event in events for record in dataset.records(event))
+    values = [entry["value"] for entry in entries]
+    assert any(not value.isascii() for value in values)
+    assert "" in values
+    millis = [
+        entry["changedOn"][20:23]
+        for entry in entries
+        if _format_of(entry["changedOn"]) == "iso_millis_offset"
+    ]
+    assert any(part != "000" for part in millis)
+    for event in events:
+        event_entries = [entry for record in dataset.records(event) for entry in record["valueHistory"]]
+        if len(event_entries) >= len(CHANGED_ON_FORMATS):
+            assert {_format_of(entry["changedOn"]) for entry in event_entries} == set(CHANGED_ON_FORMATS)
+
+
+def test_default_window_ends_at_next_utc_midnight():
+    dataset = Dataset()
+    now = datetime.now(timezone.utc)
+    assert dataset.end.tzinfo is not None
+    assert dataset.end - now <= timedelta(days=1)
+    assert (dataset.end.hour, dataset.end.minute, dataset.end.second) == (0, 0, 0)
+    assert dataset.end - dataset.start == timedelta(days=30)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
+def test_instants_agree_with_formatted_changed_on(zone):
+    dataset = Dataset(
+        seed=5, naive_timezone=zone, start=START, end=END, unparseable_rate=0.2, records_per_event=(4, 8)
+    )
+    junk = 0
+    for event in ("a", "b", "c", "d"):
+        records, instants = dataset.records(event), dataset.instants(event)
+        assert [len(record["valueHistory"]) for record in records] == [len(history) for history in instants]
+        for record, history in zip(records, instants, strict=True):
+            for entry, instant in zip(record["valueHistory"], history, strict=True):
+                assert _parse(entry["changedOn"], zone) == instant
+                if instant is None:
+                    junk += 1
+                else:
+                    assert START <= instant < END
+                    assert instant.tzinfo is not None
+    assert junk > 0
+
+
+def test_dataset_rejects_naive_datetimes_and_bad_settings():
+    with pytest.raises(ValueError):
+        Dataset(start=datetime(2025, 1, 1), end=END)
+    with pytest.raises(ValueError):
+        Dataset(changed_on_formats=("iso_z", "rfc2822"))
+    with pytest.raises(ValueError):
+        Dataset(start=END, end=START)
+
+
+# Faults --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "content_type", "code"),
+    [
+        ("http_500_html", 500, "text/html", None),
+        ("http_502", 502, "text/html", None),
+        ("http_503", 503, "text/html", None),
+        ("http_504", 504, "text/html", None),
+        ("http_400", 400, "application/json", 400),
+        ("http_401", 401, "application/json", 401),
+        ("http_403", 403, "application/json", 4000),
+        ("http_404", 404, "application/json", 404),
+        ("html_200", 200, "text/html", None),
+        ("errors_in_body", 200, "application/json", 8084),
+    ],
+)
+def test_status_faults(stand_in, kind, status, content_type, code):
+    stand_in.set_faults([Fault(kind)])
+    response = audit(stand_in)
+    assert response.status_code == status
+    assert response.headers["Content-Type"].startswith(content_type)
+    assert response.headers["X-Cap-Requestid"]
+    if code is not None:
+        assert error_codes(response) == [code]
+    else:
+        assert response.text.lstrip().startswith("<")
+    assert stand_in.requests[-1].fault == kind
+    assert stand_in.requests[-1].status == status
+
+
+@pytest.mark.parametrize(
+    ("kind", "check"),
+    [
+        ("json_list", lambda body: isinstance(body, list) and body and "valueHistory" in body[0]),
+        ("no_data", lambda body: isinstance(body, dict) and "data" not in body),
+        ("data_not_list", lambda body: isinstance(body["data"], dict)),
+        (
+            "record_missing_fields",
+            lambda body: all("id" not in r and "valueHistory" not in r for r in body["data"]),
+        ),
+        ("history_not_list", lambda body: all(isinstance(r["valueHistory"], str) for r in body["data"])),
+        (
+            "warnings_in_body",
+            lambda body: body["data"] and body["warnings"][0]["status"] is True and not body["errors"],
+        ),
+    ],
+)
+def test_malformed_shape_faults(stand_in, kind, check):
+    stand_in.set_faults([Fault(kind)])
+    response = audit(stand_in)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert check(response.json())
+
+
+def test_not_json_and_body_faults(stand_in):
+    stand_in.set_faults([Fault("not_json_200", times=1), Fault("body", body=b'{"data": "custom"}')])
+    response = audit(stand_in)
+    assert response.headers["Content-Type"].startswith("application/json")
+    with pytest.raises(ValueError):
+        response.json()
+    assert audit(stand_in).content == b'{"data": "custom"}'
+
+
+def test_huge_body_is_valid_and_about_the_size(stand_in):
+    stand_in.set_faults([Fault("huge_body", size=3_000_000)])
+    response = audit(stand_in)
+    assert 2_500_000 < len(response.content) < 3_500_000
+    body = response.json()
+    assert body["errors"] == []
+    assert len(body["data"]) > 100
+    assert body["data"][: len(stand_in.dataset.records("points_update"))] == stand_in.dataset.records(
+        "points_update"
+    )
+    assert len({record["id"] for record in body["data"]}) == len(body["data"])
+
+
+def test_redirect_fault_to_another_host(stand_in):
+    with CapillaryStandIn(users=USERS, dataset=Dataset(seed=42, start=START, end=END)) as target:
+        location = f"{target.url.replace('127.0.0.1', 'localhost')}{PATH}?format=json&eventName=points_update"
+        stand_in.set_faults([Fault("redirect", location=location)])
+        response = audit(stand_in, allow_redirects=False)
+        assert response.status_code == 302
+        assert response.headers["Location"] == location
+        followed = audit(stand_in)
+        # requests drops Authorization on a redirect to another host, so the target refuses it.
+        assert followed.history[0].status_code == 302
+        assert followed.status_code == 401
+
+
+def test_rate_limited_fault_retry_after_styles(stand_in):
+    stand_in.set_faults([Fault("rate_limited", seconds=7, retry_after="seconds", times=1)])
+    response = audit(stand_in)
+    assert (response.status_code, response.headers["Retry-After"]) == (429, "7")
+    assert error_codes(response) == [429]
+    stand_in.set_faults([Fault("rate_limited", seconds=30, retry_after="http-date", times=1)])
+    moment = parsedate_to_datetime(audit(stand_in).headers["Retry-After"])
+    assert timedelta(seconds=28) < moment - datetime.now(timezone.utc) <= timedelta(seconds=31)
+    stand_in.set_faults([Fault("rate_limited", retry_after="zero", times=1)])
+    assert audit(stand_in).headers["Retry-After"] == "0"
+    stand_in.set_faults([Fault("rate_limited", times=1)])
+    response = audit(stand_in)
+    assert response.status_code == 429
+    assert "Retry-After" not in response.headers
+    assert audit(stand_in).status_code == 200
+
+
+def test_reset_fault_raises_a_connection_error(stand_in):
+    stand_in.set_faults([Fault("reset", times=1)])
+    with pytest.raises((requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+        audit(stand_in, "tier_change")
+    assert stand_in.requests[-1].fault == "reset"
+    assert audit(stand_in, "tier_change").status_code == 200
+
+
+def test_truncated_fault_gives_an_incomplete_body(stand_in):
+    stand_in.set_faults([Fault("truncated")])
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        audit(stand_in, "tier_change")
+    connection = http.client.HTTPConnection(stand_in.host, stand_in.port, timeout=5)
+    connection.request("GET", f"{PATH}?format=json&eventName=tier_change", headers=AUTH)
+    response = connection.getresponse()
+    assert response.status == 200
+    with pytest.raises(http.client.IncompleteRead):
+        response.read()
+    connection.close()
+
+
+def test_slow_fault_trips_a_short_client_timeout(stand_in):
+    stand_in.set_faults([Fault("slow", seconds=0.6, times=2)])
+    with pytest.raises(requests.ReadTimeout):
+        audit(stand_in, timeout=0.2)
+    started = time.monotonic()
+    response = audit(stand_in)
+    assert response.status_code == 200
+    assert time.monotonic() - started >= 0.55
+    assert response.content == stand_in.dataset.body("points_update")
+    assert stand_in.requests[-1].fault == "slow"
+
+
+def test_hang_fault_is_released_by_stop():
+    stand_in = CapillaryStandIn(users=USERS, faults=[Fault("hang", seconds=60)]).start()
+    outcome: list[BaseException | requests.Response] = []
+
+    def call() -> None:
+        try:
+            outcome.append(audit(stand_in, timeout=30))
+        except requests.RequestException as error:
+            outcome.append(error)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.3)
+    assert not outcome
+    assert stand_in.requests[-1].status is None
+    assert stand_in.requests[-1].fault == "hang"
+    started = time.monotonic()
+    stand_in.stop()
+    caller.join(timeout=5)
+    assert time.monotonic() - started < 2
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], requests.ConnectionError)
+
+
+def test_hang_fault_closes_after_its_seconds(stand_in):
+    stand_in.set_faults([Fault("hang", seconds=0.3)])
+    with pytest.raises(requests.ConnectionError):
+        audit(stand_in, timeout=5)
+
+
+def test_latency_and_stop_release_sleeping_handlers():
+    stand_in = CapillaryStandIn(users=USERS, latency=0.25).start()
+    started = time.monotonic()
+    assert audit(stand_in).status_code == 200
+    assert time.monotonic() - started >= 0.25
+    stand_in.set_latency(30)
+    outcome: list[BaseException | requests.Response] = []
+
+    def call() -> None:
+        try:
+            outcome.append(audit(stand_in, timeout=30))
+        except requests.RequestException as error:
+            outcome.append(error)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    stand_in.stop()
+    caller.join(timeout=5)
+    assert time.monotonic() - started < 2
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], requests.ConnectionError)
+
+
+def test_fault_selection_times_after_and_event_names(stand_in):
+    stand_in.set_faults(
+        [Fault("http_503", after=1, times=2, event_names=["flaky"]), Fault("http_404", times=1)]
+    )
+    statuses = [
+        audit(stand_in, event).status_code
+        for event in ["steady", "flaky", "flaky", "flaky", "flaky", "steady"]
+    ]
+    # "steady" falls through to the second fault once; "flaky" skips one, then fails twice.
+    assert statuses == [404, 200, 503, 503, 200, 200]
+
+
+def test_fault_rate_is_deterministic_given_the_seed():
+    def pattern(seed: int) -> list[int]:
+        with CapillaryStandIn(users=USERS, faults=[Fault("http_500_html", rate=0.5)], seed=seed) as stand_in:
+            return [audit(stand_in).status_code for _ in range(30)]
+
+    first = pattern(11)
+    assert set(first) == {200, 500}
+    assert pattern(11) == first
+    assert pattern(12) != first
+
+
+def test_fault_validation():
+    with pytest.raises(ValueError):
+        Fault("explode")
+    with pytest.raises(ValueError):
+        Fault("redirect")
+    with pytest.raises(ValueError):
+        Fault("http_503", rate=1.5)
+    assert Fault.parse("http_503:0.25") == Fault("http_503", rate=0.25)
+
+
+# Rate limiting -------------------------------------------------------------------------------------
+
+
+def test_fixed_window_counts_from_window_boundaries():
+    limiter = RateLimiter(RateLimit(limit=5, window=1.0, algorithm="fixed"), origin=100.0)
+    assert [limiter.acquire(100.9) for _ in range(5)] == [None] * 5
+    assert limiter.acquire(100.9) == pytest.approx(0.1)
+    # A burst on each side of the boundary passes: the weakness of a fixed window.
+    assert [limiter.acquire(101.0) for _ in range(5)] == [None] * 5
+    assert limiter.acquire(101.5) == pytest.approx(0.5)
+
+
+def test_sliding_window_counts_any_trailing_window():
+    limiter = RateLimiter(RateLimit(limit=5, window=1.0, algorithm="sliding"), origin=0.0)
+    assert [limiter.acquire(0.9) for _ in range(5)] == [None] * 5
+    assert limiter.acquire(1.0) == pytest.approx(0.9)
+    assert limiter.acquire(1.5) == pytest.approx(0.4)
+    assert limiter.acquire(1.91) is None
+
+
+def test_leaky_bucket_allows_an_even_pace_but_not_a_burst():
+    limiter = RateLimiter(RateLimit(limit=5, window=1.0, algorithm="leaky"), origin=0.0)
+    assert all(limiter.acquire(step * 0.2) is None for step in range(50))
+    limiter = RateLimiter(RateLimit(limit=5, window=1.0, algorithm="leaky", burst=2), origin=0.0)
+    assert [limiter.acquire(0.0) for _ in range(2)] == [None, None]
+    assert limiter.acquire(0.0) == pytest.approx(0.2)
+    assert limiter.acquire(0.1) == pytest.approx(0.1)
+    assert limiter.acquire(0.2) is None
+
+
+def test_retry_after_rendering():
+    assert retry_after_value("seconds", 0.2, 0.0) == "1"
+    assert retry_after_value("seconds", 2.5, 0.0) == "3"
+    assert retry_after_value("http-date", 1.5, 1_700_000_000.2) == "Tue, 14 Nov 2023 22:13:22 GMT"
+    assert retry_after_value("zero", 9.0, 0.0) == "0"
+    assert retry_after_value(None, 9.0, 0.0) is None
+
+
+@pytest.mark.parametrize(("algorithm", "burst"), [("fixed", None), ("sliding", None), ("leaky", 5)])
+def test_rate_limit_over_http(stand_in, algorithm, burst):
+    stand_in.set_rate_limit(RateLimit(limit=5, window=1.0, algorithm=algorithm, burst=burst))
+    with requests.Session() as session:
+        statuses = [audit(stand_in, session=session).status_code for _ in range(8)]
+        assert statuses == [200] * 5 + [429] * 3
+        refused = audit(stand_in, session=session)
+        assert refused.headers["Retry-After"] == "1"
+        assert error_codes(refused) == [429]
+        time.sleep(1.0 if algorithm != "leaky" else 0.25)
+        assert audit(stand_in, session=session).status_code == 200
+    assert [request.fault for request in stand_in.requests].count("rate_limited") == 4
+
+
+def test_rate_limit_retry_after_styles_over_http(stand_in):
+    for style, check in [
+        ("seconds", lambda value: value == "60"),
+        (
+            "http-date",
+            lambda value: parsedate_to_datetime(value) > datetime.now(timezone.utc) + timedelta(seconds=50),
+        ),
+        ("zero", lambda value: value == "0"),
+        (None, lambda value: value is None),
+    ]:
+        stand_in.set_rate_limit(RateLimit(limit=1, window=60, retry_after=style))
+        assert audit(stand_in).status_code == 200
+        refused = audit(stand_in)
+        assert refused.status_code == 429
+        assert check(refused.headers.get("Retry-After"))
+
+
+def test_an_evenly_paced_client_passes_a_leaky_bucket(stand_in):
+    stand_in.set_rate_limit(RateLimit(limit=20, window=1.0, algorithm="leaky"))
+    with requests.Session() as session:
+        statuses = []
+        for _ in range(12):
+            statuses.append(audit(stand_in, session=session).status_code)
+            time.sleep(0.06)
+    assert statuses == [200] * 12
+
+
+# Recorded requests, connections --------------------------------------------------------------------
+
+
+def test_recorded_requests(stand_in):
+    names = ["Ünïcödé 東京 🎉", "with space & ampersand=1+1", "plain"]
+    for name in names:
+        audit(stand_in, name)
+    audit(stand_in, headers={})
+    recorded = stand_in.requests
+    assert [request.event_name for request in recorded] == [*names, "points_update"]
+    assert [request.status for request in recorded] == [200, 200, 200, 401]
+    assert all(a.monotonic <= b.monotonic for a, b in itertools.pairwise(recorded))
+    assert abs(recorded[0].wall - time.time()) < 5
+    first = recorded[0]
+    assert (first.method, first.path, first.fault) == ("GET", PATH, None)
+    assert first.query == {"format": ["json"], "eventName": [names[0]]}
+    assert first.headers["Authorization"] == AUTH["Authorization"]
+    stand_in.clear_requests()
+    assert stand_in.requests == []
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(stand_in):
+    connection = http.client.HTTPConnection(stand_in.host, stand_in.port, timeout=5)
+    for event in ("a", "b", "c"):
+        connection.request("GET", f"{PATH}?format=json&eventName={event}", headers=AUTH)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.read() == stand_in.dataset.body(event)
+    connection.request("GET", "/missing", headers=AUTH)
+    assert connection.getresponse().read()
+    connection.close()
+
+
+def test_many_concurrent_clients(stand_in):
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        responses = list(pool.map(lambda number: audit(stand_in, f"event_{number % 10}"), range(200)))
+    assert all(response.status_code == 200 for response in responses)
+    assert all(
+        response.content == stand_in.dataset.body(f"event_{n % 10}") for n, response in enumerate(responses)
+    )
+    assert len({response.headers["X-Cap-Requestid"] for response in responses}) == 200
+
+
+def test_https_with_an_ssl_context(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not available")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with CapillaryStandIn(users=USERS, ssl_context=context) as stand_in:
+        assert stand_in.url.startswith("https://127.0.0.1:")
+        response = audit(stand_in, verify=str(cert))
+        assert response.status_code == 200
+        assert response.json()["data"]
+        with pytest.raises(requests.exceptions.SSLError):
+            audit(stand_in)
+
+
+def test_command_line_serves_until_sigterm(tmp_path):
+    ready = tmp_path / "url"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow_capillary_audit.sandbox", "--port", "0", "--seed", "42",
+         "--ready-file", str(ready)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        url = ready.read_text().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        response = requests.get(
+            url + PATH, params={"format": "json", "eventName": "cli"}, headers=AUTH, timeout=5
+        )
+        assert response.status_code == 200
+        # Another process, the same bytes: seeds do not depend on hash randomisation.
+        assert response.content == Dataset(seed=42).body("cli")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+    assert stdout.strip() == url

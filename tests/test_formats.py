@@ -1,0 +1,401 @@
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import sys
+
+import pytest
+
+from airflow_capillary_audit import formats
+from airflow_capillary_audit.formats import (
+    FILE_SUFFIX,
+    OUTPUT_FORMATS,
+    HashingWriter,
+    ParquetUnavailableError,
+    event_file_name,
+    event_name_from_file,
+    write_rows,
+)
+from airflow_capillary_audit.records import ROW_COLUMNS, iter_rows
+
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def sample_rows() -> list[dict]:
+    """Return flattened rows with unicode, None, quoting hazards and an empty string."""
+    records = [
+        {
+            "id": "66a0c1",
+            "orgId": 100458,
+            "updatedType": "CREATED",
+            "requestId": "req-1",
+            "valueHistory": [
+                {"value": "Café 日本 🎉", "changedOn": "2025-05-08T08:56:57Z"},
+                {"value": 'say "hi", then\nleave\r\n', "changedOn": "2025-06-19T05:16:36.120+0000"},
+                {"value": "", "changedOn": 1715158617000},
+                {"value": None, "changedOn": "not a time"},
+            ],
+        },
+        {"id": "66a0c2", "orgId": None, "valueHistory": []},
+    ]
+    return list(iter_rows("Event/../ñ", records))
+
+
+def nested_records() -> list[dict]:
+    return [
+        {
+            "id": "66a0c1",
+            "orgId": 100458,
+            "eventName": "TestingEvent_FE",
+            "valueHistory": [{"value": "é", "changedOn": "2025-05-08T08:56:57Z"}],
+            "extra": {"list": [1, 2.5, True, None], "nested": {"k": "v\u2028"}},
+        },
+        {"id": "66a0c2", "valueHistory": []},
+    ]
+
+
+def write(output_format: str, rows: list[dict], columns: tuple[str, ...] | None = ROW_COLUMNS) -> bytes:
+    buffer = io.BytesIO()
+    assert write_rows(output_format, iter(rows), buffer, columns=columns) == len(rows)
+    return buffer.getvalue()
+
+
+# --- round trips --------------------------------------------------------------------------------
+
+
+def test_jsonl_round_trip() -> None:
+    rows = sample_rows()
+    data = write("jsonl", rows)
+    assert data.endswith(b"\n")
+    lines = data.decode("utf-8").split("\n")
+    assert lines[-1] == ""
+    assert [json.loads(line) for line in lines[:-1]] == rows
+    assert [list(json.loads(line)) for line in lines[:-1]] == [list(ROW_COLUMNS)] * len(rows)
+    assert "Café 日本 🎉".encode() in data  # UTF-8, not \\u escapes
+    assert b'"id":"66a0c1"' in data  # compact
+
+
+def test_json_round_trip_of_rows_and_nested_records() -> None:
+    rows = sample_rows()
+    assert json.loads(write("json", rows)) == rows
+    records = nested_records()
+    data = write("json", records, columns=None)
+    assert json.loads(data) == records
+    assert data.startswith(b"[{") and data.endswith(b"}]\n")
+
+
+def test_jsonl_keeps_nested_records() -> None:
+    records = nested_records()
+    lines = write("jsonl", records, columns=None).decode("utf-8").split("\n")
+    assert [json.loads(line) for line in lines[:-1]] == records
+
+
+@pytest.mark.parametrize("line_break", ["\x85", "\u2028", "\u2029", "\n", "\r", "\x0b", "\x1c"])
+def test_jsonl_lines_are_rows_wherever_a_reader_splits_lines(line_break: str) -> None:
+    rows = [{"value": f"a{line_break}b", f"key{line_break}": 1}, {"value": "c"}]
+    text = write("jsonl", rows, columns=None).decode("utf-8")
+    assert [json.loads(line) for line in text.splitlines()] == rows
+
+
+def test_csv_round_trip() -> None:
+    rows = sample_rows()
+    data = write("csv", rows)
+    assert not data.startswith(b"\xef\xbb\xbf")
+    assert data.startswith(",".join(ROW_COLUMNS).encode() + b"\r\n")
+    read = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    expected = [{key: "" if value is None else str(value) for key, value in row.items()} for row in rows]
+    assert read == expected
+
+
+def test_parquet_round_trip() -> None:
+    rows = sample_rows()
+    table = pq.read_table(io.BytesIO(write("parquet", rows)))
+    assert table.column_names == list(ROW_COLUMNS)
+    assert str(table.schema.field("org_id").type) == "int64"
+    assert all(str(field.type) == "string" for field in table.schema if field.name != "org_id")
+    assert all(field.nullable for field in table.schema)
+    assert table.to_pylist() == rows
+
+
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_no_rows(output_format: str) -> None:
+    data = write(output_format, [])
+    if output_format == "jsonl":
+        assert data == b""
+    elif output_format == "json":
+        assert data == b"[]\n"
+        assert json.loads(data) == []
+    elif output_format == "csv":
+        assert data == ",".join(ROW_COLUMNS).encode() + b"\r\n"
+    else:
+        table = pq.read_table(io.BytesIO(data))
+        assert table.num_rows == 0
+        assert table.column_names == list(ROW_COLUMNS)
+        assert str(table.schema.field("org_id").type) == "int64"
+
+
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_same_rows_give_the_same_bytes(output_format: str) -> None:
+    rows = sample_rows() * 700
+    assert write(output_format, rows) == write(output_format, [dict(row) for row in rows])
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "json", "csv"])
+def test_many_rows_cross_batch_boundaries(output_format: str) -> None:
+    rows = [{"event_name": "E", "id": str(i), "org_id": i, "value": "v" * (i % 5)} for i in range(2_345)]
+    data = write(output_format, rows, columns=("event_name", "id", "org_id", "value"))
+    if output_format == "jsonl":
+        assert [json.loads(line) for line in data.decode().splitlines()] == rows
+    elif output_format == "json":
+        assert json.loads(data) == rows
+    else:
+        read = list(csv.DictReader(io.StringIO(data.decode(), newline="")))
+        assert [int(row["org_id"]) for row in read] == list(range(2_345))
+
+
+def test_parquet_writes_row_groups_of_bounded_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(formats, "PARQUET_ROW_GROUP_ROWS", 1_000)
+    rows = [dict(row, id=str(i)) for i, row in enumerate(sample_rows() * 500)]
+    data = write("parquet", rows)
+    parquet_file = pq.ParquetFile(io.BytesIO(data))
+    assert parquet_file.metadata.num_row_groups == 3
+    assert parquet_file.read().to_pylist() == rows
+
+
+# --- columns and values -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output_format", ["csv", "parquet"])
+def test_csv_and_parquet_need_columns(output_format: str) -> None:
+    with pytest.raises(ValueError, match=f"output_format '{output_format}' needs the columns"):
+        write_rows(output_format, [], io.BytesIO())
+
+
+@pytest.mark.parametrize("output_format", ["csv", "parquet"])
+def test_columns_select_and_order_missing_keys_are_empty(output_format: str) -> None:
+    rows = [{"b": "1", "a": "2", "ignored": "x"}, {"a": "3"}]
+    data = write(output_format, rows, columns=("a", "b"))
+    if output_format == "csv":
+        assert data == b"a,b\r\n2,1\r\n3,\r\n"
+    else:
+        assert pq.read_table(io.BytesIO(data)).to_pylist() == [{"a": "2", "b": "1"}, {"a": "3", "b": None}]
+
+
+@pytest.mark.parametrize("output_format", ["csv", "parquet"])
+@pytest.mark.parametrize("nested", [{"k": "v"}, ["a"], ("a",)])
+def test_csv_and_parquet_refuse_nested_values(output_format: str, nested: object) -> None:
+    rows = [{"id": "1", "value": "ok"}, {"id": "2", "value": nested}]
+    with pytest.raises(ValueError, match=f"'{output_format}' cannot hold the nested value of column 'value'"):
+        write_rows(output_format, rows, io.BytesIO(), columns=("id", "value"))
+
+
+def test_parquet_stores_scalars_of_string_columns_as_text() -> None:
+    rows = [{"id": 5, "value": 1.5, "org_id": "42"}, {"id": True, "value": None, "org_id": 7}]
+    table = pq.read_table(io.BytesIO(write("parquet", rows, columns=("id", "value", "org_id"))))
+    assert table.to_pylist() == [
+        {"id": "5", "value": "1.5", "org_id": 42},
+        {"id": "True", "value": None, "org_id": 7},
+    ]
+
+
+@pytest.mark.parametrize("org_id", ["abc", 1.5, True, 2**64])
+def test_parquet_refuses_an_org_id_that_is_not_an_integer(org_id: object) -> None:
+    with pytest.raises(ValueError, match="column 'org_id'"):
+        write_rows("parquet", [{"org_id": org_id}], io.BytesIO(), columns=("org_id",))
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "json"])
+def test_json_output_is_strict(output_format: str) -> None:
+    with pytest.raises(ValueError):
+        write_rows(output_format, [{"value": float("nan")}], io.BytesIO())
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "json"])
+def test_json_escapes_text_utf8_cannot_hold(output_format: str) -> None:
+    rows = [{"value": "é"}, {"value": "lone \ud800 surrogate"}, {"value": "ü"}]
+    data = write(output_format, rows, columns=None)
+    assert b"\\ud800" in data
+    assert "é".encode() in data and "ü".encode() in data
+    decoded = data.decode("utf-8")
+    parsed = (
+        json.loads(decoded)
+        if output_format == "json"
+        else [json.loads(line) for line in decoded.splitlines()]
+    )
+    assert parsed == rows
+
+
+def test_fast_json_encoder_matches_the_public_one() -> None:
+    values = [
+        sample_rows(),
+        nested_records(),
+        {"a": [{"b": None}], "c": -0.0, "d": 10**20, "e": "\x00\u2028"},
+    ]
+    public = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+    assert [formats._encode_json(value) for value in values] == [public(value) for value in values]
+
+
+def test_unknown_format() -> None:
+    with pytest.raises(ValueError, match="output_format 'xml' is not one of jsonl, json, csv, parquet"):
+        write_rows("xml", [], io.BytesIO())
+
+
+def test_parquet_without_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in sys.modules if name == "pyarrow" or name.startswith("pyarrow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    buffer = io.BytesIO()
+    with pytest.raises(ParquetUnavailableError) as caught:
+        write_rows("parquet", iter(sample_rows()), buffer, columns=ROW_COLUMNS)
+    assert str(caught.value) == (
+        "output_format='parquet' needs pyarrow: pip install 'airflow-capillary-audit[parquet]'"
+    )
+    assert isinstance(caught.value, ImportError)
+    assert buffer.getvalue() == b""
+
+
+# --- HashingWriter ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_hashing_writer_reports_what_was_written(output_format: str) -> None:
+    buffer = io.BytesIO()
+    sink = HashingWriter(buffer)
+    write_rows(output_format, sample_rows(), sink, columns=ROW_COLUMNS)
+    assert sink.bytes == len(buffer.getvalue()) > 0
+    assert sink.sha256 == hashlib.sha256(buffer.getvalue()).hexdigest()
+    assert not buffer.closed
+
+
+def test_hashing_writer_finishes_partial_writes() -> None:
+    class Trickle(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, chunk) -> int:  # type: ignore[override]
+            self.data += bytes(chunk[:3])
+            return min(3, len(chunk))
+
+    target = Trickle()
+    sink = HashingWriter(target)  # type: ignore[arg-type]
+    assert sink.write(b"0123456789") == 10
+    assert sink.write(memoryview(b"ab")) == 2
+    assert bytes(target.data) == b"0123456789ab"
+    assert sink.bytes == 12
+    assert sink.sha256 == hashlib.sha256(b"0123456789ab").hexdigest()
+
+
+def test_hashing_writer_of_nothing() -> None:
+    sink = HashingWriter(io.BytesIO())
+    assert sink.bytes == 0
+    assert sink.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+# --- file names ---------------------------------------------------------------------------------
+
+TRICKY_NAMES = [
+    "TestingEvent_FE",
+    "../x",
+    "a/b",
+    "a\\b",
+    "..",
+    ".",
+    ".hidden",
+    "%41",
+    "%",
+    "a b&c",
+    "a~b",
+    "Café 日本 🎉",
+    "con",
+    "CON",
+    "Con",
+    "nul.txt",
+    "x" * 200,
+    'a:b*c?d"e<f>g|h',
+    "-_-",
+]
+
+
+@pytest.mark.parametrize("name", TRICKY_NAMES)
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_event_file_name_round_trip_and_never_leaves_the_folder(name: str, output_format: str) -> None:
+    file_name = event_file_name(name, output_format)
+    assert file_name.endswith(FILE_SUFFIX[output_format])
+    stem = file_name[: -len(FILE_SUFFIX[output_format])]
+    assert stem and "." not in stem
+    assert set(stem) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_%")
+    assert "/" not in file_name and "\\" not in file_name
+    assert file_name not in (".", "..") and not file_name.startswith(".")
+    assert len(file_name.encode()) <= 255
+    assert event_name_from_file(file_name) == (name, output_format)
+
+
+def test_event_file_names_stay_distinct() -> None:
+    file_names = [event_file_name(name, "jsonl") for name in TRICKY_NAMES]
+    assert len(set(file_names)) == len(TRICKY_NAMES)
+    assert event_file_name("con", "csv") != event_file_name("CON", "csv")
+
+
+def test_event_file_name_examples() -> None:
+    assert event_file_name("TestingEvent_FE", "jsonl") == "TestingEvent_FE.jsonl"
+    assert event_file_name("../x", "json") == "%2E%2E%2Fx.json"
+    assert event_file_name("a b&c", "csv") == "a%20b%26c.csv"
+    assert event_file_name("%41", "parquet") == "%2541.parquet"
+    assert event_file_name("é", "jsonl") == "%C3%A9.jsonl"
+
+
+def test_event_file_name_too_long() -> None:
+    assert event_file_name("x" * 249, "jsonl")
+    with pytest.raises(
+        ValueError, match=r"^event_names: the event name 'xxxx.*' is too long for a file name"
+    ):
+        event_file_name("x" * 250, "jsonl")
+    with pytest.raises(ValueError, match="is too long for a file name: encoded it takes 260 bytes"):
+        event_file_name("日" * 28, "parquet")  # 28 characters of 9 bytes once encoded, plus .parquet
+
+
+@pytest.mark.parametrize(
+    ("name", "message"), [("", "an empty event name"), ("a\ud800", "unpaired surrogates")]
+)
+def test_event_file_name_refuses_names_without_a_file_name(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^event_names: .*{message}"):
+        event_file_name(name, "jsonl")
+
+
+def test_event_file_name_unknown_format() -> None:
+    with pytest.raises(ValueError, match="output_format 'txt'"):
+        event_file_name("a", "txt")
+
+
+@pytest.mark.parametrize(
+    "file_name",
+    [
+        "a.txt",
+        "a",
+        "jsonl",
+        "a.JSONL",
+        "a.b.jsonl",
+        "%2e%2e.jsonl",
+        "%zz.jsonl",
+        "%FF.json",
+        ".jsonl",
+        "a/b.csv",
+        "a b.csv",
+    ],
+)
+def test_event_name_from_file_refuses_other_names(file_name: str) -> None:
+    with pytest.raises(ValueError, match=repr(file_name).replace(".", r"\.")):
+        event_name_from_file(file_name)
+
+
+@pytest.mark.parametrize("name", ["_manifest", "_manifest.map-0", "__x"])
+def test_event_files_never_collide_with_run_files(name):
+    for output_format in ("json", "jsonl"):
+        file_name = event_file_name(name, output_format)
+        assert not file_name.startswith("_")
+        assert event_name_from_file(file_name) == (name, output_format)

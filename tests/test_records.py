@@ -1,0 +1,586 @@
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pendulum
+import pytest
+
+from airflow_capillary_audit import records
+from airflow_capillary_audit.records import (
+    MAX_EVENT_NAME_LENGTH,
+    ROW_COLUMNS,
+    ChangedOnError,
+    FlattenStats,
+    RecordShapeError,
+    event_names_from,
+    filter_records,
+    iter_rows,
+    parse_changed_on,
+    parse_window_bound,
+    validate_window,
+)
+
+UTC = timezone.utc
+KOLKATA = ZoneInfo("Asia/Kolkata")
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+# --- parse_changed_on ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2025-05-08T08:56:57Z", utc(2025, 5, 8, 8, 56, 57)),
+        ("2025-05-08T08:56:57z", utc(2025, 5, 8, 8, 56, 57)),
+        ("2025-06-19T05:16:36.000+0000", utc(2025, 6, 19, 5, 16, 36)),
+        ("2025-06-19T05:16:36.000+00:00", utc(2025, 6, 19, 5, 16, 36)),
+        ("2025-06-19T05:16:36.123+0000", utc(2025, 6, 19, 5, 16, 36, 123000)),
+        ("2025-06-19T05:16:36.1+0000", utc(2025, 6, 19, 5, 16, 36, 100000)),
+        ("2025-06-19T05:16:36.123456789Z", utc(2025, 6, 19, 5, 16, 36, 123456)),
+        ("2025-06-19T10:46:36+05:30", utc(2025, 6, 19, 5, 16, 36)),
+        ("2025-06-19T10:46:36.5+0530", utc(2025, 6, 19, 5, 16, 36, 500000)),
+        ("2025-06-19T00:16:36-0500", utc(2025, 6, 19, 5, 16, 36)),
+        ("2022-08-18 12:00:00", utc(2022, 8, 18, 12)),
+        ("2022-08-18T12:00:00", utc(2022, 8, 18, 12)),
+        ("2022-08-18 12:00:00.25", utc(2022, 8, 18, 12, 0, 0, 250000)),
+        ("  2025-05-08T08:56:57Z  ", utc(2025, 5, 8, 8, 56, 57)),
+        (1715158617000, utc(2024, 5, 8, 8, 56, 57)),
+        (1715158617123, utc(2024, 5, 8, 8, 56, 57, 123000)),
+        ("1715158617000", utc(2024, 5, 8, 8, 56, 57)),
+        (1715158617, utc(2024, 5, 8, 8, 56, 57)),
+        ("1715158617", utc(2024, 5, 8, 8, 56, 57)),
+        (1715158617000.0, utc(2024, 5, 8, 8, 56, 57)),
+        (1715158617.5, utc(2024, 5, 8, 8, 56, 57, 500000)),
+        (-123_456_789_000, utc(1966, 2, 2, 2, 26, 51)),
+        ("-123456789000", utc(1966, 2, 2, 2, 26, 51)),
+        (0, utc(1970, 1, 1)),
+        # The boundary: 1e11 is milliseconds, anything below it seconds.
+        (100_000_000_000, utc(1973, 3, 3, 9, 46, 40)),
+        (99_999_999_999, utc(5138, 11, 16, 9, 46, 39)),
+    ],
+)
+def test_parse_changed_on_reads_every_documented_format(raw: object, expected: datetime) -> None:
+    parsed = parse_changed_on(raw)
+    assert parsed == expected
+    assert parsed is not None and parsed.tzinfo is UTC
+
+
+@pytest.mark.parametrize("raw", [None, "", "   "])
+def test_parse_changed_on_missing_is_none(raw: object) -> None:
+    assert parse_changed_on(raw) is None
+
+
+def test_parse_changed_on_reads_naive_times_in_the_default_zone() -> None:
+    assert parse_changed_on("2022-08-18 12:00:00", KOLKATA) == utc(2022, 8, 18, 6, 30)
+    assert parse_changed_on("2022-08-18T12:00:00.5", KOLKATA) == utc(2022, 8, 18, 6, 30, 0, 500000)
+    # An explicit offset wins over the default zone; epoch time has no zone to apply.
+    assert parse_changed_on("2022-08-18T12:00:00Z", KOLKATA) == utc(2022, 8, 18, 12)
+    assert parse_changed_on("2022-08-18T12:00:00+0000", KOLKATA) == utc(2022, 8, 18, 12)
+    assert parse_changed_on(1715158617000, KOLKATA) == utc(2024, 5, 8, 8, 56, 57)
+
+
+def test_parse_changed_on_follows_daylight_saving_in_the_default_zone() -> None:
+    new_york = ZoneInfo("America/New_York")
+    assert parse_changed_on("2025-01-15 12:00:00", new_york) == utc(2025, 1, 15, 17)
+    assert parse_changed_on("2025-07-15 12:00:00", new_york) == utc(2025, 7, 15, 16)
+
+
+def test_parse_changed_on_accepts_a_pendulum_default_zone() -> None:
+    assert parse_changed_on("2022-08-18 12:00:00", pendulum.timezone("Asia/Kolkata")) == utc(
+        2022, 8, 18, 6, 30
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "yesterday",
+        "2025-13-01T00:00:00Z",
+        "2025-05-08T25:00:00Z",
+        "08/05/2025 08:56",
+        "12:00:00",
+        "2025-05-08T08:56:57+2500",
+        "Z",
+        "1" * 30,
+        "".join(chr(0xFF10 + int(digit)) for digit in "1715158617000"),  # full-width digits: not epoch
+        True,
+        False,
+        float("nan"),
+        float("inf"),
+        10**30,
+        [],
+        {"epoch": 1},
+    ],
+)
+def test_parse_changed_on_refuses_junk_naming_the_value(raw: object) -> None:
+    with pytest.raises(ChangedOnError) as caught:
+        parse_changed_on(raw)
+    assert repr(raw) in str(caught.value)
+    assert caught.value.raw == raw or raw != raw  # NaN is not equal to itself
+    assert isinstance(caught.value, ValueError)
+
+
+def test_parse_changed_on_refuses_an_offset_leaving_the_calendar() -> None:
+    with pytest.raises(ChangedOnError):
+        parse_changed_on("0001-01-01T00:00:00+05:00")
+
+
+def test_parse_changed_on_accepts_a_datetime() -> None:
+    assert parse_changed_on(datetime(2025, 5, 8, 12, tzinfo=KOLKATA)) == utc(2025, 5, 8, 6, 30)
+    assert parse_changed_on(datetime(2025, 5, 8, 12)) == utc(2025, 5, 8, 12)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2025-05-08T08:56:57Z", utc(2025, 5, 8, 8, 56, 57)),
+        ("2025-06-19T05:16:36.000+0000", utc(2025, 6, 19, 5, 16, 36)),
+        ("2025-06-19T05:16:36.1+05:30", utc(2025, 6, 18, 23, 46, 36, 100000)),
+        ("2022-08-18 12:00:00", utc(2022, 8, 18, 6, 30)),
+        ("2022-08-18T12:00:00.1234567", utc(2022, 8, 18, 6, 30, 0, 123456)),
+    ],
+)
+def test_every_documented_format_reads_without_fromisoformat(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: datetime
+) -> None:
+    """Python 3.10's fromisoformat reads far less than 3.11's: the fallback must cover the rest."""
+
+    def refuse(text: str) -> datetime:
+        raise ValueError(text)
+
+    monkeypatch.setattr(records, "_fromisoformat", refuse)
+    assert parse_changed_on(raw, KOLKATA) == expected
+
+
+def test_fallback_reader_handles_what_fromisoformat_may_not() -> None:
+    _read_iso = records._read_iso
+    assert _read_iso("2025-06-19 05:16:36.1234567 +0530") == datetime(
+        2025, 6, 19, 5, 16, 36, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30))
+    )
+    assert _read_iso("2025-06-19T05:16z") == utc(2025, 6, 19, 5, 16)
+    assert _read_iso("2025-06-19T05:16:36-03") == datetime(
+        2025, 6, 19, 5, 16, 36, tzinfo=timezone(timedelta(hours=-3))
+    )
+    assert _read_iso("2025-02-30T00:00:00Z") is None
+    assert _read_iso("not a date") is None
+
+
+# --- window bounds ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("2026-11-24T00:00:00+00:00", utc(2026, 11, 24)),  # {{ data_interval_start }}
+        ("2026-11-24 00:00:00+00:00", utc(2026, 11, 24)),  # str() of a pendulum DateTime
+        ("2026-11-24", utc(2026, 11, 24)),  # {{ ds }}
+        ("2026-11-24T05:30:00+05:30", utc(2026, 11, 24)),
+        ("2026-11-24T00:00:00Z", utc(2026, 11, 24)),
+        ("2026-11-24T00:00:00", utc(2026, 11, 24)),
+        ("2026-11-24T00:00:00.000+0000", utc(2026, 11, 24)),
+        (datetime(2026, 11, 24), utc(2026, 11, 24)),
+        (datetime(2026, 11, 24, 5, 30, tzinfo=KOLKATA), utc(2026, 11, 24)),
+        (date(2026, 11, 24), utc(2026, 11, 24)),
+        (pendulum.datetime(2026, 11, 24, tz="UTC"), utc(2026, 11, 24)),
+        (pendulum.datetime(2026, 11, 24, 5, 30, tz="Asia/Kolkata"), utc(2026, 11, 24)),
+    ],
+)
+def test_parse_window_bound(value: object, expected: datetime | None) -> None:
+    parsed = parse_window_bound(value, "changed_since")
+    assert parsed == expected
+    if parsed is not None:
+        assert type(parsed) is datetime
+        assert parsed.tzinfo is UTC
+
+
+@pytest.mark.parametrize("value", ["yesterday", "24/11/2026", 1_764_000_000, 3.5, True, ["2026-11-24"]])
+def test_parse_window_bound_names_the_field(value: object) -> None:
+    with pytest.raises(ValueError, match=r"^changed_until: cannot read .*ISO 8601") as caught:
+        parse_window_bound(value, "changed_until")
+    assert repr(value) in str(caught.value)
+
+
+def test_validate_window() -> None:
+    validate_window(None, None)
+    validate_window(utc(2026, 1, 1), None)
+    validate_window(None, utc(2026, 1, 1))
+    validate_window(utc(2026, 1, 1), utc(2026, 1, 1))
+    validate_window(utc(2026, 1, 1), utc(2026, 1, 2))
+    with pytest.raises(ValueError, match=r"changed_since .* is after changed_until"):
+        validate_window(utc(2026, 1, 2), utc(2026, 1, 1))
+
+
+# --- iter_rows ----------------------------------------------------------------------------------
+
+
+def audit_logs() -> list[dict]:
+    """Return audit log records shaped as Capillary's documentation shows them, with oddities."""
+    return [
+        {
+            "id": "66a0c1",
+            "orgId": 100458,
+            "eventName": "TestingEvent_FE",
+            "updatedType": "CREATED",
+            "requestId": "req-1",
+            "valueHistory": [
+                {"value": "enabled", "changedOn": "2025-05-08T08:56:57Z"},
+                {"value": "disabled", "changedOn": "2025-06-19T05:16:36.000+0000"},
+            ],
+        },
+        {
+            "id": "66a0c2",
+            "orgId": 100458,
+            "eventName": "TestingEvent_FE",
+            "updatedType": "MODIFIED",
+            "requestId": "req-2",
+            "valueHistory": [],
+        },
+        {
+            "id": "66a0c3",
+            "orgId": 100458,
+            "eventName": "TestingEvent_FE",
+            "updatedType": "MODIFIED",
+            "requestId": "req-3",
+            "valueHistory": [
+                {"value": "Café 日本", "changedOn": 1715158617000},
+                {"value": "naive", "changedOn": "2022-08-18 12:00:00"},
+                {"value": "junk", "changedOn": "last tuesday"},
+                {"value": "no time"},
+            ],
+        },
+        {"id": "66a0c4"},
+    ]
+
+
+def row(**values: object) -> dict:
+    base = dict.fromkeys(ROW_COLUMNS)
+    base["event_name"] = "TestingEvent_FE"
+    base.update(values)
+    return base
+
+
+def test_iter_rows_flattens_in_capillarys_order() -> None:
+    stats = FlattenStats()
+    rows = list(iter_rows("TestingEvent_FE", audit_logs(), stats=stats))
+    common = {"org_id": 100458}
+    assert rows == [
+        row(
+            id="66a0c1",
+            **common,
+            updated_type="CREATED",
+            request_id="req-1",
+            value="enabled",
+            changed_on="2025-05-08T08:56:57+00:00",
+            changed_on_raw="2025-05-08T08:56:57Z",
+        ),
+        row(
+            id="66a0c1",
+            **common,
+            updated_type="CREATED",
+            request_id="req-1",
+            value="disabled",
+            changed_on="2025-06-19T05:16:36+00:00",
+            changed_on_raw="2025-06-19T05:16:36.000+0000",
+        ),
+        row(id="66a0c2", **common, updated_type="MODIFIED", request_id="req-2"),
+        row(
+            id="66a0c3",
+            **common,
+            updated_type="MODIFIED",
+            request_id="req-3",
+            value="Café 日本",
+            changed_on="2024-05-08T08:56:57+00:00",
+            changed_on_raw="1715158617000",
+        ),
+        row(
+            id="66a0c3",
+            **common,
+            updated_type="MODIFIED",
+            request_id="req-3",
+            value="naive",
+            changed_on="2022-08-18T12:00:00+00:00",
+            changed_on_raw="2022-08-18 12:00:00",
+        ),
+        row(
+            id="66a0c3",
+            **common,
+            updated_type="MODIFIED",
+            request_id="req-3",
+            value="junk",
+            changed_on=None,
+            changed_on_raw="last tuesday",
+        ),
+        row(id="66a0c3", **common, updated_type="MODIFIED", request_id="req-3", value="no time"),
+        row(id="66a0c4"),
+    ]
+    assert all(tuple(r) == ROW_COLUMNS for r in rows)
+    assert stats == FlattenStats(
+        records=4, rows=8, empty_history=2, unparseable=1, unparseable_samples=["last tuesday"]
+    )
+
+
+def test_iter_rows_writes_one_canonical_changed_on() -> None:
+    records = [
+        {
+            "valueHistory": [
+                {"changedOn": "2025-06-19T05:16:36.120+0000"},
+                {"changedOn": "2025-06-19T10:46:36+05:30"},
+                {"changedOn": 1715158617001},
+                {"changedOn": "2022-08-18 12:00:00"},
+            ]
+        }
+    ]
+    assert [r["changed_on"] for r in iter_rows("E", records, default_tz=KOLKATA)] == [
+        "2025-06-19T05:16:36.120000+00:00",
+        "2025-06-19T05:16:36+00:00",
+        "2024-05-08T08:56:57.001000+00:00",
+        "2022-08-18T06:30:00+00:00",
+    ]
+
+
+def test_iter_rows_window_keeps_since_and_drops_until() -> None:
+    records = [
+        {
+            "id": "r",
+            "valueHistory": [
+                {"value": "before", "changedOn": "2026-11-23T23:59:59.999999Z"},
+                {"value": "at since", "changedOn": "2026-11-24T00:00:00Z"},
+                {"value": "inside, other spelling", "changedOn": "2026-11-24T05:30:00+05:30"},
+                {"value": "last microsecond", "changedOn": "2026-11-24T23:59:59.999999+0000"},
+                {"value": "at until", "changedOn": "2026-11-25T00:00:00Z"},
+                {"value": "after", "changedOn": 1795000000000},
+                {"value": "no time"},
+                {"value": "unreadable", "changedOn": "n/a"},
+            ],
+        },
+        {"id": "empty", "valueHistory": []},
+        {"id": "missing history"},
+    ]
+    stats = FlattenStats()
+    rows = list(
+        iter_rows(
+            "E",
+            records,
+            since="2026-11-24T00:00:00+00:00",
+            until=pendulum.datetime(2026, 11, 25, tz="UTC"),
+            stats=stats,
+        )
+    )
+    assert [r["value"] for r in rows] == ["at since", "inside, other spelling", "last microsecond"]
+    assert stats == FlattenStats(
+        records=3,
+        rows=3,
+        empty_history=2,
+        unparseable=1,
+        unparseable_samples=["n/a"],
+        excluded_no_time=4,
+        excluded_window=3,
+    )
+    entries = 8
+    assert stats.rows + stats.excluded_no_time + stats.excluded_window == entries + stats.empty_history
+
+
+def test_iter_rows_with_one_bound() -> None:
+    records = [
+        {
+            "valueHistory": [
+                {"value": str(day), "changedOn": f"2026-11-{day:02d}T00:00:00Z"} for day in (1, 2, 3)
+            ]
+        }
+    ]
+    assert [r["value"] for r in iter_rows("E", records, since=utc(2026, 11, 2))] == ["2", "3"]
+    assert [r["value"] for r in iter_rows("E", records, until=utc(2026, 11, 2))] == ["1"]
+
+
+def test_iter_rows_empty_window_yields_nothing() -> None:
+    stats = FlattenStats()
+    bound = utc(2025, 5, 8, 8, 56, 57)
+    assert list(iter_rows("E", audit_logs(), since=bound, until=bound, stats=stats)) == []
+    assert stats.rows == 0
+    assert stats.excluded_window == 4
+
+
+def test_iter_rows_refuses_a_window_ending_before_it_starts() -> None:
+    with pytest.raises(ValueError, match=r"changed_since .* is after changed_until"):
+        list(iter_rows("E", [], since="2026-11-25", until="2026-11-24"))
+
+
+def test_iter_rows_reports_unparseable_samples_up_to_five_distinct() -> None:
+    records = [{"valueHistory": [{"changedOn": f"junk {i % 7}"} for i in range(20)] + [{"changedOn": True}]}]
+    stats = FlattenStats()
+    rows = list(iter_rows("E", records, stats=stats))
+    assert len(rows) == 21
+    assert stats.unparseable == 21
+    assert stats.unparseable_samples == ["junk 0", "junk 1", "junk 2", "junk 3", "junk 4"]
+    assert rows[-1]["changed_on_raw"] == "true"
+
+
+def test_iter_rows_keeps_non_string_changed_on_raw_as_json_text() -> None:
+    records = [{"valueHistory": [{"changedOn": 1715158617000}, {"changedOn": 1715158617.5}]}]
+    assert [r["changed_on_raw"] for r in iter_rows("E", records)] == ["1715158617000", "1715158617.5"]
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        (["not a record"], r"event name 'E': audit log record 0 is a str, not an object"),
+        ([{}, None], r"audit log record 1 is a NoneType"),
+        ([{"valueHistory": {"value": "x"}}], r"record 0 has a valueHistory that is a dict, not a list"),
+        ([{"valueHistory": "x"}], r"valueHistory that is a str"),
+        (
+            [{"valueHistory": [{"value": "a"}, "b"]}],
+            r"record 0 has valueHistory\[1\] that is a str, not an object",
+        ),
+    ],
+)
+def test_iter_rows_refuses_shapes_capillary_does_not_document(records: list, message: str) -> None:
+    stats = FlattenStats()
+    with pytest.raises(RecordShapeError, match=message) as caught:
+        list(iter_rows("E", records, stats=stats))
+    assert caught.value.event_name == "E"
+    assert isinstance(caught.value, ValueError)
+
+
+def test_iter_rows_counts_what_was_consumed_when_stopped_early() -> None:
+    stats = FlattenStats()
+    rows = iter_rows("E", audit_logs(), stats=stats)
+    next(rows)
+    rows.close()
+    assert stats.records == 1
+    assert stats.rows == 1
+
+
+def test_flatten_stats_merge() -> None:
+    total = FlattenStats(records=1, rows=2, unparseable=3, unparseable_samples=["a", "b", "c"])
+    other = FlattenStats(
+        records=4,
+        rows=5,
+        empty_history=6,
+        unparseable=7,
+        unparseable_samples=["c", "d", "e", "f"],
+        excluded_no_time=8,
+        excluded_window=9,
+    )
+    assert total.merge(other) is total
+    assert total == FlattenStats(
+        records=5,
+        rows=7,
+        empty_history=6,
+        unparseable=10,
+        unparseable_samples=["a", "b", "c", "d", "e"],
+        excluded_no_time=8,
+        excluded_window=9,
+    )
+
+
+# --- filter_records -----------------------------------------------------------------------------
+
+
+def test_filter_records_without_window_returns_the_records_unchanged() -> None:
+    records = audit_logs()
+    stats = FlattenStats()
+    kept = filter_records(records, stats=stats)
+    assert kept == records
+    assert all(a is b for a, b in zip(kept, records, strict=True))
+    assert stats.records == 4
+    assert stats.rows == 6
+    assert stats.empty_history == 2
+    assert stats.unparseable == 1
+
+
+def test_filter_records_narrows_value_history_to_the_window() -> None:
+    records = audit_logs()
+    original = audit_logs()
+    stats = FlattenStats()
+    kept = filter_records(
+        records, since="2024-01-01T00:00:00+00:00", until=utc(2025, 6, 1), stats=stats, event_name="E"
+    )
+    assert kept == [
+        {**original[0], "valueHistory": [original[0]["valueHistory"][0]]},
+        {**original[2], "valueHistory": [original[2]["valueHistory"][0]]},
+    ]
+    assert list(kept[0]) == list(original[0])  # key order kept
+    assert records == original  # the input is not modified
+    assert stats == FlattenStats(
+        records=4,
+        rows=2,
+        empty_history=2,
+        unparseable=1,
+        unparseable_samples=["last tuesday"],
+        excluded_no_time=4,
+        excluded_window=2,
+    )
+
+
+def test_filter_records_reads_naive_times_in_the_default_zone() -> None:
+    records = [{"valueHistory": [{"changedOn": "2022-08-18 03:00:00"}]}]
+    assert filter_records(records, since=utc(2022, 8, 18), default_tz=KOLKATA) == []
+    assert filter_records(records, since=utc(2022, 8, 18)) == records
+
+
+def test_filter_records_refuses_bad_shapes_naming_the_event() -> None:
+    with pytest.raises(RecordShapeError, match=r"event name 'E': audit log record 1 is a list"):
+        filter_records([{}, []], event_name="E")
+    with pytest.raises(RecordShapeError, match=r"valueHistory\[0\] that is a int"):
+        filter_records([{"valueHistory": [1]}], since=utc(2020, 1, 1))
+
+
+# --- event_names_from ---------------------------------------------------------------------------
+
+
+def test_event_names_from_a_string() -> None:
+    assert event_names_from("TestingEvent_FE") == ["TestingEvent_FE"]
+    assert event_names_from("../a/b c") == ["../a/b c"]
+
+
+def test_event_names_from_sequences_drops_duplicates_keeping_order() -> None:
+    assert event_names_from(["B", "A", "B", "C", "A"]) == ["B", "A", "C"]
+    assert event_names_from(("A",)) == ["A"]
+    assert event_names_from(name for name in ["A", "a"]) == ["A", "a"]
+    assert event_names_from(["x" * MAX_EVENT_NAME_LENGTH]) == ["x" * MAX_EVENT_NAME_LENGTH]
+
+
+def test_event_names_from_accepts_a_lazy_sequence() -> None:
+    class LazySequence:
+        """Stand in for Airflow's LazyXComSequence: iterable, not a list, not a mapping."""
+
+        def __iter__(self):
+            return iter(["A", "B"])
+
+    assert event_names_from(LazySequence()) == ["A", "B"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, r"^event_names is not set; give"),
+        ([], r"^event_names is empty; give"),
+        ((), r"^event_names is empty"),
+        ("", r"^event_names: the event name '' is blank"),
+        ("   ", r"^event_names: the event name '   ' is blank"),
+        (["A", ""], r"^event_names\[1\] '' is blank"),
+        (["A", 5], r"^event_names\[1\] is a int \(5\), not a string"),
+        (["A", None], r"^event_names\[1\] is a NoneType"),
+        ([["A"]], r"^event_names\[0\] is a list"),
+        ("A\nB", r"^event_names: the event name 'A\\nB' contains the control character '\\n' at position 1"),
+        (["A", "B\t"], r"^event_names\[1\] 'B\\t' contains the control character '\\t'"),
+        (["\x00"], r"^event_names\[0\] .* contains the control character '\\x00'"),
+        (["\x85"], r"control character '\\x85'"),
+        ("x" * (MAX_EVENT_NAME_LENGTH + 1), r"^event_names: .* is 256 characters long, more than 255"),
+        ({"A": 1}, r"^event_names: got a dict"),
+        (5, r"^event_names: got a int \(5\)"),
+        (1.5, r"^event_names: got a float"),
+        (b"A", r"^event_names: got a bytes"),
+    ],
+)
+def test_event_names_from_refuses_bad_input_naming_the_field(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        event_names_from(value)
+    assert "event_names" in str(caught.value)
