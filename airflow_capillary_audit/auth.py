@@ -1,10 +1,13 @@
-"""Sign requests the way Capillary expects: Basic auth over the MD5 digest of the password."""
+"""Sign requests the way Capillary expects: Basic auth over the MD5 digest, or an OAuth token."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import re
+import threading
+import time
+from collections.abc import Callable
 
 import requests
 
@@ -48,3 +51,54 @@ class CapillaryBasicAuth(requests.auth.AuthBase):
 
     def __repr__(self) -> str:
         return "CapillaryBasicAuth(<masked>)"
+
+
+OAUTH_TOKEN_PATH = "/v3/oauth/token/generate"
+OAUTH_TOKEN_HEADER = "X-CAP-API-OAUTH-TOKEN"
+# Capillary's code for an expired OAuth token, in errors[] or as the HTTP status.
+OAUTH_EXPIRED_CODE = 498
+
+
+class CapillaryOAuth(requests.auth.AuthBase):
+    """
+    Attach a cached Capillary OAuth token as ``X-CAP-API-OAUTH-TOKEN``; fetch a new one when needed.
+
+    One instance is shared by every thread of a hook, so a run fetches one token however many
+    workers it has. A token is renewed shortly before its ``ttlSeconds`` run out, or at once when
+    Capillary says it expired (:meth:`invalidate`).
+
+    :param fetch: returns a new ``(token, ttl_seconds)`` from Capillary's token endpoint.
+    :param clock: monotonic seconds, replaceable in tests.
+    """
+
+    def __init__(self, fetch: Callable[[], tuple[str, float]], *, clock: Callable[[], float] = time.monotonic):
+        self._fetch = fetch
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self.fetches = 0
+
+    def token(self) -> str:
+        """Return a token that is not about to expire, fetching one if needed."""
+        with self._lock:
+            if self._token is None or self._clock() >= self._renew_at:
+                token, ttl = self._fetch()
+                self.fetches += 1
+                # Renew a little early so a token never expires on its way to Capillary.
+                self._renew_at = self._clock() + max(0.0, ttl - min(30.0, ttl * 0.1))
+                self._token = token
+            return self._token
+
+    def invalidate(self, token: str | None) -> None:
+        """Forget ``token`` after Capillary refused it; a token fetched since by another thread stays."""
+        with self._lock:
+            if token is not None and token == self._token:
+                self._token = None
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers[OAUTH_TOKEN_HEADER] = self.token()
+        return request
+
+    def __repr__(self) -> str:
+        return "CapillaryOAuth(<masked>)"

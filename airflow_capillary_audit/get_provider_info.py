@@ -10,6 +10,12 @@ HOOK_CLASS = "airflow_capillary_audit.hooks.capillary.CapillaryHook"
 # The extras a Capillary connection understands. The hook reads exactly these keys (an allow-list)
 # and the connection form shows them as fields; keep both views in this one table.
 CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "auth_type": {
+        "label": "Authentication",
+        "description": "basic: till id and password (MD5 Basic auth); oauth: client key and secret "
+        "in login and password, exchanged for a token.",
+        "schema": {"type": ["string", "null"], "default": "basic", "enum": ["basic", "oauth"]},
+    },
     "password_is_md5": {
         "label": "Password is MD5 digest",
         "description": "The stored password already is the MD5 hex digest of the real password.",
@@ -61,8 +67,8 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": ["schema", "port", "extra"],
     "relabeling": {
         "host": "Cluster host",
-        "login": "Till ID / username",
-        "password": "Password",
+        "login": "Till ID / username (OAuth: client key)",
+        "password": "Password (OAuth: client secret)",
     },
     "placeholders": {
         "host": "eu.api.capillarytech.com",

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -21,7 +22,16 @@ from requests.adapters import HTTPAdapter
 
 from airflow_capillary_audit import __version__
 from airflow_capillary_audit._compat import BaseHook, mask_secret
-from airflow_capillary_audit.auth import CapillaryBasicAuth, basic_token, looks_like_md5, password_digest
+from airflow_capillary_audit.auth import (
+    OAUTH_EXPIRED_CODE,
+    OAUTH_TOKEN_HEADER,
+    OAUTH_TOKEN_PATH,
+    CapillaryBasicAuth,
+    CapillaryOAuth,
+    basic_token,
+    looks_like_md5,
+    password_digest,
+)
 from airflow_capillary_audit.exceptions import (
     CapillaryAuthError,
     CapillaryBadRequestError,
@@ -43,6 +53,7 @@ AUDIT_LOGS_PATH = "/v2/events/audit_logs"
 REQUEST_ID_HEADER = "X-Cap-Requestid"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
+AUTH_TYPES = ("basic", "oauth")
 BAD_REQUEST_STATUSES = frozenset({400, 404, 405, 415})
 # A probe name for the connection test: Capillary needs some event name, and any answer but
 # 401/403 proves the credentials were accepted.
@@ -56,6 +67,7 @@ class CapillarySettings:
     base_url: str
     login: str
     password: str
+    auth_type: str = "basic"
     password_is_md5: bool = False
     timeout: float = 30.0
     max_retries: int = 5
@@ -67,7 +79,9 @@ class CapillarySettings:
     timezone: str = "UTC"
 
     def __repr__(self) -> str:
-        return f"CapillarySettings(base_url={self.base_url!r}, login={self.login!r}, password=<masked>)"
+        # An OAuth client key is a credential; a till id is not.
+        login = "<masked>" if self.auth_type == "oauth" else repr(self.login)
+        return f"CapillarySettings(base_url={self.base_url!r}, login={login}, password=<masked>)"
 
     @property
     def tzinfo(self) -> ZoneInfo:
@@ -97,6 +111,7 @@ class CapillarySettings:
             base_url=_base_url(host, conn.port, where),
             login=conn.login,
             password=conn.password,
+            auth_type=_as_choice(extras, "auth_type", AUTH_TYPES, where),
             password_is_md5=_as_bool(extras, "password_is_md5", False, where),
             timeout=_as_number(extras, "timeout", 30.0, where, positive=True),
             max_retries=int(_as_number(extras, "max_retries", 5, where, integer=True)),
@@ -210,13 +225,17 @@ class CapillaryHook(BaseHook):
         return self._session
 
     def _new_session(self, settings: CapillarySettings) -> requests.Session:
-        digest = password_digest(settings.password, password_is_md5=settings.password_is_md5)
-        token = basic_token(settings.login, digest)
-        # The digest alone is as good as the password to Capillary, so both it and the token are masked.
-        mask_secret(digest)
-        mask_secret(token)
         session = requests.Session()
-        session.auth = CapillaryBasicAuth(token)
+        if settings.auth_type == "oauth":
+            mask_secret(settings.login)
+            session.auth = CapillaryOAuth(lambda: self._fetch_oauth_token(session, settings))
+        else:
+            digest = password_digest(settings.password, password_is_md5=settings.password_is_md5)
+            token = basic_token(settings.login, digest)
+            # The digest alone is as good as the password to Capillary, so both it and the token are masked.
+            mask_secret(digest)
+            mask_secret(token)
+            session.auth = CapillaryBasicAuth(token)
         session.verify = settings.verify
         session.trust_env = False
         session.headers.update(
@@ -330,19 +349,12 @@ class CapillaryHook(BaseHook):
         event_name: str,
         settings: CapillarySettings,
     ) -> Any:
-        try:
-            response = session.get(url, params=params, timeout=settings.timeout, allow_redirects=False)
-            content = response.content
-        except requests.Timeout as err:
-            raise _Retryable(
-                f"no answer within {settings.timeout:g} s",
-                CapillaryTimeoutError(f"No answer within {settings.timeout:g} s", event_name=event_name),
-            ) from err
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
-            reason = f"connection failed ({type(err).__name__})"
-            raise _Retryable(
-                reason, CapillaryConnectionError(f"Connection to Capillary failed: {reason}", event_name=event_name)
-            ) from err
+        response, content = self._send(session, "GET", url, settings, event_name, params=params)
+        oauth = session.auth if isinstance(session.auth, CapillaryOAuth) else None
+        if oauth is not None and _token_expired(response, content):
+            # Capillary let the token lapse before its ttl: fetch a new one and ask again, once.
+            oauth.invalidate(response.request.headers.get(OAUTH_TOKEN_HEADER))
+            response, content = self._send(session, "GET", url, settings, event_name, params=params)
 
         status = response.status_code
         request_id = response.headers.get(REQUEST_ID_HEADER)
@@ -398,6 +410,67 @@ class CapillaryHook(BaseHook):
             )
         return _Answer(body, status, request_id)
 
+    def _send(
+        self,
+        session: requests.Session,
+        method: str,
+        url: str,
+        settings: CapillarySettings,
+        event_name: str | None,
+        **kwargs: Any,
+    ) -> tuple[requests.Response, bytes]:
+        """Make one HTTP exchange; turn transport failures into retryable ones."""
+        try:
+            response = session.request(method, url, timeout=settings.timeout, allow_redirects=False, **kwargs)
+            return response, response.content
+        except requests.Timeout as err:
+            raise _Retryable(
+                f"no answer within {settings.timeout:g} s",
+                CapillaryTimeoutError(f"No answer within {settings.timeout:g} s", event_name=event_name),
+            ) from err
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+            reason = f"connection failed ({_short_cause(err)})"
+            raise _Retryable(
+                reason,
+                CapillaryConnectionError(f"Connection to {settings.base_url} failed: {reason}", event_name=event_name),
+            ) from err
+
+    def _fetch_oauth_token(self, session: requests.Session, settings: CapillarySettings) -> tuple[str, float]:
+        """Ask Capillary's token endpoint for an OAuth token; return it with its lifetime in seconds."""
+        response, content = self._send(
+            session,
+            "POST",
+            settings.base_url + OAUTH_TOKEN_PATH,
+            settings,
+            None,
+            json={"key": settings.login, "secret": settings.password},
+            auth=_NO_AUTH,
+        )
+        status = response.status_code
+        body, _ = _decode(content)
+        errors = _errors_of(body)
+        details = {"status": status, "request_id": response.headers.get(REQUEST_ID_HEADER), "errors": errors}
+        if status in RETRY_STATUSES:
+            raise _Retryable(
+                f"token endpoint answered HTTP {status}",
+                CapillaryServerError(f"Capillary's OAuth token endpoint answered HTTP {status}", **details),
+                retry_after=_retry_after_seconds(response.headers.get("Retry-After")) if status == 429 else None,
+            )
+        data = body.get("data") if isinstance(body, dict) else None
+        token = data.get("accessToken") if isinstance(data, dict) else None
+        if status in AUTH_STATUSES or (errors and not token):
+            raise CapillaryAuthError(
+                "Capillary refused the OAuth client key and secret (connection login and password)", **details
+            )
+        if not 200 <= status < 300 or not isinstance(token, str) or not token:
+            raise CapillaryResponseError("Capillary's OAuth token endpoint gave no accessToken", **details)
+        mask_secret(token)
+        ttl = data.get("ttlSeconds")
+        # Capillary documents tokens of up to 60 minutes; 300 s is its usual grant.
+        ttl_seconds = float(ttl) if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0 else 300.0
+        self.log.info("Fetched a Capillary OAuth token valid for %g s", ttl_seconds)
+        return token, ttl_seconds
+
     def _checked_body(self, answer: Any, event_name: str) -> dict[str, list[Any]]:
         body, status, request_id = answer.body, answer.status, answer.request_id
         details = {"event_name": event_name, "status": status, "request_id": request_id}
@@ -433,6 +506,37 @@ class _Answer:
     body: Any
     status: int
     request_id: str | None
+
+
+class _NoAuth(requests.auth.AuthBase):
+    """Send a request unsigned: the token request must not carry the session's token."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers.pop(OAUTH_TOKEN_HEADER, None)
+        return request
+
+
+_NO_AUTH = _NoAuth()
+
+
+def _token_expired(response: requests.Response, content: bytes) -> bool:
+    """Tell whether Capillary refused the OAuth token: a 401, or code 498 as status or in errors[]."""
+    if response.status_code in (401, OAUTH_EXPIRED_CODE):
+        return True
+    body, _ = _decode(content)
+    return any(isinstance(e, dict) and str(e.get("code")) == str(OAUTH_EXPIRED_CODE) for e in _errors_of(body))
+
+
+def _short_cause(err: BaseException) -> str:
+    """Return the innermost reason of a transport error, e.g. ``[Errno 111] Connection refused``."""
+    text = str(err)
+    match = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    if match:
+        return match.group(0).strip()
+    for marker in ("Connection aborted", "Connection reset", "IncompleteRead", "RemoteDisconnected", "SSLError"):
+        if marker in text:
+            return marker
+    return type(err).__name__
 
 
 def _jitter() -> float:
@@ -518,6 +622,13 @@ def _known_extras(extra: Mapping[str, Any], where: str, log: Any) -> dict[str, A
     if unknown and log is not None:
         log.warning("%s: ignoring unknown extras %s; known extras are %s", where, sorted(unknown), sorted(known))
     return extras
+
+
+def _as_choice(extras: Mapping[str, Any], name: str, choices: tuple[str, ...], where: str) -> str:
+    value = extras.get(name, choices[0])
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
+    raise CapillaryConfigError(f"{where}: extra {name!r} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _as_bool(extras: Mapping[str, Any], name: str, default: bool, where: str) -> bool:

@@ -1,0 +1,175 @@
+"""OAuth against the stand-in: one token for all workers, early renewal, renewal on expiry, masking."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from airflow_capillary_audit.auth import OAUTH_TOKEN_PATH, CapillaryOAuth
+from airflow_capillary_audit.exceptions import CapillaryAuthError, CapillaryConfigError
+from airflow_capillary_audit.hooks.capillary import CapillaryHook
+from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
+
+KEY = "brand-client-key"
+SECRET = "s3cr3t-client-value"
+
+
+@pytest.fixture
+def oauth_api():
+    with CapillaryStandIn(
+        users={}, dataset=Dataset(seed=3), oauth_clients={KEY: SECRET}, basic_auth_enabled=False
+    ) as api:
+        yield api
+
+
+def oauth_hook(monkeypatch, url: str, key: str = KEY, secret: str = SECRET, **extra) -> CapillaryHook:
+    conn = {
+        "conn_type": "capillary",
+        "host": url,
+        "login": key,
+        "password": secret,
+        "extra": {"auth_type": "oauth", "retry_initial_wait": 0.01, "max_retries": 2, **extra},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_OAUTH", json.dumps(conn))
+    return CapillaryHook("capillary_oauth")
+
+
+def token_requests(api):
+    return [r for r in api.requests if r.path == OAUTH_TOKEN_PATH]
+
+
+def audit_requests(api):
+    return [r for r in api.requests if r.path != OAUTH_TOKEN_PATH]
+
+
+def test_one_token_serves_every_worker(oauth_api, monkeypatch):
+    hook = oauth_hook(monkeypatch, oauth_api.url)
+    names = [f"event-{i}" for i in range(12)]
+
+    with ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(hook.get_audit_logs, names))
+
+    assert [b["data"] for b in bodies] == [oauth_api.dataset.records(n) for n in names]
+    assert len(token_requests(oauth_api)) == 1
+    sent = audit_requests(oauth_api)
+    assert len(sent) == 12
+    assert all("X-CAP-API-OAUTH-TOKEN" in r.headers and "Authorization" not in r.headers for r in sent)
+    token_call = token_requests(oauth_api)[0]
+    assert "X-CAP-API-OAUTH-TOKEN" not in token_call.headers
+
+
+def test_expiry_in_the_middle_of_a_run_renews_once(oauth_api, monkeypatch):
+    hook = oauth_hook(monkeypatch, oauth_api.url)
+    hook.get_audit_logs("first")
+    oauth_api.expire_oauth_tokens()
+
+    assert hook.get_audit_logs("second")["data"] == oauth_api.dataset.records("second")
+
+    statuses = [(r.path == OAUTH_TOKEN_PATH, r.status) for r in oauth_api.requests]
+    assert statuses == [(True, 200), (False, 200), (False, 401), (True, 200), (False, 200)]
+
+
+def test_expiry_while_workers_run_fetches_one_new_token(oauth_api, monkeypatch):
+    hook = oauth_hook(monkeypatch, oauth_api.url)
+    hook.get_audit_logs("warm-up")
+    oauth_api.expire_oauth_tokens()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(hook.get_audit_logs, [f"e{i}" for i in range(8)]))
+
+    # Up to one refused request per worker, but the token is fetched again only once or twice.
+    assert 2 <= len(token_requests(oauth_api)) <= 3
+    assert len([r for r in audit_requests(oauth_api) if r.status == 200]) == 9
+
+
+def test_token_is_renewed_before_its_ttl_runs_out():
+    now = [0.0]
+    issued = []
+
+    def fetch():
+        issued.append(f"token-{len(issued)}")
+        return issued[-1], 300.0
+
+    auth = CapillaryOAuth(fetch, clock=lambda: now[0])
+    assert auth.token() == "token-0"
+    now[0] = 269.0
+    assert auth.token() == "token-0"
+    now[0] = 271.0  # within 10% (max 30 s) of the 300 s lifetime
+    assert auth.token() == "token-1"
+    auth.invalidate("token-0")  # a stale token refused elsewhere does not discard the new one
+    assert auth.token() == "token-1"
+    auth.invalidate("token-1")
+    assert auth.token() == "token-2"
+
+
+def test_a_short_ttl_is_renewed_by_the_hook(monkeypatch):
+    with CapillaryStandIn(users={}, dataset=Dataset(seed=3), oauth_clients={KEY: SECRET}, oauth_ttl_seconds=1) as api:
+        hook = oauth_hook(monkeypatch, api.url)
+        hook.get_audit_logs("a")
+        import time
+
+        time.sleep(1.0)
+        hook.get_audit_logs("b")
+        assert len(token_requests(api)) == 2
+        assert all(r.status == 200 for r in api.requests)
+
+
+def test_bad_key_or_secret_is_an_auth_error_without_retries(oauth_api, monkeypatch):
+    hook = oauth_hook(monkeypatch, oauth_api.url, secret="wrong")
+
+    with pytest.raises(CapillaryAuthError, match="320001"):
+        hook.get_audit_logs("e")
+
+    assert len(oauth_api.requests) == 1
+    ok, message = hook.test_connection()
+    assert not ok and "320001" in message
+
+
+def test_connection_test_with_oauth(oauth_api, monkeypatch):
+    ok, message = oauth_hook(monkeypatch, oauth_api.url).test_connection()
+    assert ok, message
+
+
+def test_basic_auth_refused_when_the_org_switched_it_off(oauth_api, monkeypatch):
+    from tests.conftest import connection_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(oauth_api.url))
+    with pytest.raises(CapillaryAuthError):
+        CapillaryHook().get_audit_logs("e")
+
+
+def test_token_endpoint_outage_is_retried(oauth_api, monkeypatch):
+    hook = oauth_hook(monkeypatch, oauth_api.url)
+    hook.get_audit_logs("warm-up")
+    oauth_api.expire_oauth_tokens()
+    oauth_api.set_faults([Fault("http_503", times=1)])
+
+    assert hook.get_audit_logs("e")["data"] == oauth_api.dataset.records("e")
+
+
+def test_unknown_auth_type_is_refused(oauth_api, monkeypatch):
+    hook = oauth_hook(monkeypatch, oauth_api.url, auth_type="kerberos")
+    with pytest.raises(CapillaryConfigError, match="'auth_type' must be one of basic, oauth"):
+        hook.get_audit_logs("e")
+    assert oauth_api.requests == []
+
+
+def test_oauth_secrets_never_reach_logs(oauth_api, monkeypatch, capfd, caplog):
+    from airflow.sdk._shared.secrets_masker import redact
+
+    hook = oauth_hook(monkeypatch, oauth_api.url)
+    hook.get_audit_logs("a")
+    oauth_api.expire_oauth_tokens()
+    hook.get_audit_logs("b")
+    hook.log.info("auth %r settings %r", hook.get_conn().auth, hook.settings)
+    tokens = {r.headers["X-CAP-API-OAUTH-TOKEN"] for r in audit_requests(oauth_api)}
+    assert len(tokens) == 2
+
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert "OAuth token" in text
+    for secret in (KEY, SECRET, *tokens):
+        assert secret not in text
+        assert secret not in str(redact(f"x {secret} y"))
