@@ -144,6 +144,36 @@ def written_file_entry(written: WrittenFile, **extra: Any) -> dict[str, Any]:
     return entry
 
 
+def static_folder_uri(destination: str) -> str | None:
+    """
+    Return the folder URI a templated destination always lies under, or ``None`` if none is fixed.
+
+    ``s3://bucket/capillary/{{ ds }}`` gives ``s3://bucket/capillary``: the part before the first
+    template, cut back to a whole folder. It is what a downstream DAG can schedule on.
+    """
+    static = destination.split("{{", 1)[0].split("{%", 1)[0]
+    if static != destination:
+        static = static.rpartition("/")[0]
+    static = static.rstrip("/")
+    if not static:
+        return None
+    uri = _folder_uri(static)
+    parts = urlsplit(uri)
+    if parts.scheme == "file" and parts.path in ("", "/"):
+        return None
+    if parts.scheme != "file" and not parts.netloc:
+        return None
+    return uri
+
+
+def lineage_name(uri: str) -> tuple[str, str]:
+    """Return OpenLineage's (namespace, name) of a file URI: ``("file", path)`` or ``("s3://bucket", key)``."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        return "file", parts.path
+    return f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/")
+
+
 def _folder_uri(destination: str) -> str:
     scheme = urlsplit(destination).scheme
     # A one-letter "scheme" is a Windows drive letter, not a store.

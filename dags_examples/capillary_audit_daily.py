@@ -2,17 +2,22 @@
 Daily incremental load of Capillary audit logs to local files: the demo DAG.
 
 Each run keeps the value-history changes made inside its data interval (the previous UTC day)
-and writes one JSON Lines file per event, plus ``_manifest.json``, into a folder per day.
-Set the Airflow Variable ``capillary_audit_destination`` to choose the base folder (a local path,
-``s3://bucket/prefix``, ``gs://...``).
+and writes one JSON Lines file per event, plus ``_manifest.json``, into a folder per day under
+``CAPILLARY_AUDIT_BASE`` (a local path, ``s3://bucket/prefix``, ``gs://...``). The base folder is
+this task's outlet Asset: ``capillary_audit_consumer.py`` is scheduled on it.
 """
 
 from __future__ import annotations
+
+import os
 
 import pendulum
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+# Fixed when the DAG is parsed, so the operator can declare it as an Asset; runs write below it.
+AUDIT_BASE = os.environ.get("CAPILLARY_AUDIT_BASE", "/tmp/capillary-audit")
 
 with DAG(
     dag_id="capillary_audit_daily",
@@ -37,6 +42,6 @@ with DAG(
         event_names="{{ params.event_names }}",
         changed_since="{{ data_interval_start }}",
         changed_until="{{ data_interval_end }}",
-        destination="{{ var.value.get('capillary_audit_destination', '/tmp/capillary-audit') }}/{{ data_interval_start | ds }}",
+        destination=AUDIT_BASE + "/{{ data_interval_start | ds }}",
         output_format="jsonl",
     )

@@ -8,11 +8,14 @@ the AWS connection (needs ``apache-airflow-providers-amazon[s3fs]`` on the worke
 
 from __future__ import annotations
 
+import os
+
 import pendulum
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
 from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
+AUDIT_BUCKET = os.environ.get("CAPILLARY_AUDIT_BUCKET", "my-audit-bucket")
 EVENT_GROUPS = [
     ["PointsRedeemed", "PointsIssued", "PointsExpired"],
     ["TierUpgraded", "TierDowngraded"],
@@ -31,7 +34,7 @@ with DAG(
         task_id="fetch_audit_logs",
         changed_since="{{ data_interval_start }}",
         changed_until="{{ data_interval_end }}",
-        destination="s3://{{ var.value.get('capillary_audit_bucket', 'my-audit-bucket') }}/capillary/{{ data_interval_start | ds }}",
+        destination=f"s3://{AUDIT_BUCKET}/capillary/" + "{{ data_interval_start | ds }}",
         destination_conn_id="aws_default",
         output_format="jsonl",
         max_active_requests=4,

@@ -33,7 +33,7 @@ def main() -> int:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW_VAR_CAPILLARY_AUDIT_DESTINATION": str(output),
+        "CAPILLARY_AUDIT_BASE": str(output),
     }
     step("Preparing the SQLite metadata DB")
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,

@@ -73,6 +73,10 @@ class CapillaryAuditLogsOperator(BaseOperator):
         max_active_requests: int = 4,
         **kwargs: Any,
     ) -> None:
+        if destination and "outlets" not in kwargs:
+            asset = _destination_asset(destination)
+            if asset is not None:
+                kwargs["outlets"] = [asset]
         super().__init__(**kwargs)
         self.event_names = event_names
         self.capillary_conn_id = capillary_conn_id
@@ -84,6 +88,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         self.output_format = output_format
         self.max_xcom_rows = max_xcom_rows
         self.max_active_requests = max_active_requests
+        self._lineage: tuple[str, list[str], list[str]] | None = None
         self._check_static_arguments()
 
     def _check_static_arguments(self) -> None:
@@ -113,10 +118,50 @@ class CapillaryAuditLogsOperator(BaseOperator):
         timezone = hook.settings.tzinfo  # checks the connection before any request
         try:
             if plan.sink is None:
-                return self._to_xcom(hook, plan, timezone)
-            return self._to_destination(hook, plan, timezone, context)
+                rows = self._to_xcom(hook, plan, timezone)
+                self._lineage = (hook.settings.base_url, plan.event_names, [])
+                return rows
+            summary = self._to_destination(hook, plan, timezone, context)
+            self._lineage = (hook.settings.base_url, plan.event_names, summary["files"])
+            self._record_asset_event(context, summary)
+            return summary
         finally:
             hook.close()
+
+    def _record_asset_event(self, context: Context, summary: dict[str, Any]) -> None:
+        """Describe this run's folder on the outlet asset's event, for consumers scheduled on it."""
+        outlet_events = context.get("outlet_events")
+        if outlet_events is None:
+            return
+        for outlet in self.outlets:
+            if getattr(outlet, "uri", None) is None:
+                continue
+            outlet_events[outlet].extra = {
+                "destination": summary["destination"],
+                "manifest": summary["manifest"],
+                "total_rows": summary["total_rows"],
+                "run_id": context.get("run_id"),
+            }
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Report one input per event (Capillary's endpoint with the event name) and the files written."""
+        from urllib.parse import quote
+
+        from airflow.providers.common.compat.openlineage.facet import Dataset
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from airflow_capillary_audit.hooks.capillary import AUDIT_LOGS_PATH
+        from airflow_capillary_audit.sinks import lineage_name
+
+        if self._lineage is None:
+            return OperatorLineage()
+        base_url, event_names, files = self._lineage
+        inputs = [
+            Dataset(namespace=base_url, name=f"{AUDIT_LOGS_PATH}?eventName={quote(name, safe='')}")
+            for name in event_names
+        ]
+        outputs = [Dataset(namespace=ns, name=name) for ns, name in map(lineage_name, files)]
+        return OperatorLineage(inputs=inputs, outputs=outputs)
 
     def _plan(self) -> _Plan:
         """Check every rendered argument and name every file, before any request is sent."""
@@ -314,6 +359,18 @@ class _Plan:
     until: datetime | None
     sink: FolderSink | None
     file_names: dict[str, str]
+
+
+def _destination_asset(destination: str) -> Any:
+    """Return the Asset for the fixed folder a destination lies under, or ``None``."""
+    from airflow_capillary_audit.sinks import static_folder_uri
+
+    uri = static_folder_uri(destination) if isinstance(destination, str) else None
+    if uri is None:
+        return None
+    from airflow.sdk import Asset
+
+    return Asset(uri=uri)
 
 
 def _manifest_name(context: Context) -> str:

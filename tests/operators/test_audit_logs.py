@@ -344,7 +344,12 @@ def test_example_dags_load_without_errors(airflow_db):
     folder = Path(__file__).resolve().parents[2] / "dags_examples"
     bag = DagBag(dag_folder=str(folder))
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {"capillary_audit_daily", "capillary_audit_to_xcom", "capillary_audit_mapped_s3"}
+    assert set(bag.dag_ids) == {
+        "capillary_audit_daily",
+        "capillary_audit_to_xcom",
+        "capillary_audit_mapped_s3",
+        "capillary_audit_consumer",
+    }
 
 
 def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
@@ -358,9 +363,9 @@ def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
     stand_in = CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset).start()
     monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url))
 
-    for name in ("capillary_audit_daily.py", "capillary_audit_to_xcom.py"):
+    for name in ("capillary_audit_daily.py", "capillary_audit_consumer.py"):
         shutil.copy(Path(__file__).resolve().parents[2] / "dags_examples" / name, _AIRFLOW_HOME / "dags" / name)
-    monkeypatch.setenv("AIRFLOW_VAR_CAPILLARY_AUDIT_DESTINATION", str(tmp_path))
+    monkeypatch.setenv("CAPILLARY_AUDIT_BASE", str(tmp_path))
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(_AIRFLOW_HOME / "dags" / "capillary_audit_daily.py"))
@@ -381,3 +386,11 @@ def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
         rows = read_back(folder / event_file_name(name, "jsonl"), "jsonl")
         assert rows == expected_rows(dataset, [name], since=start, until=end)
     assert manifest["total_rows"] > 0
+    # The load's asset event queued the consumer DAG that is scheduled on the folder.
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        queued = session.scalars(select(AssetDagRunQueue.target_dag_id)).all()
+    assert "capillary_audit_consumer" in queued
