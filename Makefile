@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test bench clean
+# The oldest Airflow this package claims; CI runs the whole suite on it too.
+OLDEST_AIRFLOW ?= 3.1.8
+
+.PHONY: venv demo test test-oldest bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +21,14 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest
 
+test-oldest:
+	$(PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/python -m pip install --quiet --upgrade pip
+	.venv-oldest/bin/python -m pip install --quiet "apache-airflow==$(OLDEST_AIRFLOW)" -e '.[test]'
+	.venv-oldest/bin/python -m pytest
+
 bench: venv
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf .demo .pytest_cache build *.egg-info
+	rm -rf .demo .pytest_cache build *.egg-info .venv-oldest

@@ -12,9 +12,14 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, Param
 
 from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+try:
+    from airflow.sdk import CronDataIntervalTimetable
+except ImportError:  # Airflow 3.1
+    from airflow.timetables.interval import CronDataIntervalTimetable
 
 # Fixed when the DAG is parsed, so the operator can declare it as an Asset; runs write below it.
 AUDIT_BASE = os.environ.get("CAPILLARY_AUDIT_BASE", "/tmp/capillary-audit")

@@ -11,9 +11,14 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import DAG, CronDataIntervalTimetable
+from airflow.sdk import DAG
 
 from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+try:
+    from airflow.sdk import CronDataIntervalTimetable
+except ImportError:  # Airflow 3.1
+    from airflow.timetables.interval import CronDataIntervalTimetable
 
 AUDIT_BUCKET = os.environ.get("CAPILLARY_AUDIT_BUCKET", "my-audit-bucket")
 EVENT_GROUPS = [

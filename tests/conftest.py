@@ -32,6 +32,11 @@ import pytest  # noqa: E402
 
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset  # noqa: E402
 
+try:  # Airflow 3.2 moved the DagBag
+    from airflow.dag_processing.dagbag import DagBag  # noqa: E402
+except ImportError:
+    from airflow.models.dagbag import DagBag  # type: ignore[no-redef]  # noqa: E402
+
 LOGIN = "store.server"
 PASSWORD = "server123"
 PASSWORD_MD5 = "8a16a6b70505eb1f1ff7cdc0cd5559a7"

@@ -195,9 +195,10 @@ def test_retry_budget_exhausted_says_how_often(stand_in, monkeypatch, capfd, cap
         hook.get_audit_logs("e")
 
     assert len(stand_in.requests) == 3
-    retry_lines = [line for line in logged(capfd, caplog).splitlines() if "retrying in" in line]
-    assert len(retry_lines) == 2
-    assert "attempt 1 of 3: HTTP 503" in retry_lines[0]
+    text = logged(capfd, caplog)
+    assert "attempt 1 of 3: HTTP 503; retrying in" in text
+    assert "attempt 2 of 3: HTTP 503; retrying in" in text
+    assert "attempt 3 of 3" not in text
 
 
 def test_a_hanging_server_times_out(stand_in, monkeypatch):
@@ -358,3 +359,32 @@ def test_the_session_is_shared_by_threads(stand_in, monkeypatch):
     for t in threads:
         t.join()
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data":[{"id":"a","orgId":100458,"valueHistory":[{"value":"Caf\xc3\xa9 \\ud83c\\udf89","changedOn":1715158617000}]}]}',
+        b'{"a":1,"a":2,"big":123456789012345678901234567890,"f":[0.1,-0.0,5e-324,1E5],"t":[true,false,null]}',
+        b'{"nan":NaN,"inf":1e400}',  # not JSON, but json.loads reads it: the fallback keeps that
+        b'"lone \\ud800 surrogate"',
+        b"\xef\xbb\xbf{}",
+    ],
+)
+def test_decoding_gives_what_json_loads_gives(body):
+    from airflow_capillary_audit.hooks.capillary import _decode
+
+    decoded, error = _decode(body)
+    assert error is None
+    assert repr(decoded) == repr(json.loads(body))
+
+
+@pytest.mark.parametrize("body", [b"<html>maintenance</html>", b'{"x":"\xff"}', b'{"a":', b""])
+def test_a_body_that_is_not_json_is_named_with_json_loads_words(body):
+    from airflow_capillary_audit.hooks.capillary import _decode
+
+    decoded, error = _decode(body)
+    assert decoded is None
+    with pytest.raises(ValueError) as raised:
+        json.loads(body)
+    assert error == str(raised.value)[:200]

@@ -339,7 +339,7 @@ def test_naive_times_use_the_connections_timezone(stand_in, monkeypatch, airflow
 
 
 def test_example_dags_load_without_errors(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.conftest import DagBag
 
     folder = Path(__file__).resolve().parents[2] / "dags_examples"
     bag = DagBag(dag_folder=str(folder))
@@ -366,7 +366,7 @@ def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
     for name in ("capillary_audit_daily.py", "capillary_audit_consumer.py"):
         shutil.copy(Path(__file__).resolve().parents[2] / "dags_examples" / name, _AIRFLOW_HOME / "dags" / name)
     monkeypatch.setenv("CAPILLARY_AUDIT_BASE", str(tmp_path))
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.conftest import DagBag
 
     bag = DagBag(dag_folder=str(_AIRFLOW_HOME / "dags" / "capillary_audit_daily.py"))
     dag = bag.get_dag("capillary_audit_daily")
