@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The oldest Airflow this package claims; CI runs the whole suite on it too.
 OLDEST_AIRFLOW ?= 3.1.8
 
-.PHONY: venv demo test test-oldest bench clean
+.PHONY: venv demo test test-oldest ui-test bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test-oldest:
 	.venv-oldest/bin/python -m pip install --quiet --upgrade pip
 	.venv-oldest/bin/python -m pip install --quiet "apache-airflow==$(OLDEST_AIRFLOW)" -e '.[test]'
 	.venv-oldest/bin/python -m pytest
+
+ui-test: venv
+	$(BIN)/python -m pip install --quiet 'playwright>=1.49'
+	$(BIN)/python -m pytest -m ui tests/ui -ra
 
 bench: venv
 	$(BIN)/python -m benchmarks

@@ -19,7 +19,9 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     "password_is_md5": {
         "label": "Password is MD5 digest",
         "description": "The stored password already is the MD5 hex digest of the real password.",
-        "schema": {"type": ["boolean", "null"], "default": False},
+        # No default: Airflow masks any non-null value of a key containing "password" as "***",
+        # which the form shows as a ticked switch and saves as the string "***".
+        "schema": {"type": ["boolean", "null"]},
     },
     "timeout": {
         "label": "Timeout (seconds)",
@@ -49,7 +51,7 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     "verify": {
         "label": "Verify TLS",
         "description": "true (default), false, or the path of a CA bundle file.",
-        "schema": {"type": ["string", "null"], "default": "true"},
+        "schema": {"type": ["string", "null"], "default": "true", "examples": ["true", "false"]},
     },
     "allow_insecure_http": {
         "label": "Allow plain http",
@@ -59,19 +61,35 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     "timezone": {
         "label": "Timezone of naive timestamps",
         "description": "IANA zone for changedOn values without an offset, e.g. Asia/Kolkata.",
-        "schema": {"type": ["string", "null"], "default": "UTC"},
+        # Airflow 3's form ignores placeholders of extras; examples become the field's suggestions.
+        "schema": {
+            "type": ["string", "null"],
+            "default": "UTC",
+            "examples": [
+                "UTC",
+                "Asia/Kolkata",
+                "Asia/Singapore",
+                "Asia/Shanghai",
+                "Europe/London",
+                "America/New_York",
+            ],
+        },
     },
 }
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden-fields": ["schema", "port", "extra"],
+    # Port stays visible: Airflow 3.3.1-3.3.2's Test button rejects a connection without one
+    # (apache/airflow#73298), and the hook honours it.
+    "hidden-fields": ["schema", "extra"],
     "relabeling": {
         "host": "Cluster host",
+        "port": "Port (optional)",
         "login": "Till ID / username (OAuth: client key)",
         "password": "Password (OAuth: client secret)",
     },
     "placeholders": {
         "host": "eu.api.capillarytech.com",
+        "port": "443",
         "login": "store.server",
         "password": "the till's password (or its MD5 digest)",
         "timeout": "30",
