@@ -32,6 +32,7 @@ ui-test: venv
 	$(BIN)/python -m pytest -m ui tests/ui -ra
 
 bench: venv
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -29,18 +29,25 @@ class RequestPacer:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._turn = threading.Lock()
         self._next_slot = float("-inf")
 
     def acquire(self) -> float:
         """Block until this caller's slot comes; return the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + self.interval
-        wait = slot - now
-        if wait > 0:
-            self._sleep(wait)
-        return wait
+        waited = 0.0
+        # One caller waits for the next slot at a time, and the slot after it counts from when it
+        # was taken: a thread that wakes late (a loaded machine) cannot bunch with the next one,
+        # and a hold() while it sleeps pushes it back too.
+        with self._turn:
+            while True:
+                with self._lock:
+                    now = self._clock()
+                    wait = self._next_slot - now
+                    if wait <= 0:
+                        self._next_slot = now + self.interval
+                        return waited
+                self._sleep(wait)
+                waited += wait
 
     def hold(self, seconds: float) -> None:
         """Let no slot start sooner than ``seconds`` from now."""

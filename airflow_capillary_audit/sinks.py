@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
-from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryWriteError
+from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryError, CapillaryWriteError
 from airflow_capillary_audit.formats import HashingWriter
 
 if TYPE_CHECKING:
@@ -121,7 +121,8 @@ class FolderSink:
             temp.move(final)
         except BaseException as err:
             _remove_quietly(temp)
-            if isinstance(err, Exception) and not isinstance(err, CapillaryWriteError):
+            # The package's own errors (a malformed answer met while writing) keep their type and message.
+            if isinstance(err, Exception) and not isinstance(err, CapillaryError):
                 raise CapillaryWriteError(f"Cannot write {final}: {err}") from err
             raise
         return WrittenFile(name=name, uri=str(final), rows=rows, bytes=out.bytes, sha256=out.sha256)

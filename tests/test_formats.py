@@ -237,6 +237,33 @@ def test_fast_json_encoder_matches_the_public_one() -> None:
     assert [formats._encode_json(value) for value in values] == [public(value) for value in values]
 
 
+@pytest.mark.parametrize("output_format", ["jsonl", "json"])
+def test_msgspec_writes_the_bytes_the_standard_library_writes(
+    output_format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("msgspec")
+    every_character = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x110000, 97)))
+    rows = [
+        *sample_rows(),
+        {"value": every_character, "flag": True, "off": False, "big": 10**30, "neg": -(2**63) - 1},
+        {"value": "\x85 \u2028 \u2029 end", "changed_on": None},
+        *({"event_name": f"e{i}", "value": str(i)} for i in range(2_500)),  # several batches
+    ]
+    assert formats._flat_json_lines(rows[:10]) is not None  # the fast path is the one compared
+    fast = write(output_format, rows, columns=None)
+    monkeypatch.setattr(formats, "_msgspec_encode_lines", lambda: None)
+    assert fast == write(output_format, rows, columns=None)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [{"value": 1.5}, {"value": ["a"]}, {"value": {"k": "v"}}, {1: "x"}, {1.5: "x"}, {"value": "lone \ud800"}],
+)
+def test_rows_msgspec_would_write_differently_take_the_standard_path(row: dict) -> None:
+    pytest.importorskip("msgspec")
+    assert formats._flat_json_lines([{"value": "ok"}, row]) is None
+
+
 def test_unknown_format() -> None:
     with pytest.raises(ValueError, match="output_format 'xml' is not one of jsonl, json, csv, parquet"):
         write_rows("xml", [], io.BytesIO())

@@ -35,14 +35,45 @@ class FakeClock:
 
     def sleep(self, seconds):
         self.slept.append(round(seconds, 6))
+        self.now += seconds
 
 
 def test_pacer_spaces_slots_evenly():
     clock = FakeClock()
     pacer = RequestPacer(600, clock=clock, sleep=clock.sleep)
+    granted = []
     for _ in range(4):
         pacer.acquire()
-    assert clock.slept == [0.1, 0.2, 0.3]
+        granted.append(clock.now)
+    assert clock.slept == [0.1, 0.1, 0.1]
+    assert [round(b - a, 6) for a, b in zip(granted, granted[1:])] == [0.1, 0.1, 0.1]
+
+
+def test_pacer_late_wake_up_does_not_bunch_with_the_next_slot():
+    clock = FakeClock()
+
+    def oversleep(seconds):  # a loaded machine wakes the thread 0.35 s late, once
+        clock.sleep(seconds + (0.35 if len(clock.slept) == 0 else 0))
+
+    pacer = RequestPacer(600, clock=clock, sleep=oversleep)
+    granted = []
+    for _ in range(3):
+        pacer.acquire()
+        granted.append(clock.now)
+    assert min(round(b - a, 6) for a, b in zip(granted, granted[1:])) >= 0.1
+
+
+def test_pacer_hold_during_a_wait_pushes_the_waiter_back():
+    clock = FakeClock()
+
+    def sleep_then_429(seconds):  # another worker gets a 429 while this one waits for its slot
+        clock.sleep(seconds)
+        if len(clock.slept) == 1:
+            pacer.hold(2)
+
+    pacer = RequestPacer(600, clock=clock, sleep=sleep_then_429)
+    pacer.acquire()
+    assert pacer.acquire() == pytest.approx(2.1)
 
 
 def test_pacer_without_rate_does_not_wait_but_holds():

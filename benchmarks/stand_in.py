@@ -1,0 +1,177 @@
+"""
+Serve the Capillary stand-in in a process of its own, and report what it received when stopped.
+
+A server in the benchmark's own process would compete with the client for the GIL, so the
+figures would measure the two together. Run as ``python -m benchmarks.stand_in``; the parent uses
+:class:`StandInProcess`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, RateLimit
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGIN = "store.server"
+PASSWORD = "server123"
+SEED = 20261124
+# A fixed end keeps the served bytes the same whatever the day the benchmark runs.
+DATA_END = datetime(2026, 11, 25, tzinfo=timezone.utc)
+
+
+def event_names(prefix: str, count: int) -> list[str]:
+    """Return the benchmark's event names: ``<prefix>-0000`` and on."""
+    return [f"{prefix}-{index:04d}" for index in range(count)]
+
+
+def dataset(records_per_event: int | None, history_per_record: int | None) -> Dataset:
+    """Return the stand-in's data: fixed sizes when given, the sandbox's default spread otherwise."""
+    options: dict[str, Any] = {}
+    if records_per_event is not None:
+        options["records_per_event"] = (records_per_event, records_per_event)
+    if history_per_record is not None:
+        options["history_per_record"] = (history_per_record, history_per_record)
+    return Dataset(seed=SEED, end=DATA_END, **options)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.stand_in")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--rate-limit", type=int, help="requests per --rate-window seconds")
+    parser.add_argument("--rate-window", type=float, default=60.0)
+    parser.add_argument("--rate-algorithm", default="fixed")
+    parser.add_argument("--rate-burst", type=int)
+    parser.add_argument("--records-per-event", type=int)
+    parser.add_argument("--history-per-record", type=int)
+    parser.add_argument(
+        "--warm",
+        action="append",
+        default=[],
+        metavar="PREFIX:COUNT",
+        help="generate these events' bodies before reporting ready",
+    )
+    parser.add_argument("--ready-file", required=True)
+    parser.add_argument("--report-file", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGTERM, then write the statuses and arrival times of every request received."""
+    args = _parser().parse_args(argv)
+    data = dataset(args.records_per_event, args.history_per_record)
+    for spec in args.warm:
+        prefix, _, count = spec.rpartition(":")
+        for name in event_names(prefix, int(count)):
+            data.body(name)
+    rate_limit = None
+    if args.rate_limit is not None:
+        rate_limit = RateLimit(
+            limit=args.rate_limit,
+            window=args.rate_window,
+            algorithm=args.rate_algorithm,
+            burst=args.rate_burst,
+        )
+    stand_in = CapillaryStandIn(
+        users={LOGIN: PASSWORD}, dataset=data, latency=args.latency, rate_limit=rate_limit
+    )
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stand_in.start()
+    try:
+        Path(args.ready_file).write_text(stand_in.url)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        stand_in.stop()
+    received = stand_in.requests
+    report = {
+        "statuses": dict(Counter(str(r.status) for r in received)),
+        "arrivals": sorted(r.monotonic for r in received),
+    }
+    Path(args.report_file).write_text(json.dumps(report))
+    return 0
+
+
+class StandInProcess:
+    """Start ``python -m benchmarks.stand_in`` with the given options; ``stop()`` returns its report."""
+
+    def __init__(self, env: dict[str, str], **options: Any) -> None:
+        self._env = env
+        self._options = options
+        self._folder = Path(tempfile.mkdtemp(prefix="capillary-bench-stand-in-"))
+        self._process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def __enter__(self) -> StandInProcess:
+        ready = self._folder / "url"
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.stand_in",
+            "--ready-file",
+            str(ready),
+            "--report-file",
+            str(self._folder / "report.json"),
+        ]
+        for name, value in self._options.items():
+            for item in value if isinstance(value, list) else [value]:
+                if item is not None:
+                    command += [f"--{name.replace('_', '-')}", str(item)]
+        self._process = subprocess.Popen(command, cwd=ROOT, env=self._env)
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the stand-in exited with {self._process.returncode} before it was ready")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the stand-in was not ready within 120 s")
+            time.sleep(0.05)
+        self.url = ready.read_text()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the server; return ``{"statuses": {status: count}, "arrivals": [monotonic, ...]}``."""
+        process, self._process = self._process, None
+        if process is None:
+            return {}
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        report = self._folder / "report.json"
+        result = json.loads(report.read_text()) if report.exists() else {}
+        for path in self._folder.iterdir():
+            path.unlink()
+        os.rmdir(self._folder)
+        return result
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

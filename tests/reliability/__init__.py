@@ -1,0 +1,1 @@
+"""Reliability and security: faults, load, bad input, malformed answers, secrets, transport, isolation."""
