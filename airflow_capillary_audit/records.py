@@ -33,6 +33,9 @@ ROW_COLUMNS: tuple[str, ...] = (
     "changed_on_raw",
 )
 
+# The fields Capillary documents for an audit log record; a record lacking one is read with nulls.
+RECORD_FIELDS: tuple[str, ...] = ("id", "orgId", "valueHistory", "updatedType", "requestId", "eventName")
+
 MAX_EVENT_NAME_LENGTH = 255
 MAX_UNPARSEABLE_SAMPLES = 5
 
@@ -91,6 +94,7 @@ class FlattenStats:
     :param excluded_no_time: entries (and empty-history records) dropped because a window is set
         and they have no readable ``changedOn``.
     :param excluded_window: entries dropped because their ``changedOn`` is outside the window.
+    :param missing_fields: records read although they lack one of :data:`RECORD_FIELDS`.
     """
 
     records: int = 0
@@ -100,6 +104,7 @@ class FlattenStats:
     unparseable_samples: list[str] = field(default_factory=list)
     excluded_no_time: int = 0
     excluded_window: int = 0
+    missing_fields: int = 0
 
     def merge(self, other: FlattenStats) -> FlattenStats:
         """Add ``other``'s counts to these, keep up to five samples, and return ``self``."""
@@ -109,6 +114,7 @@ class FlattenStats:
         self.unparseable += other.unparseable
         self.excluded_no_time += other.excluded_no_time
         self.excluded_window += other.excluded_window
+        self.missing_fields += other.missing_fields
         for sample in other.unparseable_samples:
             self._add_sample(sample)
         return self
@@ -397,13 +403,15 @@ def iter_rows(
     since, until = _naive_window(since, until)
     windowed = since is not None or until is not None
     read = _utc_naive
-    n_records = n_rows = n_empty = n_unparseable = n_no_time = n_window = 0
+    n_records = n_rows = n_empty = n_unparseable = n_no_time = n_window = n_missing = 0
     samples: list[str] = []
     try:
         for index, record in enumerate(records):
             if not isinstance(record, dict):
                 raise _not_a_dict(event_name, index, record)
             n_records += 1
+            if len(record) < len(RECORD_FIELDS) or not all(key in record for key in RECORD_FIELDS):
+                n_missing += 1
             record_id = record.get("id")
             org_id = record.get("orgId")
             updated_type = record.get("updatedType")
@@ -483,6 +491,7 @@ def iter_rows(
                     unparseable_samples=samples,
                     excluded_no_time=n_no_time,
                     excluded_window=n_window,
+                    missing_fields=n_missing,
                 )
             )
 

@@ -322,7 +322,12 @@ def test_iter_rows_flattens_in_capillarys_order() -> None:
     ]
     assert all(tuple(r) == ROW_COLUMNS for r in rows)
     assert stats == FlattenStats(
-        records=4, rows=8, empty_history=2, unparseable=1, unparseable_samples=["last tuesday"]
+        records=4,
+        rows=8,
+        empty_history=2,
+        unparseable=1,
+        unparseable_samples=["last tuesday"],
+        missing_fields=1,
     )
 
 
@@ -382,6 +387,7 @@ def test_iter_rows_window_keeps_since_and_drops_until() -> None:
         unparseable_samples=["n/a"],
         excluded_no_time=4,
         excluded_window=3,
+        missing_fields=3,
     )
     entries = 8
     assert stats.rows + stats.excluded_no_time + stats.excluded_window == entries + stats.empty_history
@@ -584,3 +590,16 @@ def test_event_names_from_refuses_bad_input_naming_the_field(value: object, mess
     with pytest.raises(ValueError, match=message) as caught:
         event_names_from(value)
     assert "event_names" in str(caught.value)
+
+
+def test_records_lacking_documented_fields_are_counted():
+    from airflow_capillary_audit.records import FlattenStats, iter_rows
+
+    stats = FlattenStats()
+    records = [
+        {"id": "a", "orgId": 1, "valueHistory": [], "updatedType": "U", "requestId": "r", "eventName": "e"},
+        {"orgId": 1, "valueHistory": []},
+    ]
+    rows = list(iter_rows("e", records, stats=stats))
+    assert len(rows) == 2
+    assert stats.missing_fields == 1

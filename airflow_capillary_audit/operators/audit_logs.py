@@ -334,6 +334,8 @@ class CapillaryAuditLogsOperator(BaseOperator):
             raise CapillaryResponseError(f"Capillary's audit logs are malformed: {err}", event_name=name) from None
 
     def _report(self, name: str, stats: FlattenStats, count: int, where: str) -> None:
+        from airflow_capillary_audit.records import RECORD_FIELDS
+
         self.log.info("Event %r: %d record(s), %d row(s) -> %s", name, stats.records, count, where)
         if stats.unparseable:
             self.log.warning(
@@ -341,6 +343,13 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 name,
                 stats.unparseable,
                 ", ".join(repr(s) for s in stats.unparseable_samples),
+            )
+        if stats.missing_fields:
+            self.log.warning(
+                "Event %r: %d record(s) lack fields Capillary documents (%s); read with nulls",
+                name,
+                stats.missing_fields,
+                ", ".join(RECORD_FIELDS),
             )
         if stats.excluded_no_time:
             self.log.warning(

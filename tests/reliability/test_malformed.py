@@ -101,7 +101,7 @@ def test_data_null_is_read_as_no_audit_logs_with_a_warning(
     assert f"Capillary answered data=null for event {BAD!r}" in logged(capfd, caplog)
 
 
-def test_records_missing_fields_are_read_with_nulls(api, monkeypatch, airflow_db, tmp_path):
+def test_records_missing_fields_are_read_with_nulls(api, monkeypatch, airflow_db, tmp_path, capfd, caplog):
     use_capillary(monkeypatch, api.url)
     api.set_faults([Fault("record_missing_fields", event_names=[BAD])])
 
@@ -124,6 +124,7 @@ def test_records_missing_fields_are_read_with_nulls(api, monkeypatch, airflow_db
         for record in records
     ]
     assert manifest_of(tmp_path)["events"][0]["records"] == len(records)
+    assert f"{len(records)} record(s) lack fields Capillary documents" in logged(capfd, caplog)
 
 
 def test_a_50_mb_body_is_read_whole(api, monkeypatch, airflow_db, tmp_path):
