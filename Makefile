@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The oldest Airflow this package claims; CI runs the whole suite on it too.
 OLDEST_AIRFLOW ?= 3.1.8
 
-.PHONY: venv demo test test-oldest ui-test bench clean
+.PHONY: venv demo test test-oldest ui-test system-test bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test-oldest:
 ui-test: venv
 	$(BIN)/python -m pip install --quiet 'playwright>=1.49'
 	$(BIN)/python -m pytest -m ui tests/ui -ra
+
+# The production path on 127.0.0.1: PostgreSQL, Redis, moto, the stand-in, Airflow with Celery (two
+# workers). The first run installs what is missing: Debian packages (as root) and .venv-system/.
+system-test:
+	$(PYTHON) scripts/system_test.py
 
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

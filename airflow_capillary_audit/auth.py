@@ -71,7 +71,9 @@ class CapillaryOAuth(requests.auth.AuthBase):
     :param clock: monotonic seconds, replaceable in tests.
     """
 
-    def __init__(self, fetch: Callable[[], tuple[str, float]], *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, fetch: Callable[[], tuple[str, float]], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._fetch = fetch
         self._clock = clock
         self._lock = threading.Lock()

@@ -77,7 +77,7 @@ def _fast_json_encode() -> Callable[[Any], str]:
         probe = {"a": ["é", 1, None, 1.5, True, {"b": "\n"}]}
         if "".join(encode_chunks(probe, 0)) != _json_encoder.encode(probe):
             return _json_encoder.encode
-    except Exception:  # any change in the C encoder's private signature: fall back to the public path
+    except Exception:  # noqa: BLE001 - any change in the C encoder's private signature: fall back to the public path
         return _json_encoder.encode
     join = "".join
 
@@ -108,8 +108,9 @@ def event_file_name(event_name: str, output_format: str) -> str:
     Every character but ASCII letters, digits, ``-`` and ``_`` is percent-encoded as UTF-8 bytes
     with upper-case hex (``.`` and ``~`` included), so the name holds no path separator, never
     starts with a dot, is never ``.`` or ``..``, and never starts with ``_`` (a leading ``_`` is
-    encoded too, keeping ``_manifest.json`` and other run files apart from event files), and :func:`event_name_from_file` gives the event
-    name back. Names differing only by case give names differing only by case.
+    encoded too, keeping ``_manifest.json`` and other run files apart from event files), and
+    :func:`event_name_from_file` gives the event name back. Names differing only by case give
+    names differing only by case.
 
     :param event_name: the event name, as Capillary spells it.
     :param output_format: one of :data:`OUTPUT_FORMATS`.

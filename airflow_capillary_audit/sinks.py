@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryError, CapillaryWriteError
@@ -19,6 +20,17 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "_manifest.json"
 # Temporary files start with a dot: event files never do, so the two can not collide.
 TEMP_PREFIX = ".tmp-"
+# The Airflow provider that registers each common object store's filesystem.
+STORE_PROVIDERS = {
+    "s3": "apache-airflow-providers-amazon[s3fs]",
+    "s3a": "apache-airflow-providers-amazon[s3fs]",
+    "gs": "apache-airflow-providers-google",
+    "gcs": "apache-airflow-providers-google",
+    "abfs": "apache-airflow-providers-microsoft-azure",
+    "abfss": "apache-airflow-providers-microsoft-azure",
+    "az": "apache-airflow-providers-microsoft-azure",
+    "adl": "apache-airflow-providers-microsoft-azure",
+}
 # Object storage that cannot hold a folder of files we write.
 READ_ONLY_SCHEMES = frozenset({"http", "https", "ftp", "github", "zip", "tar", "memory-readonly"})
 
@@ -72,20 +84,15 @@ class FolderSink:
                 f"destination {self.uri!r}: scheme {scheme!r} cannot be written to; use a local path, "
                 "file://, s3://, gs:// or another object store Airflow supports"
             )
-        try:
-            import fsspec
+        from airflow.sdk.io.fs import has_fs
 
-            fsspec.get_filesystem_class(scheme)
-        except ValueError:
+        # Airflow writes through the filesystems its providers register, not every fsspec protocol.
+        if not has_fs(scheme):
+            provider = STORE_PROVIDERS.get(scheme)
+            hint = f"install {provider} where tasks run" if provider else "use a local path, file://, s3://, gs://"
             raise CapillaryConfigError(
-                f"destination {self.uri!r}: scheme {scheme!r} is not a known object store; use a local "
-                "path, file://, s3://, gs:// or another fsspec protocol"
-            ) from None
-        except ImportError as err:
-            raise CapillaryConfigError(
-                f"destination {self.uri!r}: the {scheme!r} store needs a package that is not installed "
-                f"({err}); install the Airflow provider for it, e.g. apache-airflow-providers-amazon[s3fs]"
-            ) from None
+                f"destination {self.uri!r}: Airflow has no filesystem for scheme {scheme!r}; {hint}"
+            )
         try:
             is_file = self.root.is_file()
         except Exception as err:
@@ -98,14 +105,16 @@ class FolderSink:
     def prepare(self, manifest_name: str = MANIFEST_NAME) -> None:
         """Create the folder and remove an earlier manifest, so nothing marks this run complete yet."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            # Object stores have no folders, and creating one there would create a missing bucket.
+            if urlsplit(self.uri).scheme == "file":
+                self.root.mkdir(parents=True, exist_ok=True)
             manifest = self.root / manifest_name
             if manifest.exists():
                 manifest.unlink()
         except Exception as err:
             raise CapillaryWriteError(f"Cannot prepare destination {self.uri!r}: {err}") from err
 
-    def write(self, name: str, write_body: Callable[[BinaryIO], int]) -> WrittenFile:
+    def write(self, name: str, write_body: Callable[[HashingWriter], int]) -> WrittenFile:
         """
         Write one file whole: ``write_body`` streams into it and returns its row count.
 
@@ -115,7 +124,7 @@ class FolderSink:
         final = self.root / name
         temp = self.root / f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
         try:
-            with temp.open("wb") as raw:
+            with temp.open("wb") as raw:  # type: ignore[no-untyped-call]
                 out = HashingWriter(raw)
                 rows = write_body(out)
             temp.move(final)
@@ -131,7 +140,7 @@ class FolderSink:
         """Write the manifest, last: its presence says every file of the run is in place."""
         body = (json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=False) + "\n").encode()
 
-        def write_body(out: BinaryIO) -> int:
+        def write_body(out: HashingWriter) -> int:
             out.write(body)
             return 0
 
@@ -168,7 +177,7 @@ def static_folder_uri(destination: str) -> str | None:
 
 
 def lineage_name(uri: str) -> tuple[str, str]:
-    """Return OpenLineage's (namespace, name) of a file URI: ``("file", path)`` or ``("s3://bucket", key)``."""
+    """Return OpenLineage's namespace and name of a file: ``("file", path)`` or ``("s3://bucket", key)``."""
     parts = urlsplit(uri)
     if parts.scheme == "file":
         return "file", parts.path
@@ -184,7 +193,6 @@ def _folder_uri(destination: str) -> str:
 
 
 def _remove_quietly(path: ObjectStoragePath) -> None:
-    try:
+    # The original error matters more than a failed clean-up.
+    with contextlib.suppress(Exception):
         path.unlink(missing_ok=True)
-    except Exception:  # the original error matters more than a failed clean-up
-        pass

@@ -32,10 +32,10 @@ import pytest  # noqa: E402
 
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset  # noqa: E402
 
-try:  # Airflow 3.2 moved the DagBag
-    from airflow.dag_processing.dagbag import DagBag  # noqa: E402
+try:  # Airflow 3.2 moved the DagBag; tests import it from here
+    from airflow.dag_processing.dagbag import DagBag
 except ImportError:
-    from airflow.models.dagbag import DagBag  # type: ignore[no-redef]  # noqa: E402
+    from airflow.models.dagbag import DagBag  # type: ignore[no-redef]  # noqa: F401
 
 LOGIN = "store.server"
 PASSWORD = "server123"
@@ -98,7 +98,7 @@ def run_dag(airflow_db, tmp_path):
         spec = importlib.util.spec_from_file_location(f"dagfile_{dag_id}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        dag = getattr(module, "dag")
+        dag = module.dag
         dag_run = dag.test(**test_kwargs)
         return dag_run, lambda task_id, map_index=-1: read_xcom(dag_run, task_id, map_index)
 

@@ -128,12 +128,12 @@ class CapillarySettings:
                 "hex MD5 digest; store the digest or set password_is_md5 to false"
             )
         scheme_host = urlsplit(settings.base_url)
-        if scheme_host.scheme == "http" and not settings.allow_insecure_http:
-            if not _is_loopback(scheme_host.hostname or ""):
-                raise CapillaryConfigError(
-                    f"{where}: host {settings.base_url!r} uses plain http, which would send the "
-                    "credentials unencrypted; use https, or set extra 'allow_insecure_http' to true"
-                )
+        insecure = scheme_host.scheme == "http" and not settings.allow_insecure_http
+        if insecure and not _is_loopback(scheme_host.hostname or ""):
+            raise CapillaryConfigError(
+                f"{where}: host {settings.base_url!r} uses plain http, which would send the "
+                "credentials unencrypted; use https, or set extra 'allow_insecure_http' to true"
+            )
         return settings
 
 
@@ -282,7 +282,7 @@ class CapillaryHook(BaseHook):
             if err.status == 400:
                 return True, f"Connected to {settings.base_url}; credentials accepted (probe answered 400)"
             return False, str(err)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - the UI shows whatever went wrong
             return False, f"{type(err).__name__}: {err}"
         return True, f"Connected to {settings.base_url}; credentials accepted"
 
@@ -309,10 +309,10 @@ class CapillaryHook(BaseHook):
             failure = state.outcome.exception() if state.outcome else None
             backoff = min(
                 settings.retry_max_wait,
-                settings.retry_initial_wait * 2 ** (state.attempt_number - 1),
+                settings.retry_initial_wait * 2.0 ** (state.attempt_number - 1),
             )
             backoff *= 0.5 + _jitter()
-            retry_after = getattr(failure, "retry_after", None)
+            retry_after: float | None = getattr(failure, "retry_after", None)
             if retry_after is not None:
                 backoff = max(backoff, retry_after)
                 pacer.hold(backoff)
@@ -360,7 +360,12 @@ class CapillaryHook(BaseHook):
         request_id = response.headers.get(REQUEST_ID_HEADER)
         body, decode_error = _decode(content)
         errors = _errors_of(body)
-        details = {"event_name": event_name, "status": status, "request_id": request_id, "errors": errors}
+        details: dict[str, Any] = {
+            "event_name": event_name,
+            "status": status,
+            "request_id": request_id,
+            "errors": errors,
+        }
 
         if 300 <= status < 400:
             location = urlsplit(response.headers.get("Location", ""))
@@ -387,7 +392,8 @@ class CapillaryHook(BaseHook):
                     **details,
                 )
             raise _Retryable(
-                "rate limited (429)" + (f", Retry-After {retry_after:g} s" if retry_after is not None else ""),
+                "rate limited (429)"
+                + (f", Retry-After {retry_after:g} s" if retry_after is not None else ""),
                 CapillaryRateLimitError("Capillary kept answering 429 (rate limited)", **details),
                 retry_after=retry_after,
             )
@@ -441,7 +447,9 @@ class CapillaryHook(BaseHook):
             reason = f"connection failed ({_short_cause(err)})"
             raise _Retryable(
                 reason,
-                CapillaryConnectionError(f"Connection to {settings.base_url} failed: {reason}", event_name=event_name),
+                CapillaryConnectionError(
+                    f"Connection to {settings.base_url} failed: {reason}", event_name=event_name
+                ),
             ) from err
 
     def _fetch_oauth_token(self, session: requests.Session, settings: CapillarySettings) -> tuple[str, float]:
@@ -458,12 +466,18 @@ class CapillaryHook(BaseHook):
         status = response.status_code
         body, _ = _decode(content)
         errors = _errors_of(body)
-        details = {"status": status, "request_id": response.headers.get(REQUEST_ID_HEADER), "errors": errors}
+        details: dict[str, Any] = {
+            "status": status,
+            "request_id": response.headers.get(REQUEST_ID_HEADER),
+            "errors": errors,
+        }
         if status in RETRY_STATUSES:
             raise _Retryable(
                 f"token endpoint answered HTTP {status}",
                 CapillaryServerError(f"Capillary's OAuth token endpoint answered HTTP {status}", **details),
-                retry_after=_retry_after_seconds(response.headers.get("Retry-After")) if status == 429 else None,
+                retry_after=(
+                    _retry_after_seconds(response.headers.get("Retry-After")) if status == 429 else None
+                ),
             )
         data = body.get("data") if isinstance(body, dict) else None
         token = data.get("accessToken") if isinstance(data, dict) else None
@@ -474,15 +488,17 @@ class CapillaryHook(BaseHook):
         if not 200 <= status < 300 or not isinstance(token, str) or not token:
             raise CapillaryResponseError("Capillary's OAuth token endpoint gave no accessToken", **details)
         mask_secret(token)
-        ttl = data.get("ttlSeconds")
+        ttl = data.get("ttlSeconds") if isinstance(data, dict) else None
         # Capillary documents tokens of up to 60 minutes; 300 s is its usual grant.
-        ttl_seconds = float(ttl) if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0 else 300.0
+        ttl_seconds = 300.0
+        if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0:
+            ttl_seconds = float(ttl)
         self.log.info("Fetched a Capillary OAuth token valid for %g s", ttl_seconds)
         return token, ttl_seconds
 
     def _checked_body(self, answer: Any, event_name: str) -> dict[str, list[Any]]:
         body, status, request_id = answer.body, answer.status, answer.request_id
-        details = {"event_name": event_name, "status": status, "request_id": request_id}
+        details: dict[str, Any] = {"event_name": event_name, "status": status, "request_id": request_id}
         if not isinstance(body, dict):
             raise CapillaryResponseError(
                 f"Capillary's answer is a JSON {type(body).__name__}, not an object with 'data'", **details
@@ -501,7 +517,9 @@ class CapillaryHook(BaseHook):
             raise CapillaryResponseError("Capillary's answer has no 'data' field", **details)
         data = body["data"]
         if data is None:
-            self.log.warning("Capillary answered data=null for event %r; reading it as no audit logs", event_name)
+            self.log.warning(
+                "Capillary answered data=null for event %r; reading it as no audit logs", event_name
+            )
             data = []
         if not isinstance(data, list):
             raise CapillaryResponseError(
@@ -533,7 +551,8 @@ def _token_expired(response: requests.Response, content: bytes) -> bool:
     if response.status_code in (401, OAUTH_EXPIRED_CODE):
         return True
     body, _ = _decode(content)
-    return any(isinstance(e, dict) and str(e.get("code")) == str(OAUTH_EXPIRED_CODE) for e in _errors_of(body))
+    expired = str(OAUTH_EXPIRED_CODE)
+    return any(isinstance(e, dict) and str(e.get("code")) == expired for e in _errors_of(body))
 
 
 def _short_cause(err: BaseException) -> str:
@@ -542,7 +561,8 @@ def _short_cause(err: BaseException) -> str:
     match = re.search(r"\[Errno -?\d+\][^'\")]*", text)
     if match:
         return match.group(0).strip()
-    for marker in ("Connection aborted", "Connection reset", "IncompleteRead", "RemoteDisconnected", "SSLError"):
+    markers = ("Connection aborted", "Connection reset", "IncompleteRead", "RemoteDisconnected", "SSLError")
+    for marker in markers:
         if marker in text:
             return marker
     return type(err).__name__
@@ -647,7 +667,9 @@ def _known_extras(extra: Mapping[str, Any], where: str, log: Any) -> dict[str, A
         else:
             unknown.append(key)
     if unknown and log is not None:
-        log.warning("%s: ignoring unknown extras %s; known extras are %s", where, sorted(unknown), sorted(known))
+        log.warning(
+            "%s: ignoring unknown extras %s; known extras are %s", where, sorted(unknown), sorted(known)
+        )
     return extras
 
 
@@ -710,9 +732,12 @@ def _as_verify(extras: Mapping[str, Any], where: str) -> bool | str:
         if os.path.exists(value):
             return value
         raise CapillaryConfigError(
-            f"{where}: extra 'verify' is {value!r}, which is neither true/false nor an existing CA bundle path"
+            f"{where}: extra 'verify' is {value!r}, which is neither true/false nor an existing "
+            "CA bundle path"
         )
-    raise CapillaryConfigError(f"{where}: extra 'verify' must be true, false or a CA bundle path, got {value!r}")
+    raise CapillaryConfigError(
+        f"{where}: extra 'verify' must be true, false or a CA bundle path, got {value!r}"
+    )
 
 
 def _as_timezone(extras: Mapping[str, Any], where: str) -> str:

@@ -96,7 +96,8 @@ class CapillaryAuditLogsOperator(BaseOperator):
 
         if self.output_format not in OUTPUT_FORMATS:
             raise CapillaryConfigError(
-                f"output_format {self.output_format!r} is not supported; use one of {', '.join(OUTPUT_FORMATS)}"
+                f"output_format {self.output_format!r} is not supported; "
+                f"use one of {', '.join(OUTPUT_FORMATS)}"
             )
         if not isinstance(self.flatten, bool):
             raise CapillaryConfigError(f"flatten must be true or false, got {self.flatten!r}")
@@ -235,7 +236,9 @@ class CapillaryAuditLogsOperator(BaseOperator):
             return iter_rows(
                 name, body["data"], default_tz=timezone, since=plan.since, until=plan.until, stats=stats
             )
-        return filter_records(body["data"], default_tz=timezone, since=plan.since, until=plan.until, stats=stats)
+        return filter_records(
+            body["data"], default_tz=timezone, since=plan.since, until=plan.until, stats=stats
+        )
 
     def _to_xcom(self, hook: CapillaryHook, plan: _Plan, timezone: Any) -> list[Any]:
         from airflow_capillary_audit.exceptions import CapillaryConfigError
@@ -259,7 +262,9 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 )
         return out
 
-    def _to_destination(self, hook: CapillaryHook, plan: _Plan, timezone: Any, context: Context) -> dict[str, Any]:
+    def _to_destination(
+        self, hook: CapillaryHook, plan: _Plan, timezone: Any, context: Context
+    ) -> dict[str, Any]:
         import pendulum
 
         from airflow_capillary_audit.formats import write_rows
@@ -276,7 +281,9 @@ class CapillaryAuditLogsOperator(BaseOperator):
 
             def write_body(out: Any) -> int:
                 rows = self._shape(name, body, plan, timezone, stats)
-                return self._checked(name, lambda: write_rows(self.output_format, rows, out, columns=columns))
+                return int(
+                    self._checked(name, lambda: write_rows(self.output_format, rows, out, columns=columns))
+                )
 
             written = sink.write(plan.file_names[name], write_body)
             return written, stats
@@ -331,7 +338,9 @@ class CapillaryAuditLogsOperator(BaseOperator):
         try:
             return shape()
         except RecordShapeError as err:
-            raise CapillaryResponseError(f"Capillary's audit logs are malformed: {err}", event_name=name) from None
+            raise CapillaryResponseError(
+                f"Capillary's audit logs are malformed: {err}", event_name=name
+            ) from None
 
     def _report(self, name: str, stats: FlattenStats, count: int, where: str) -> None:
         from airflow_capillary_audit.records import RECORD_FIELDS

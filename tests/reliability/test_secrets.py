@@ -79,11 +79,16 @@ def inline_executor():
             """Terminate nothing."""
 
         def _process_workloads(self, workloads) -> None:
-            from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor, supervise_task
+            from airflow.sdk.execution_time import supervisor
+            from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor
+
+            # Airflow 3.1 calls the worker's entry point supervise().
+            supervise_task = getattr(supervisor, "supervise_task", None) or supervisor.supervise
 
             for workload in workloads:
-                self.queued_tasks.pop(workload.key, None)
-                self.running.add(workload.key)
+                key = getattr(workload, "key", None) or workload.ti.key  # Airflow 3.1: on the ti only
+                self.queued_tasks.pop(key, None)
+                self.running.add(key)
                 exit_code = supervise_task(
                     ti=workload.ti,
                     bundle_info=workload.bundle_info,
@@ -92,7 +97,7 @@ def inline_executor():
                     client=InProcessTestSupervisor._api_client(),
                     log_path=workload.log_path,
                 )
-                (self.success if exit_code == 0 else self.fail)(workload.key)
+                (self.success if exit_code == 0 else self.fail)(key)
 
     return InlineSupervisorExecutor()
 
@@ -135,7 +140,7 @@ def test_no_secret_reaches_any_log_or_error(
     # The same scenarios once more in this process, to keep every exception message.
     api.set_faults(FAULTS)
     messages = []
-    for task_id, (conn_id, names, outcome) in TASKS.items():
+    for task_id, (conn_id, names, _outcome) in TASKS.items():
         operator = CapillaryAuditLogsOperator(
             task_id=task_id, capillary_conn_id=conn_id, event_names=names, max_active_requests=1
         )
