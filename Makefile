@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The oldest Airflow this package claims; CI runs the whole suite on it too.
 OLDEST_AIRFLOW ?= 3.1.8
 
-.PHONY: venv demo test test-oldest ui-test system-test bench clean
+.PHONY: venv demo test lint test-oldest ui-test system-test bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+# Quality gates: ruff on everything, mypy --strict on the package (settings in pyproject.toml).
+lint: venv
+	$(BIN)/python -m pip install --quiet -e '.[lint]'
+	$(BIN)/ruff check .
+	$(BIN)/mypy airflow_capillary_audit
 
 test-oldest:
 	$(PYTHON) -m venv .venv-oldest
