@@ -580,6 +580,20 @@ def _event_name_problem(name: str) -> str | None:
     return None
 
 
+def _is_rendered_list(text: str) -> bool:
+    """Tell whether ``text`` is how Jinja renders a Python list of strings, e.g. ``['a', 'b']``."""
+    stripped = text.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        return False
+    import ast
+
+    try:
+        parsed = ast.literal_eval(stripped)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return isinstance(parsed, list) and all(isinstance(item, str) for item in parsed)
+
+
 def event_names_from(value: object) -> list[str]:
     """
     Normalise the operator's ``event_names`` to a list of distinct event names.
@@ -599,6 +613,11 @@ def event_names_from(value: object) -> list[str]:
         problem = _event_name_problem(value)
         if problem is not None:
             raise ValueError(f"event_names: the event name {value!r} {problem}; {_EVENT_NAMES_HINT}")
+        if _is_rendered_list(value):
+            raise ValueError(
+                f"event_names: {value!r} is a list rendered as text by a Jinja template; set "
+                "render_template_as_native_obj=True on the DAG, or pass the list itself"
+            )
         return [value]
     if isinstance(value, (Mapping, bytes, bytearray, memoryview)) or not isinstance(value, Iterable):
         raise ValueError(f"event_names: got a {type(value).__name__} ({value!r}); {_EVENT_NAMES_HINT}")

@@ -603,3 +603,18 @@ def test_records_lacking_documented_fields_are_counted():
     rows = list(iter_rows("e", records, stats=stats))
     assert len(rows) == 2
     assert stats.missing_fields == 1
+
+
+@pytest.mark.parametrize("text", ["['a', 'b']", '["a"]', "[]", " ['x'] "])
+def test_a_list_rendered_as_text_is_refused_with_the_fix(text):
+    from airflow_capillary_audit.records import event_names_from
+
+    with pytest.raises(ValueError, match="render_template_as_native_obj=True"):
+        event_names_from(text)
+
+
+@pytest.mark.parametrize("text", ["[beta] points", "[x", "[1, 2]", "tier [gold]"])
+def test_bracketed_event_names_are_still_names(text):
+    from airflow_capillary_audit.records import event_names_from
+
+    assert event_names_from(text) == [text]

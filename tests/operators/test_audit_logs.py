@@ -270,6 +270,7 @@ BAD_ARGUMENTS = [
     ({"event_names": "  "}, "event_names"),
     ({"event_names": ["ok", 7]}, "event_names"),
     ({"event_names": None}, "event_names"),
+    ({"event_names": "['a', 'b']"}, "render_template_as_native_obj=True"),
     ({"event_names": "a", "changed_since": "2026-02-01", "changed_until": "2026-01-01"}, "changed_since"),
     ({"event_names": "a", "changed_since": "yesterday"}, "changed_since"),
     ({"event_names": "a", "destination": "http://example.com/x"}, "destination"),
