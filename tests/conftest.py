@@ -10,6 +10,7 @@ import sys
 import tempfile
 import textwrap
 import uuid
+from datetime import timezone
 from pathlib import Path
 
 # Airflow reads its configuration when first imported: point it at a private home before that.
@@ -120,3 +121,38 @@ def read_xcom(dag_run, task_id: str, map_index: int = -1):
     with create_session() as session:
         row = session.scalars(query).first()
         return None if row is None else XComModel.deserialize_value(row)
+
+
+def expected_rows(dataset, names, since=None, until=None) -> list[dict]:
+    """Build the rows independently from the stand-in's own record of what it generated."""
+    windowed = since is not None or until is not None
+    rows = []
+    for name in names:
+        for record, instants in zip(dataset.records(name), dataset.instants(name)):
+            base = {
+                "event_name": name,
+                "id": record["id"],
+                "org_id": record["orgId"],
+                "updated_type": record["updatedType"],
+                "request_id": record["requestId"],
+            }
+            if not record["valueHistory"]:
+                if not windowed:
+                    rows.append({**base, "value": None, "changed_on": None, "changed_on_raw": None})
+                continue
+            for entry, instant in zip(record["valueHistory"], instants):
+                if windowed and (
+                    instant is None
+                    or (since is not None and instant < since)
+                    or (until is not None and instant >= until)
+                ):
+                    continue
+                rows.append(
+                    {
+                        **base,
+                        "value": entry["value"],
+                        "changed_on": instant.astimezone(timezone.utc).isoformat() if instant else None,
+                        "changed_on_raw": str(entry["changedOn"]),
+                    }
+                )
+    return rows

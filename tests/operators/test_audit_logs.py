@@ -13,6 +13,7 @@ import pytest
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import Fault
+from tests.conftest import expected_rows
 
 pytestmark = pytest.mark.airflow
 
@@ -31,41 +32,6 @@ with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, t
 def dag_source(body: str, *, native: bool = False, params: dict | None = None) -> str:
     head = DAG_HEAD.replace("NATIVE", repr(native)).replace("PARAMS", repr(params or {}))
     return head + "\n".join("    " + line for line in body.strip().splitlines()) + "\n"
-
-
-def expected_rows(dataset, names, since=None, until=None) -> list[dict]:
-    """Build the rows independently from the stand-in's own record of what it generated."""
-    windowed = since is not None or until is not None
-    rows = []
-    for name in names:
-        for record, instants in zip(dataset.records(name), dataset.instants(name)):
-            base = {
-                "event_name": name,
-                "id": record["id"],
-                "org_id": record["orgId"],
-                "updated_type": record["updatedType"],
-                "request_id": record["requestId"],
-            }
-            if not record["valueHistory"]:
-                if not windowed:
-                    rows.append({**base, "value": None, "changed_on": None, "changed_on_raw": None})
-                continue
-            for entry, instant in zip(record["valueHistory"], instants):
-                if windowed and (
-                    instant is None
-                    or (since is not None and instant < since)
-                    or (until is not None and instant >= until)
-                ):
-                    continue
-                rows.append(
-                    {
-                        **base,
-                        "value": entry["value"],
-                        "changed_on": instant.astimezone(timezone.utc).isoformat() if instant else None,
-                        "changed_on_raw": str(entry["changedOn"]),
-                    }
-                )
-    return rows
 
 
 def read_back(path: Path, output_format: str) -> list:

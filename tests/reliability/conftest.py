@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
 from tests.conftest import connection_json
+from tests.conftest import expected_rows as all_expected_rows
 
 LOGIN = "store.server"
 PASSWORD = "server123"
@@ -66,28 +66,7 @@ def manifest_of(folder: Path) -> dict[str, Any] | None:
 
 def expected_rows(dataset: Dataset, name: str) -> list[dict[str, Any]]:
     """Build an event's flat rows from what the stand-in generated, without the package's code."""
-    rows = []
-    for record, instants in zip(dataset.records(name), dataset.instants(name)):
-        base = {
-            "event_name": name,
-            "id": record["id"],
-            "org_id": record["orgId"],
-            "updated_type": record["updatedType"],
-            "request_id": record["requestId"],
-        }
-        if not record["valueHistory"]:
-            rows.append({**base, "value": None, "changed_on": None, "changed_on_raw": None})
-        for entry, instant in zip(record["valueHistory"], instants):
-            changed_on = instant.astimezone(timezone.utc).isoformat() if instant is not None else None
-            rows.append(
-                {
-                    **base,
-                    "value": entry["value"],
-                    "changed_on": changed_on,
-                    "changed_on_raw": str(entry["changedOn"]),
-                }
-            )
-    return rows
+    return all_expected_rows(dataset, [name])
 
 
 def jsonl_rows(path: Path) -> list[dict[str, Any]]:
