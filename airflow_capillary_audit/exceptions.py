@@ -12,6 +12,7 @@ Every error a caller of this package can meet.
         │   ├── CapillaryTimeoutError ....... no answer within the timeout after every retry
         │   ├── CapillaryConnectionError .... connection refused / reset after every retry
         │   └── CapillaryResponseError ...... the answer is not the JSON promised, or has errors[]
+        ├── CapillaryCancelledError ......... the task was stopped (timeout, kill) before a request ran
         └── CapillaryWriteError ............. the storage sink could not write a run's files
 
 Every request error names the event, the HTTP status, Capillary's error codes and messages and the
@@ -55,11 +56,11 @@ class CapillaryRequestError(CapillaryError):
         self.attempts = attempts
         super().__init__(self._describe(message))
 
-    def after(self, attempts: int) -> CapillaryRequestError:
-        """Return the same error, saying how many attempts were made."""
+    def after(self, attempts: int, event_name: str | None = None) -> CapillaryRequestError:
+        """Return the same error, saying how many attempts were made (and for which event)."""
         return type(self)(
             self.summary,
-            event_name=self.event_name,
+            event_name=self.event_name if event_name is None else event_name,
             status=self.status,
             request_id=self.request_id,
             errors=self.errors,
@@ -107,6 +108,10 @@ class CapillaryConnectionError(CapillaryRequestError):
 
 class CapillaryResponseError(CapillaryRequestError):
     """Raised when a body is not the JSON object promised, has the wrong shape, or carries errors[]."""
+
+
+class CapillaryCancelledError(CapillaryError):
+    """Raised for the requests still pending when the task is stopped (execution timeout or kill)."""
 
 
 class CapillaryWriteError(CapillaryError):

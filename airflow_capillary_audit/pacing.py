@@ -7,6 +7,10 @@ import time
 from collections.abc import Callable
 
 
+class PacerStopped(Exception):
+    """Raised by :meth:`RequestPacer.acquire` once the pacer's stop event is set."""
+
+
 class RequestPacer:
     """
     Hand out request slots at most ``requests_per_minute`` a minute, evenly spaced, across threads.
@@ -16,18 +20,21 @@ class RequestPacer:
     pushes every worker's next slot back, so a 429 slows the whole pool, not one thread.
 
     :param requests_per_minute: the cap; ``None`` means no cap (``hold`` still works).
+    :param stop: once set, waiting callers wake and every ``acquire`` raises :class:`PacerStopped`.
     """
 
     def __init__(
         self,
         requests_per_minute: int | None = None,
         *,
+        stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
         self._clock = clock
         self._sleep = sleep
+        self._stop = stop
         self._lock = threading.Lock()
         self._turn = threading.Lock()
         self._next_slot = float("-inf")
@@ -40,13 +47,18 @@ class RequestPacer:
         # and a hold() while it sleeps pushes it back too.
         with self._turn:
             while True:
+                if self._stop is not None and self._stop.is_set():
+                    raise PacerStopped("the pacer was stopped; no further slot is handed out")
                 with self._lock:
                     now = self._clock()
                     wait = self._next_slot - now
                     if wait <= 0:
                         self._next_slot = now + self.interval
                         return waited
-                self._sleep(wait)
+                if self._stop is not None:
+                    self._stop.wait(wait)
+                else:
+                    self._sleep(wait)
                 waited += wait
 
     def hold(self, seconds: float) -> None:

@@ -122,7 +122,8 @@ class FolderSink:
         :param write_body: writes the content into the binary file object it is given.
         """
         final = self.root / name
-        temp = self.root / f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        # No event name in it: a name that fits the file-name limit must fit here too.
+        temp = self.root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             with temp.open("wb") as raw:  # type: ignore[no-untyped-call]
                 out = HashingWriter(raw)
@@ -135,6 +136,13 @@ class FolderSink:
                 raise CapillaryWriteError(f"Cannot write {final}: {err}") from err
             raise
         return WrittenFile(name=name, uri=str(final), rows=rows, bytes=out.bytes, sha256=out.sha256)
+
+    def remove(self, name: str) -> None:
+        """Remove a file from the folder if it is there, e.g. an earlier run's file of a failed event."""
+        try:
+            (self.root / name).unlink(missing_ok=True)
+        except Exception as err:
+            raise CapillaryWriteError(f"Cannot remove {self.root / name}: {err}") from err
 
     def write_manifest(self, manifest: dict[str, Any], manifest_name: str = MANIFEST_NAME) -> WrittenFile:
         """Write the manifest, last: its presence says every file of the run is in place."""

@@ -106,3 +106,40 @@ def test_retry_after_http_date_rounds_up():
     assert 2 <= _retry_after_seconds(when) <= 4
     past = email.utils.formatdate(time.time() - 30, usegmt=True)
     assert _retry_after_seconds(past) == 0
+
+
+@pytest.mark.parametrize(
+    ("attempt", "jitter", "expected"),
+    [(1, 0.5, 0.5), (2, 0.5, 1.0), (3, 0.0, 1.0), (3, 1.0, 3.0), (4, 1.0, 4.0), (10, 0.0, 4.0)],
+)
+def test_backoff_doubles_with_jitter_and_never_passes_the_cap(attempt, jitter, expected):
+    from airflow_capillary_audit.hooks.capillary import backoff_seconds
+
+    assert backoff_seconds(attempt, initial=0.5, cap=4.0, jitter=jitter) == expected
+
+
+def test_backoff_cap_holds_at_the_top_of_the_jitter():
+    from airflow_capillary_audit.hooks.capillary import backoff_seconds
+
+    # The cap applies after the jitter: 0.4 * 1.5 would be 0.6.
+    assert backoff_seconds(1, initial=0.4, cap=0.4, jitter=1.0) == 0.4
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "what", "error"),
+    [(429, "3600", "OAuth token endpoint", "CapillaryRateLimitError"), (503, "120", "Capillary", "CapillaryServerError")],
+)
+def test_a_retry_after_beyond_the_cap_fails_at_once(status, retry_after, what, error):
+    import requests
+
+    from airflow_capillary_audit.hooks.capillary import CapillarySettings, _retryable_status
+
+    response = requests.Response()
+    response.status_code = status
+    response.headers["Retry-After"] = retry_after
+    settings = CapillarySettings(base_url="https://x", login="l", password="p", retry_max_wait=60)
+
+    failure = _retryable_status(response, status, settings, {"status": status}, what=what)
+
+    assert type(failure).__name__ == error
+    assert f"{what} asked to wait {retry_after} s" in str(failure)

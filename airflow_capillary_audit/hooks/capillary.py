@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -35,6 +36,7 @@ from airflow_capillary_audit.auth import (
 from airflow_capillary_audit.exceptions import (
     CapillaryAuthError,
     CapillaryBadRequestError,
+    CapillaryCancelledError,
     CapillaryConfigError,
     CapillaryConnectionError,
     CapillaryRateLimitError,
@@ -44,7 +46,7 @@ from airflow_capillary_audit.exceptions import (
     CapillaryTimeoutError,
 )
 from airflow_capillary_audit.get_provider_info import CONN_FIELDS, CONN_TYPE, UI_FIELD_BEHAVIOUR
-from airflow_capillary_audit.pacing import RequestPacer
+from airflow_capillary_audit.pacing import PacerStopped, RequestPacer
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -84,9 +86,10 @@ class CapillarySettings:
         return f"CapillarySettings(base_url={self.base_url!r}, login={login}, password=<masked>)"
 
     @property
-    def tzinfo(self) -> ZoneInfo:
+    def tzinfo(self) -> tzinfo:
         """Return the zone of ``changedOn`` values that carry no offset."""
-        return ZoneInfo(self.timezone)
+        # The records module has a fast path for datetime's own UTC.
+        return timezone.utc if self.timezone == "UTC" else ZoneInfo(self.timezone)
 
     @classmethod
     def from_connection(cls, conn: Connection, *, log: Any = None) -> CapillarySettings:
@@ -140,11 +143,19 @@ class CapillarySettings:
 class _Retryable(Exception):
     """A failed attempt worth another try; ``final`` is what to raise when tries run out."""
 
-    def __init__(self, reason: str, final: CapillaryRequestError, retry_after: float | None = None):
+    def __init__(
+        self,
+        reason: str,
+        final: CapillaryRequestError,
+        retry_after: float | None = None,
+        hold_all: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.final = final
         self.retry_after = retry_after
+        # A rate limit or a server's Retry-After concerns every worker, not only this one.
+        self.hold_all = hold_all or retry_after is not None
 
 
 class CapillaryHook(BaseHook):
@@ -172,6 +183,7 @@ class CapillaryHook(BaseHook):
         self._settings: CapillarySettings | None = None
         self._session: requests.Session | None = None
         self._pacer: RequestPacer | None = None
+        self._stopped = threading.Event()
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -220,9 +232,18 @@ class CapillaryHook(BaseHook):
             settings = self.settings
             with self._lock:
                 if self._session is None:
+                    # The pacer first: other threads take a set session as the sign that both exist.
+                    self._pacer = RequestPacer(settings.requests_per_minute, stop=self._stopped)
                     self._session = self._new_session(settings)
-                    self._pacer = RequestPacer(settings.requests_per_minute)
         return self._session
+
+    def stop(self) -> None:
+        """Stop every pending request of this hook: waits end now and new attempts are refused."""
+        self._stopped.set()
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep between retries, waking early when the hook is stopped."""
+        self._stopped.wait(seconds)
 
     def _new_session(self, settings: CapillarySettings) -> requests.Session:
         session = requests.Session()
@@ -237,7 +258,9 @@ class CapillaryHook(BaseHook):
             mask_secret(token)
             session.auth = CapillaryBasicAuth(token)
         session.verify = settings.verify
-        session.trust_env = False
+        # Honour HTTPS_PROXY / NO_PROXY and REQUESTS_CA_BUNDLE as HTTP clients do; .netrc never
+        # applies, since the session always carries its own auth.
+        session.trust_env = True
         session.headers.update(
             {
                 "Accept": "application/json",
@@ -302,19 +325,23 @@ class CapillaryHook(BaseHook):
         tries = (settings.max_retries if max_retries is None else max_retries) + 1
 
         def attempt() -> Any:
-            pacer.acquire()
-            return self._attempt(session, url, params, event_name, settings)
+            try:
+                pacer.acquire()
+            except PacerStopped:
+                raise CapillaryCancelledError(
+                    f"Request for event {event_name!r} not sent: the task was stopped"
+                ) from None
+            return self._attempt(session, url, params, event_name, settings, pacer)
 
         def wait(state: tenacity.RetryCallState) -> float:
             failure = state.outcome.exception() if state.outcome else None
-            backoff = min(
-                settings.retry_max_wait,
-                settings.retry_initial_wait * 2.0 ** (state.attempt_number - 1),
+            backoff = backoff_seconds(
+                state.attempt_number, settings.retry_initial_wait, settings.retry_max_wait, _jitter()
             )
-            backoff *= 0.5 + _jitter()
             retry_after: float | None = getattr(failure, "retry_after", None)
             if retry_after is not None:
                 backoff = max(backoff, retry_after)
+            if getattr(failure, "hold_all", False):
                 pacer.hold(backoff)
             return backoff
 
@@ -334,12 +361,16 @@ class CapillaryHook(BaseHook):
             stop=tenacity.stop_after_attempt(tries),
             wait=wait,
             before_sleep=log_retry,
+            sleep=self._wait,
             reraise=True,
         )
         try:
             return retrying(attempt)
         except _Retryable as failure:
-            raise failure.final.after(tries) from None
+            raise failure.final.after(tries, event_name) from None
+        except CapillaryRequestError as failure:
+            made = retrying.statistics.get("attempt_number", 1)
+            raise failure.after(made, event_name) from None
 
     def _attempt(
         self,
@@ -348,12 +379,14 @@ class CapillaryHook(BaseHook):
         params: Mapping[str, str],
         event_name: str,
         settings: CapillarySettings,
+        pacer: RequestPacer,
     ) -> Any:
         response, content = self._send(session, "GET", url, settings, event_name, params=params)
         oauth = session.auth if isinstance(session.auth, CapillaryOAuth) else None
         if oauth is not None and _token_expired(response, content):
             # Capillary let the token lapse before its ttl: fetch a new one and ask again, once.
             oauth.invalidate(response.request.headers.get(OAUTH_TOKEN_HEADER))
+            pacer.acquire()
             response, content = self._send(session, "GET", url, settings, event_name, params=params)
 
         status = response.status_code
@@ -382,25 +415,8 @@ class CapillaryHook(BaseHook):
             )
         if status in BAD_REQUEST_STATUSES:
             raise CapillaryBadRequestError("Capillary rejected the request", **details)
-        if status == 429:
-            retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-            if retry_after is not None and retry_after > settings.retry_max_wait:
-                raise CapillaryRateLimitError(
-                    f"Capillary asked to wait {retry_after:g} s (Retry-After), more than the "
-                    f"connection's retry_max_wait of {settings.retry_max_wait:g} s; raise retry_max_wait "
-                    "or lower requests_per_minute",
-                    **details,
-                )
-            raise _Retryable(
-                "rate limited (429)"
-                + (f", Retry-After {retry_after:g} s" if retry_after is not None else ""),
-                CapillaryRateLimitError("Capillary kept answering 429 (rate limited)", **details),
-                retry_after=retry_after,
-            )
         if status in RETRY_STATUSES:
-            raise _Retryable(
-                f"HTTP {status}", CapillaryServerError(f"Capillary answered HTTP {status}", **details)
-            )
+            raise _retryable_status(response, status, settings, details)
         if status >= 500:
             raise CapillaryServerError(f"Capillary answered HTTP {status}", **details)
         if not 200 <= status < 300:
@@ -427,7 +443,10 @@ class CapillaryHook(BaseHook):
     ) -> tuple[requests.Response, bytes]:
         """Make one HTTP exchange; turn transport failures into retryable ones."""
         try:
-            response = session.request(method, url, timeout=settings.timeout, allow_redirects=False, **kwargs)
+            # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+            response = session.request(
+                method, url, timeout=settings.timeout, verify=settings.verify, allow_redirects=False, **kwargs
+            )
             return response, response.content
         except requests.Timeout as err:
             raise _Retryable(
@@ -472,13 +491,7 @@ class CapillaryHook(BaseHook):
             "errors": errors,
         }
         if status in RETRY_STATUSES:
-            raise _Retryable(
-                f"token endpoint answered HTTP {status}",
-                CapillaryServerError(f"Capillary's OAuth token endpoint answered HTTP {status}", **details),
-                retry_after=(
-                    _retry_after_seconds(response.headers.get("Retry-After")) if status == 429 else None
-                ),
-            )
+            raise _retryable_status(response, status, settings, details, what="OAuth token endpoint")
         data = body.get("data") if isinstance(body, dict) else None
         token = data.get("accessToken") if isinstance(data, dict) else None
         if status in AUTH_STATUSES or (errors and not token):
@@ -568,6 +581,42 @@ def _short_cause(err: BaseException) -> str:
     return type(err).__name__
 
 
+def backoff_seconds(attempt: int, initial: float, cap: float, jitter: float) -> float:
+    """
+    Return the wait after failed attempt ``attempt`` (1-based): ``initial * 2**(attempt-1)``, times a
+    jitter factor of ``0.5 + jitter`` (``jitter`` in [0, 1]), never more than ``cap``.
+    """
+    return min(cap, initial * 2.0 ** (attempt - 1) * (0.5 + jitter))
+
+
+def _retryable_status(
+    response: requests.Response,
+    status: int,
+    settings: CapillarySettings,
+    details: dict[str, Any],
+    what: str = "Capillary",
+) -> Exception:
+    """Return the retryable failure for a 429 or 5xx, or a final error if Retry-After asks too much."""
+    retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+    error_type = CapillaryRateLimitError if status == 429 else CapillaryServerError
+    if retry_after is not None and retry_after > settings.retry_max_wait:
+        return error_type(
+            f"{what} asked to wait {retry_after:g} s (Retry-After), more than the connection's "
+            f"retry_max_wait of {settings.retry_max_wait:g} s; raise retry_max_wait or lower "
+            "requests_per_minute",
+            **details,
+        )
+    reason = "rate limited (429)" if status == 429 else f"HTTP {status}"
+    if retry_after is not None:
+        reason += f", Retry-After {retry_after:g} s"
+    final = (
+        CapillaryRateLimitError(f"{what} kept answering 429 (rate limited)", **details)
+        if status == 429
+        else CapillaryServerError(f"{what} answered HTTP {status}", **details)
+    )
+    return _Retryable(reason, final, retry_after=retry_after, hold_all=status == 429)
+
+
 def _jitter() -> float:
     return int.from_bytes(os.urandom(2), "big") / 65535
 
@@ -637,15 +686,16 @@ def _base_url(host: str, port: int | None, where: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https"):
         raise CapillaryConfigError(f"{where}: host scheme {parts.scheme!r} is not http or https")
+    # Checked first, and the host is never quoted whole: it may carry a password or a token.
+    if "@" in parts.netloc:
+        raise CapillaryConfigError(f"{where}: host must not carry credentials; use login and password")
     if not parts.hostname:
-        raise CapillaryConfigError(f"{where}: host {host!r} names no host; e.g. eu.api.capillarytech.com")
+        raise CapillaryConfigError(f"{where}: host names no host; e.g. eu.api.capillarytech.com")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise CapillaryConfigError(
-            f"{where}: host {host!r} carries a path or query; give only the cluster host, "
-            "e.g. eu.api.capillarytech.com (the API path is added by the hook)"
+            f"{where}: host {parts.scheme}://{parts.netloc} carries a path or query; give only the "
+            "cluster host, e.g. eu.api.capillarytech.com (the API path is added by the hook)"
         )
-    if parts.username or parts.password:
-        raise CapillaryConfigError(f"{where}: host must not carry credentials; use login and password")
     netloc = parts.netloc
     if port and parts.port is None:
         netloc = f"{netloc}:{port}"

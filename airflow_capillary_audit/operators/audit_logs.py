@@ -89,6 +89,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         self.max_xcom_rows = max_xcom_rows
         self.max_active_requests = max_active_requests
         self._lineage: tuple[str, list[str], list[str]] | None = None
+        self._hook: CapillaryHook | None = None
         self._check_static_arguments()
 
     def _check_static_arguments(self) -> None:
@@ -117,6 +118,8 @@ class CapillaryAuditLogsOperator(BaseOperator):
         plan = self._plan()
         hook = CapillaryHook(self.capillary_conn_id, pool_size=max(16, self.max_active_requests))
         timezone = hook.settings.tzinfo  # checks the connection before any request
+        hook.get_conn()
+        self._hook = hook
         try:
             if plan.sink is None:
                 rows = self._to_xcom(hook, plan, timezone)
@@ -128,6 +131,11 @@ class CapillaryAuditLogsOperator(BaseOperator):
             return summary
         finally:
             hook.close()
+
+    def on_kill(self) -> None:
+        """Stop the pending requests: running ones end after their current exchange."""
+        if self._hook is not None:
+            self._hook.stop()
 
     def _record_asset_event(self, context: Context, summary: dict[str, Any]) -> None:
         """Describe this run's folder on the outlet asset's event, for consumers scheduled on it."""
@@ -190,8 +198,15 @@ class CapillaryAuditLogsOperator(BaseOperator):
             sink.check()
         return _Plan(names, since, until, sink, file_names)
 
-    def _fetch_all(self, hook: CapillaryHook, plan: _Plan, handle: Any) -> dict[str, Any]:
-        """Run ``handle(event_name, body)`` for every event on the pool; fail naming every failed event."""
+    def _fetch_all(
+        self, hook: CapillaryHook, plan: _Plan, handle: Any, discard: Any = None
+    ) -> dict[str, Any]:
+        """
+        Run ``handle(event_name, body)`` for every event on the pool; fail naming every failed event.
+
+        ``discard(event_name)`` is called for each event without a result, so nothing of an earlier
+        run stands beside this run's files as if it were current.
+        """
         from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
         from airflow_capillary_audit.exceptions import CapillaryAuthError, CapillaryError
@@ -201,12 +216,15 @@ class CapillaryAuditLogsOperator(BaseOperator):
 
         results: dict[str, Any] = {}
         failures: dict[str, BaseException] = {}
-        with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="capillary") as pool:
+        pool = ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="capillary")
+        try:
             futures = {pool.submit(job, name): name for name in plan.event_names}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for future in done:
+                    if future.cancelled():
+                        continue
                     name = futures[future]
                     error = future.exception()
                     if error is None:
@@ -217,9 +235,18 @@ class CapillaryAuditLogsOperator(BaseOperator):
                     if isinstance(error, CapillaryAuthError):
                         for other in pending:
                             other.cancel()
+        except BaseException:
+            # A timeout or kill lands here: end the retries and waits, run no queued event.
+            hook.stop()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         if failures:
-            lines = [f"  - {name!r}: {error}" for name, error in failures.items()]
             skipped = [n for n in plan.event_names if n not in results and n not in failures]
+            if discard is not None:
+                for name in [*failures, *skipped]:
+                    discard(name)
+            lines = [f"  - {name!r}: {_describe(error)}" for name, error in failures.items()]
             if skipped:
                 lines.append(f"  - not fetched after an authentication failure: {len(skipped)} event(s)")
             raise CapillaryError(
@@ -288,7 +315,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
             written = sink.write(plan.file_names[name], write_body)
             return written, stats
 
-        results = self._fetch_all(hook, plan, handle)
+        results = self._fetch_all(hook, plan, handle, lambda name: sink.remove(plan.file_names[name]))
         events = []
         for name in plan.event_names:
             written, stats = results[name]
@@ -377,6 +404,13 @@ class _Plan:
     until: datetime | None
     sink: FolderSink | None
     file_names: dict[str, str]
+
+
+def _describe(error: BaseException) -> str:
+    """Return an error's message; one of ours explains itself, anything else also gets its type."""
+    from airflow_capillary_audit.exceptions import CapillaryError
+
+    return str(error) if isinstance(error, CapillaryError) else f"{type(error).__name__}: {error}"
 
 
 def _destination_asset(destination: str) -> Any:

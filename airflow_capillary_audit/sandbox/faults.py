@@ -65,7 +65,7 @@ class Fault:
     ========================  ============================================================================
     ``http_500_html``         500 with an HTML body (``text/html``)
     ``http_502``              502 with an HTML body, as a gateway sends it
-    ``http_503``              503 with an HTML body
+    ``http_503``              503 with an HTML body; with ``retry_after`` set, a ``Retry-After`` as for 429
     ``http_504``              504 with an HTML body
     ``http_400``              400 with a Capillary ``errors[]`` JSON body
     ``http_401``              401 with a Capillary ``errors[]`` JSON body

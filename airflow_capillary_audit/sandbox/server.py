@@ -445,7 +445,12 @@ class CapillaryStandIn:
         if kind == "http_500_html":
             return _html_error(500)
         if kind in ("http_502", "http_503", "http_504"):
-            return _html_error(int(kind[-3:]))
+            reply = _html_error(int(kind[-3:]))
+            # A 503 during maintenance may say when to come back, as a 429 does.
+            value = retry_after_value(fault.retry_after, fault.seconds or 1.0, time.time())
+            if value is not None:
+                reply.headers["Retry-After"] = value
+            return reply
         if kind in _FAULT_ERRORS:
             status, code, message = _FAULT_ERRORS[kind]
             return _error(status, code, message)

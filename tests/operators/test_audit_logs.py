@@ -361,3 +361,50 @@ def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
     with create_session() as session:
         queued = session.scalars(select(AssetDagRunQueue.target_dag_id)).all()
     assert "capillary_audit_consumer" in queued
+
+
+def test_an_execution_timeout_stops_the_queued_events(capillary_conn, run_dag, tmp_path):
+    import time
+
+    capillary_conn.set_latency(0.25)
+    names = [f"slow-{i}" for i in range(40)]
+    source = dag_source(
+        "from datetime import timedelta\n"
+        f"CapillaryAuditLogsOperator(task_id='fetch', event_names={names!r}, max_active_requests=2, "
+        f"destination={str(tmp_path)!r}, execution_timeout=timedelta(seconds=1))"
+    )
+    started = time.monotonic()
+    dag_run, _ = run_dag(source)
+    took = time.monotonic() - started
+
+    assert dag_run.state == "failed"
+    # 40 events at 0.25 s on 2 workers would take 5 s; the timeout ends the run after about 1 s.
+    assert len(capillary_conn.requests) < 20
+    assert not (tmp_path / "_manifest.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert took < 30
+
+
+def test_a_long_event_name_that_fits_a_file_name_is_written(capillary_conn, airflow_db, tmp_path):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    name = "E" * 240  # 246 bytes as a file name: under the limit, though a temporary name must fit too
+    CapillaryAuditLogsOperator(task_id="t", event_names=[name], destination=str(tmp_path)).execute({})
+
+    assert read_back(tmp_path / event_file_name(name, "jsonl"), "jsonl") == expected_rows(
+        capillary_conn.dataset, [name]
+    )
+
+
+def test_a_failed_rerun_keeps_no_earlier_file_of_the_failed_event(capillary_conn, airflow_db, tmp_path):
+    from airflow_capillary_audit.exceptions import CapillaryError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    op = CapillaryAuditLogsOperator(task_id="t", event_names=["a", "b"], destination=str(tmp_path))
+    op.execute({})
+    capillary_conn.set_faults([Fault("http_503", event_names=["b"])])
+
+    with pytest.raises(CapillaryError, match="'b'"):
+        CapillaryAuditLogsOperator(task_id="t", event_names=["a", "b"], destination=str(tmp_path)).execute({})
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
