@@ -15,13 +15,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, RateLimit
@@ -89,20 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stand_in = CapillaryStandIn(
         users={LOGIN: PASSWORD}, dataset=data, latency=args.latency, rate_limit=rate_limit
     )
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    stand_in.start()
-    try:
-        Path(args.ready_file).write_text(stand_in.url)
-        while not stop.wait(0.2):
-            pass
-    finally:
-        stand_in.stop()
+    stand_in.serve_until_signalled(args.ready_file, announce=False)
     received = stand_in.requests
     report = {
         "statuses": dict(Counter(str(r.status) for r in received)),

@@ -9,13 +9,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import tempfile
-import threading
 from collections.abc import Sequence
-from types import FrameType
 
 from airflow_capillary_audit.sandbox.data import Dataset
 from airflow_capillary_audit.sandbox.faults import FAULT_KINDS, RATE_LIMIT_ALGORITHMS, Fault, RateLimit
@@ -88,18 +83,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".stand-in-", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then return 0."""
     args = _parser().parse_args(argv)
@@ -133,23 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         oauth_ttl_seconds=args.oauth_ttl,
         basic_auth_enabled=not args.no_basic_auth,
     )
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    stand_in.start()
-    try:
-        print(stand_in.url, flush=True)
-        if args.ready_file:
-            _write_atomically(args.ready_file, stand_in.url)
-        # A timed wait keeps the main thread responsive to signals on every platform.
-        while not stop.wait(0.5):
-            pass
-    finally:
-        stand_in.stop()
+    stand_in.serve_until_signalled(args.ready_file)
     return 0
 
 

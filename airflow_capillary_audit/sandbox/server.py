@@ -23,6 +23,7 @@ import socketserver
 import ssl
 import struct
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -249,6 +250,26 @@ class CapillaryStandIn:
         server.server_close()
         thread.join(timeout=5)
         self._server = self._thread = None
+
+    def serve_until_signalled(self, ready_file: str | None = None, *, announce: bool = True) -> None:
+        """Start, print the URL (with ``announce``) and write it to ``ready_file``, serve until SIGINT or
+        SIGTERM, then stop."""
+        import signal
+
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        self.start()
+        try:
+            if announce:
+                print(self.url, flush=True)
+            if ready_file:
+                _write_atomically(ready_file, self.url)
+            # A timed wait keeps the main thread responsive to signals on every platform.
+            while not stop.wait(0.2):
+                pass
+        finally:
+            self.stop()
 
     def __enter__(self) -> CapillaryStandIn:
         return self.start()
@@ -691,3 +712,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile.close()
         self.wfile.close()
         self.connection.close()
+
+
+def _write_atomically(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".stand-in-", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
