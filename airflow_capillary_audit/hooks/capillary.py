@@ -327,11 +327,11 @@ class CapillaryHook(BaseHook):
         def attempt() -> Any:
             try:
                 pacer.acquire()
+                return self._attempt(session, url, params, event_name, settings, pacer)
             except PacerStopped:
                 raise CapillaryCancelledError(
                     f"Request for event {event_name!r} not sent: the task was stopped"
                 ) from None
-            return self._attempt(session, url, params, event_name, settings, pacer)
 
         def wait(state: tenacity.RetryCallState) -> float:
             failure = state.outcome.exception() if state.outcome else None
