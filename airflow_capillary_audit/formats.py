@@ -48,46 +48,8 @@ _UNESCAPED_LINE_BREAK_BYTES = tuple((raw.encode(), code.encode()) for raw, code 
 _FLAT_JSON_TYPES = frozenset({str, int, bool, type(None)})
 _TEXT_TYPE = frozenset({str})
 
-_json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _encode_json_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
-
-
-def _fast_json_encode() -> Callable[[Any], str]:
-    """
-    Return a function encoding one value exactly as ``_json_encoder.encode`` does, but faster.
-
-    ``JSONEncoder.encode`` builds a new C encoder on every call, which costs more than encoding a
-    flattened row; the C encoder is built once here instead, when this Python has one.
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return _json_encoder.encode
-    try:
-        encode_chunks = make(
-            None,
-            _json_encoder.default,
-            json.encoder.encode_basestring,
-            None,
-            _json_encoder.key_separator,
-            _json_encoder.item_separator,
-            False,
-            False,
-            False,
-        )
-        probe = {"a": ["é", 1, None, 1.5, True, {"b": "\n"}]}
-        if "".join(encode_chunks(probe, 0)) != _json_encoder.encode(probe):
-            return _json_encoder.encode
-    except Exception:  # noqa: BLE001 - any change in the C encoder's private signature: fall back to the public path
-        return _json_encoder.encode
-    join = "".join
-
-    def encode(value: Any) -> str:
-        return join(encode_chunks(value, 0))
-
-    return encode
-
-
-_encode_json = _fast_json_encode()
 
 
 class ParquetUnavailableError(ImportError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -45,6 +46,31 @@ PASSWORD_MD5 = "8a16a6b70505eb1f1ff7cdc0cd5559a7"
 FAST_EXTRAS = {"timeout": 2, "max_retries": 3, "retry_initial_wait": 0.01, "retry_max_wait": 2}
 
 
+def _forget_the_in_process_api() -> None:
+    """Drop dag.test()'s cached in-process API server in a forked child.
+
+    The server's event loop runs in a thread, and a fork copies the cache but not the thread: a
+    child's first dag.test() would wait for it forever. Mutation testing forks once per mutant.
+    """
+    supervisor = sys.modules.get("airflow.sdk.execution_time.supervisor")
+    cached = getattr(supervisor, "in_process_api_server", None)
+    if cached is not None and hasattr(cached, "cache_clear"):
+        cached.cache_clear()
+
+
+os.register_at_fork(after_in_child=_forget_the_in_process_api)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under mutation testing, run the quickest tests first, so that a killed mutant dies early."""
+    if not os.environ.get("MUTANT_UNDER_TEST"):
+        return
+    stats = Path("mutmut-stats.json")
+    if stats.exists():
+        durations = json.loads(stats.read_text(encoding="utf-8")).get("duration_by_test", {})
+        items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+
+
 @pytest.fixture(scope="session")
 def airflow_home() -> Path:
     """Return the Airflow home of this test session."""
@@ -53,13 +79,22 @@ def airflow_home() -> Path:
 
 @pytest.fixture(scope="session")
 def airflow_db(airflow_home: Path) -> Path:
-    """Create the SQLite metadata DB once per session."""
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        check=True,
-        capture_output=True,
-        env=os.environ.copy(),
-    )
+    """Create the SQLite metadata DB once per Airflow home.
+
+    Mutation testing runs many pytest sessions in processes forked after this module was imported,
+    all sharing one home: a lock and a marker make the first session migrate and the others wait.
+    """
+    marker = airflow_home / ".migrated"
+    with open(airflow_home / ".migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists():
+            subprocess.run(
+                [sys.executable, "-m", "airflow", "db", "migrate"],
+                check=True,
+                capture_output=True,
+                env=os.environ.copy(),
+            )
+            marker.touch()
     return airflow_home
 
 

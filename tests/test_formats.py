@@ -227,16 +227,6 @@ def test_json_escapes_text_utf8_cannot_hold(output_format: str) -> None:
     assert parsed == rows
 
 
-def test_fast_json_encoder_matches_the_public_one() -> None:
-    values = [
-        sample_rows(),
-        nested_records(),
-        {"a": [{"b": None}], "c": -0.0, "d": 10**20, "e": "\x00\u2028"},
-    ]
-    public = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-    assert [formats._encode_json(value) for value in values] == [public(value) for value in values]
-
-
 @pytest.mark.parametrize("output_format", ["jsonl", "json"])
 def test_msgspec_writes_the_bytes_the_standard_library_writes(
     output_format: str, monkeypatch: pytest.MonkeyPatch

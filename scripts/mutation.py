@@ -1,0 +1,342 @@
+"""
+Mutation testing with mutmut: run it over the package, then report by module.
+
+Each profile stages a copy of the working tree in ``.mutation/<profile>/`` (mutmut reads its
+settings from ``pyproject.toml`` and writes ``mutants/`` beside it, so the tree itself stays clean),
+runs ``mutmut run`` there, and prints how many mutants each module gave, how many the tests killed,
+and every survivor. A survivor is explained when ``tests/mutation_equivalents.txt`` records it as
+equivalent (a change no caller can observe) with a reason; the run fails while any survivor is
+unexplained.
+
+    python scripts/mutation.py                    # the package (stand-in excluded), whole suite
+    python scripts/mutation.py --profile pure     # the pure modules under their own test files
+    python scripts/mutation.py --report-only      # the report of the last run, without running
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "airflow_capillary_audit"
+EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.txt"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one mutmut run mutates and which tests it may run."""
+
+    modules: tuple[str, ...]
+    tests: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = (f"{PACKAGE}/sandbox/*",)
+
+
+PROFILES = {
+    # Everything but the stand-in, under the whole suite: mutmut runs, for each mutant, the tests
+    # that called the mutated function when the suite ran once under its trampoline.
+    "package": Profile(modules=()),
+    # The modules that import nothing from Airflow, each under its own unit tests only.
+    "pure": Profile(
+        modules=("records.py", "formats.py", "pacing.py", "auth.py"),
+        tests=(
+            "tests/test_records.py",
+            "tests/test_records_py310.py",
+            "tests/test_formats.py",
+            "tests/test_units.py",
+            "tests/hooks/test_oauth.py",
+        ),
+    ),
+}
+
+# Per test: a mutant that makes a test hang (a wait that never ends) is killed by the timeout.
+PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "--timeout=120"]
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+
+
+def mutmut_settings(profile: Profile) -> str:
+    """Return the ``[tool.mutmut]`` table for a profile."""
+
+    def toml_list(items: list[str]) -> str:
+        return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+    lines = [
+        "",
+        "[tool.mutmut]",
+        f'source_paths = ["{PACKAGE}"]',
+        f"do_not_mutate = {toml_list(list(profile.excluded))}",
+        'also_copy = ["dags_examples", "scripts"]',
+        f"pytest_add_cli_args = {toml_list(PYTEST_ARGS)}",
+        # dag.test() starts threads (the in-process execution API) that a plain fork would copy
+        # half-alive: each mutant runs in a fresh child of a server that only collected the tests.
+        'process_isolation = "forkserver"',
+    ]
+    if profile.modules:
+        lines.append(f"only_mutate = {toml_list([f'{PACKAGE}/{m}' for m in profile.modules])}")
+    if profile.tests:
+        lines.append(f"pytest_add_cli_args_test_selection = {toml_list(list(profile.tests))}")
+    return "\n".join(lines) + "\n"
+
+
+def stage(profile_name: str, profile: Profile, fresh: bool) -> Path:
+    """Copy the working tree's files (tracked and new, not ignored) into the profile's folder."""
+    folder = ROOT / ".mutation" / profile_name
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    pyproject = folder / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    text = text.split("\n[tool.mutmut]")[0]
+    pyproject.write_text(text.rstrip("\n") + "\n" + mutmut_settings(profile), encoding="utf-8")
+    return folder
+
+
+def mutmut(folder: Path, *arguments: str, capture: bool = True) -> str:
+    """Run mutmut of this Python's environment in ``folder``."""
+    command = [str(Path(sys.executable).with_name("mutmut")), *arguments]
+    environment = {**os.environ, "TERM": "dumb"}
+    done = subprocess.run(
+        command, cwd=folder, check=False, capture_output=capture, text=True, env=environment
+    )
+    if done.returncode not in (0, 1) and capture:
+        sys.stderr.write(done.stdout[-2000:] + done.stderr[-4000:])
+        raise SystemExit(f"mutmut {' '.join(arguments)} failed with exit status {done.returncode}")
+    return done.stdout if capture else ""
+
+
+@dataclass
+class Mutant:
+    """One mutant's name, status and, for a survivor, the lines it changed."""
+
+    name: str
+    status: str
+    module: str = ""
+    function: str = ""
+    removed: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    reason: str | None = None
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """Return ``(module file, function)`` of a mutant name, e.g. ``("records.py", "records.iter_rows")``."""
+    dotted, _, function = name.rpartition(".x")
+    module = dotted.removeprefix(PACKAGE + ".")
+    function = re.sub(r"__mutmut_\d+$", "", function)
+    if function.startswith("ǁ"):
+        cls, _, method = function[1:].partition("ǁ")
+        function = f"{cls}.{method}"
+    else:
+        function = function.removeprefix("_")
+    return module.replace(".", "/") + ".py", f"{module.rpartition('.')[2]}.{function}"
+
+
+def diff_lines(diff: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Return the removed and added lines of a mutant's diff, stripped of indentation."""
+    removed, added = [], []
+    for line in diff.splitlines():
+        if line.startswith(("---", "+++")):
+            continue
+        if line.startswith("-"):
+            removed.append(line[1:].strip())
+        elif line.startswith("+"):
+            added.append(line[1:].strip())
+    return tuple(removed), tuple(added)
+
+
+@dataclass
+class Equivalent:
+    """One recorded equivalent mutant: where, what changed, and why nothing observable changes."""
+
+    function: str
+    removed: tuple[str, ...]
+    added: tuple[str, ...]
+    reason: str
+    line: int
+    used: bool = field(default=False)
+
+
+def read_equivalents(path: Path) -> list[Equivalent]:
+    """
+    Read the equivalents file: blocks of ``## <module>.<function>``, ``-``/``+`` lines, ``why:``.
+
+    Lines are compared without indentation, so an entry survives code moving but not code changing.
+    """
+    entries: list[Equivalent] = []
+    if not path.exists():
+        return entries
+    function: str | None = None
+    removed: list[str] = []
+    added: list[str] = []
+    start = 0
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("## "):
+            function, removed, added, start = line[3:].strip(), [], [], number
+        elif function is None or not line.strip() or line.startswith("# "):
+            continue
+        elif line.startswith("-"):
+            removed.append(line[1:].strip())
+        elif line.startswith("+"):
+            added.append(line[1:].strip())
+        elif line.startswith("why:"):
+            entries.append(Equivalent(function, tuple(removed), tuple(added), line[4:].strip(), start))
+            removed, added = [], []
+        else:
+            raise SystemExit(f"{path}:{number}: expected '## function', '-', '+' or 'why:', got {line!r}")
+    return entries
+
+
+def collect(folder: Path, *, diffs: bool = True) -> list[Mutant]:
+    """Read every mutant's status from mutmut, and the diff of each survivor."""
+    mutants = []
+    for line in mutmut(folder, "results", "--all", "true").splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if not sep or not name.startswith(PACKAGE):
+            continue
+        module, function = split_name(name)
+        mutants.append(Mutant(name=name, status=status, module=module, function=function))
+    for mutant in mutants:
+        if diffs and mutant.status == "survived":
+            mutant.removed, mutant.added = diff_lines(mutmut(folder, "show", mutant.name))
+    return mutants
+
+
+def explain(mutants: list[Mutant], equivalents: list[Equivalent]) -> None:
+    """Attach the recorded reason to every survivor that has one."""
+    by_key: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Equivalent] = {}
+    for entry in equivalents:
+        by_key[(entry.function, entry.removed, entry.added)] = entry
+    for mutant in mutants:
+        if mutant.status != "survived":
+            continue
+        entry = by_key.get((mutant.function, mutant.removed, mutant.added))
+        if entry is not None:
+            entry.used = True
+            mutant.reason = entry.reason
+
+
+def report(mutants: list[Mutant], equivalents: list[Equivalent], profile_name: str) -> tuple[str, int]:
+    """Return the report as Markdown and the number of unexplained survivors."""
+    by_module: dict[str, Counter[str]] = defaultdict(Counter)
+    for mutant in mutants:
+        counts = by_module[mutant.module]
+        counts["mutants"] += 1
+        if mutant.status in KILLED:
+            counts["killed"] += 1
+        elif mutant.status == "survived":
+            counts["survived"] += 1
+            counts["equivalent" if mutant.reason else "unexplained"] += 1
+        else:
+            counts[mutant.status] += 1
+    lines = [
+        f"# Mutation testing: profile `{profile_name}`",
+        "",
+        "| module | mutants | killed | survived | equivalent | unexplained | other | killed % "
+        "| killed or equivalent % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    total: Counter[str] = Counter()
+    for module in sorted(by_module):
+        counts = by_module[module]
+        total.update(counts)
+        lines.append(_row(module, counts))
+    lines.append(_row("**all**", total))
+    unexplained = [m for m in mutants if m.status == "survived" and not m.reason]
+    odd = [m for m in mutants if m.status not in KILLED and m.status != "survived"]
+    lines += ["", f"## Unexplained survivors ({len(unexplained)})", ""]
+    lines += _listing(unexplained)
+    lines += ["", f"## Equivalent survivors ({total['equivalent']})", ""]
+    lines += _listing([m for m in mutants if m.reason], with_reason=True)
+    if odd:
+        lines += ["", f"## Not run or not decided ({len(odd)})", ""]
+        lines += [f"- `{m.name}`: {m.status}" for m in odd]
+    stale = [e for e in equivalents if not e.used]
+    if stale and any(m.status == "survived" for m in mutants):
+        lines += ["", f"## Entries of {EQUIVALENTS.name} that matched no survivor ({len(stale)})", ""]
+        lines += [f"- line {e.line}: `{e.function}`" for e in stale]
+    return "\n".join(lines) + "\n", len(unexplained)
+
+
+def _row(module: str, counts: Counter[str]) -> str:
+    mutants = counts["mutants"] or 1
+    other = counts["mutants"] - counts["killed"] - counts["survived"]
+    return (
+        f"| {module} | {counts['mutants']} | {counts['killed']} | {counts['survived']} | "
+        f"{counts['equivalent']} | {counts['unexplained']} | {other} | "
+        f"{100 * counts['killed'] / mutants:.1f} | "
+        f"{100 * (counts['killed'] + counts['equivalent']) / mutants:.1f} |"
+    )
+
+
+def _listing(mutants: list[Mutant], *, with_reason: bool = False) -> list[str]:
+    lines = []
+    for mutant in mutants:
+        reason = f": {mutant.reason}" if with_reason else ""
+        lines.append(f"- `{mutant.name}` in `{mutant.function}`{reason}")
+        lines += [f"  - `- {text}`" for text in mutant.removed]
+        lines += [f"  - `+ {text}`" for text in mutant.added]
+    return lines or ["none"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="package")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--fresh", action="store_true", help="forget earlier results and mutate anew")
+    parser.add_argument("--report-only", action="store_true", help="report the last run without running")
+    parser.add_argument(
+        "--survivors", action="store_true", help="rerun only the mutants that survived the last run"
+    )
+    parser.add_argument("mutants", nargs="*", help="rerun only these mutants (mutmut names or globs)")
+    options = parser.parse_args()
+
+    profile = PROFILES[options.profile]
+    folder = ROOT / ".mutation" / options.profile
+    names = list(options.mutants)
+    if options.survivors:
+        names += [m.name for m in collect(folder, diffs=False) if m.status == "survived"]
+        if not names:
+            raise SystemExit("no survivors to rerun")
+    if not options.report_only:
+        folder = stage(options.profile, profile, options.fresh)
+        started = time.monotonic()
+        mutmut(folder, "run", "--max-children", str(options.max_children), *names, capture=False)
+        print(f"\nmutmut ran for {time.monotonic() - started:.0f} s")
+    if not (folder / "mutants").exists():
+        raise SystemExit(f"no results in {folder}; run without --report-only first")
+    mutants = collect(folder)
+    equivalents = read_equivalents(EQUIVALENTS)
+    explain(mutants, equivalents)
+    text, unexplained = report(mutants, equivalents, options.profile)
+    out = ROOT / "artifacts" / "mutation" / f"{options.profile}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(text)
+    print(f"Report written to {out.relative_to(ROOT)}")
+    return 1 if unexplained else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
