@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import os
 import time
 
 import pytest
@@ -106,6 +107,38 @@ def test_retry_after_http_date_rounds_up():
     assert 2 <= _retry_after_seconds(when) <= 4
     past = email.utils.formatdate(time.time() - 30, usegmt=True)
     assert _retry_after_seconds(past) == 0
+
+
+@pytest.fixture(params=["Asia/Kolkata", "America/New_York"])
+def local_zone(request):
+    """Run the test in a local time zone other than UTC, as a worker's may be."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    yield request.param
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        "imf-fixdate",  # Fri, 15 Jan 2027 08:00:03 GMT
+        "asctime",  # Fri Jan 15 08:00:03 2027: no zone, but HTTP dates are always GMT
+        "minus-zero",  # Fri, 15 Jan 2027 08:00:03 -0000: UTC, with no claim about local time
+    ],
+)
+def test_retry_after_http_date_is_gmt_whatever_the_local_zone(local_zone, style):
+    moment = 1_800_000_003
+    when = {
+        "imf-fixdate": email.utils.formatdate(moment, usegmt=True),
+        "asctime": time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(moment)),
+        "minus-zero": email.utils.formatdate(moment, usegmt=True).replace("GMT", "-0000"),
+    }[style]
+    assert _retry_after_seconds(when, now=lambda: moment - 2.25) == 3
 
 
 @pytest.mark.parametrize(

@@ -680,6 +680,9 @@ def _retry_after_seconds(value: str | None, now: Callable[[], float] = time.time
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        # HTTP dates are GMT; a naive one (asctime form, or "-0000") must not be read as local time.
+        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, math.ceil(when.timestamp() - now()))
 
 
