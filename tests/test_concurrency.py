@@ -3,11 +3,12 @@ Concurrent fetching inside the cap: what the stand-in received, and output equal
 
 How the per-minute cap is checked at a test's size: ``requests_per_minute=600`` is one request
 each 0.1 s, so the "at most 600 in any 60 s" promise scaled by 1/60 is "at most 10 in any 1 s".
-The pacer spaces the starts of requests; the stand-in stamps their arrival, a little later, and
-that delivery delay varies between requests (by a few milliseconds, by tens on a loaded machine).
-Eleven requests evenly spaced at the cap span exactly 1 s, so the check allows for that variation:
-no window of 1 s minus ``DELIVERY_JITTER`` may hold more than 10 arrivals. A run without the cap
-fails the same check.
+The pacer spaces the starts of requests; the stand-in stamps their arrival a little later, after a
+delivery delay of a few milliseconds (more on a loaded machine). If no delay exceeds
+``DELIVERY_DELAY``, the arrivals in a window of 1 s minus ``DELIVERY_DELAY`` started within 1 s, so
+no such window may hold more than 10 of them. The margin is generous on purpose: a run without the
+cap still puts all 30 arrivals in a fraction of that window, and fails the same check. The pacer's
+arithmetic itself is unit-tested with a fake clock in ``tests/test_units.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.conftest import FAST_EXTRAS, connection_json
 RATE = 600
 SCALED_WINDOW = 60 * 10 / RATE  # the 60 s window scaled to 10 requests: 1 s
 SCALED_ALLOWANCE = 10
-DELIVERY_JITTER = 0.05
+DELIVERY_DELAY = 0.3
 
 
 def most_in_any_window(times: list[float], width: float) -> int:
@@ -59,9 +60,9 @@ def test_the_cap_holds_across_every_worker(stand_in, monkeypatch, airflow_db):
 
     arrivals = [r.monotonic for r in stand_in.requests]
     assert len(arrivals) == len(names) and {r["event_name"] for r in rows} <= set(names)
-    assert most_in_any_window(arrivals, SCALED_WINDOW - DELIVERY_JITTER) <= SCALED_ALLOWANCE
+    assert most_in_any_window(arrivals, SCALED_WINDOW - DELIVERY_DELAY) <= SCALED_ALLOWANCE
     # Thirty starts at 0.1 s apart take 2.9 s however many workers wait for them.
-    assert max(arrivals) - min(arrivals) >= 2.9 - DELIVERY_JITTER
+    assert max(arrivals) - min(arrivals) >= 2.9 - DELIVERY_DELAY
 
 
 def test_without_the_cap_the_same_check_fails(stand_in, monkeypatch):
@@ -72,26 +73,28 @@ def test_without_the_cap_the_same_check_fails(stand_in, monkeypatch):
         list(pool.map(hook.get_audit_logs, [f"event-{i}" for i in range(30)]))
 
     arrivals = [r.monotonic for r in stand_in.requests]
-    assert most_in_any_window(arrivals, SCALED_WINDOW - DELIVERY_JITTER) > SCALED_ALLOWANCE
+    assert most_in_any_window(arrivals, SCALED_WINDOW - DELIVERY_DELAY) > SCALED_ALLOWANCE
 
 
 def test_a_429_slows_every_worker(stand_in, monkeypatch, airflow_db):
     stand_in.set_faults([Fault("rate_limited", times=1, after=4, retry_after="seconds", seconds=1)])
-    use_connection(monkeypatch, stand_in.url)
+    # Slots 0.1 s apart: the fifth request is refused at about 0.4 s, and eight workers are waiting.
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE)
     names = [f"event-{i}" for i in range(16)]
 
     rows = operator(event_names=names, max_active_requests=8).execute({})
 
-    received = stand_in.requests
+    received = sorted(stand_in.requests, key=lambda r: r.monotonic)
     limited = [r for r in received if r.status == 429]
     assert len(limited) == 1 and len(received) == len(names) + 1
     assert {r["event_name"] for r in rows} <= set(names)
-    after = sorted(r.monotonic - limited[0].monotonic for r in received if r.monotonic > limited[0].monotonic)
-    # Requests whose slot came before the 429 was read may still arrive just after it; then no
-    # worker, not only the one refused, sends anything until Retry-After has passed.
-    assert len(after) >= len(names) - 5
-    assert [t for t in after if 0.25 < t < 0.95] == []
-    assert after[-1] >= 0.95
+    refused_at = limited[0].monotonic
+    later = [r.monotonic - refused_at for r in received if r.monotonic > refused_at]
+    # Only slots handed out before the 429 was read can start within Retry-After: one each 0.1 s,
+    # so about one, or a few if that worker is slow to read the answer. Were only the refused
+    # worker held, the other workers would take a slot each 0.1 s (about nine) in that second.
+    assert len([t for t in later if t < 1.0]) <= 4
+    assert later[-1] >= 1.0 + 0.1 * 5  # the held slots resume only after the hold, still paced
 
 
 def files_in(folder: Path) -> dict[str, bytes]:

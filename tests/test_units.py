@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import email.utils
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from airflow_capillary_audit.auth import basic_token, looks_like_md5, md5_hex, password_digest
-from airflow_capillary_audit.hooks.capillary import _retry_after_seconds
+from airflow_capillary_audit.hooks.capillary import _jitter, _retry_after_seconds
 from airflow_capillary_audit.pacing import RequestPacer
 
 
@@ -47,6 +50,47 @@ def test_pacer_spaces_slots_evenly():
         granted.append(clock.now)
     assert clock.slept == [0.1, 0.1, 0.1]
     assert [round(b - a, 6) for a, b in zip(granted, granted[1:])] == [0.1, 0.1, 0.1]
+
+
+class SharedFakeClock:
+    """A fake clock for several threads; each thread can ask which time it read last."""
+
+    def __init__(self):
+        self.now = 100.0
+        self._lock = threading.Lock()
+        self._last = threading.local()
+
+    def __call__(self):
+        with self._lock:
+            self._last.value = self.now
+            return self.now
+
+    def sleep(self, seconds):
+        with self._lock:
+            self.now += seconds
+
+    @property
+    def last_read(self):
+        return self._last.value
+
+
+def test_pacer_spaces_slots_evenly_across_threads():
+    clock = SharedFakeClock()
+    pacer = RequestPacer(600, clock=clock, sleep=clock.sleep)
+
+    def take_slots(_):
+        granted = []
+        for _ in range(5):
+            pacer.acquire()
+            granted.append(clock.last_read)  # the time the slot was handed out at
+        return granted
+
+    with ThreadPoolExecutor(6) as pool:
+        granted = sorted(t for slots in pool.map(take_slots, range(6)) for t in slots)
+
+    assert len(granted) == 30
+    assert [round(b - a, 9) for a, b in zip(granted, granted[1:])] == [0.1] * 29
+    assert clock.now == pytest.approx(100 + 2.9)
 
 
 def test_pacer_late_wake_up_does_not_bunch_with_the_next_slot():
@@ -102,10 +146,52 @@ def test_retry_after_seconds(value, expected):
 
 
 def test_retry_after_http_date_rounds_up():
-    when = email.utils.formatdate(time.time() + 3, usegmt=True)
-    assert 2 <= _retry_after_seconds(when) <= 4
-    past = email.utils.formatdate(time.time() - 30, usegmt=True)
-    assert _retry_after_seconds(past) == 0
+    moment = 1_800_000_003  # an HTTP date carries whole seconds
+    when = email.utils.formatdate(moment, usegmt=True)
+    assert _retry_after_seconds(when, now=lambda: moment - 2.25) == 3
+    assert _retry_after_seconds(when, now=lambda: moment - 3.0) == 3
+    assert _retry_after_seconds(when, now=lambda: moment - 0.001) == 1
+    assert _retry_after_seconds(when, now=lambda: moment + 30) == 0
+
+
+@pytest.fixture(params=["Asia/Kolkata", "America/New_York"])
+def local_zone(request):
+    """Run the test in a local time zone other than UTC, as a worker's may be."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    yield request.param
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        "imf-fixdate",  # Fri, 15 Jan 2027 08:00:03 GMT
+        "asctime",  # Fri Jan 15 08:00:03 2027: no zone, but HTTP dates are always GMT
+        "minus-zero",  # Fri, 15 Jan 2027 08:00:03 -0000: UTC, with no claim about local time
+    ],
+)
+def test_retry_after_http_date_is_gmt_whatever_the_local_zone(local_zone, style):
+    moment = 1_800_000_003
+    when = {
+        "imf-fixdate": email.utils.formatdate(moment, usegmt=True),
+        "asctime": time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(moment)),
+        "minus-zero": email.utils.formatdate(moment, usegmt=True).replace("GMT", "-0000"),
+    }[style]
+    assert _retry_after_seconds(when, now=lambda: moment - 2.25) == 3
+
+
+def test_jitter_spans_zero_to_one():
+    assert _jitter(lambda size: b"\x00" * size) == 0.0
+    assert _jitter(lambda size: b"\xff" * size) == 1.0
+    assert _jitter(lambda size: b"\x80\x00") == pytest.approx(0.5, abs=1e-4)
+    draws = [_jitter() for _ in range(200)]
+    assert all(0.0 <= d <= 1.0 for d in draws) and len(set(draws)) > 100
 
 
 @pytest.mark.parametrize(

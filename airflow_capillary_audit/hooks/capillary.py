@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timezone, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -168,6 +168,7 @@ class CapillaryHook(BaseHook):
 
     :param capillary_conn_id: the ``capillary`` connection to use.
     :param pool_size: most HTTP connections kept open at once; at least the number of threads.
+    :param clock: monotonic seconds by which OAuth tokens age, replaceable in tests.
     """
 
     conn_name_attr = "capillary_conn_id"
@@ -175,10 +176,17 @@ class CapillaryHook(BaseHook):
     conn_type = CONN_TYPE
     hook_name = "Capillary"
 
-    def __init__(self, capillary_conn_id: str = default_conn_name, *, pool_size: int = 16) -> None:
+    def __init__(
+        self,
+        capillary_conn_id: str = default_conn_name,
+        *,
+        pool_size: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.capillary_conn_id = capillary_conn_id
         self.pool_size = pool_size
+        self._clock = clock
         self._lock = threading.Lock()
         self._settings: CapillarySettings | None = None
         self._session: requests.Session | None = None
@@ -249,7 +257,9 @@ class CapillaryHook(BaseHook):
         session = requests.Session()
         if settings.auth_type == "oauth":
             mask_secret(settings.login)
-            session.auth = CapillaryOAuth(lambda: self._fetch_oauth_token(session, settings))
+            session.auth = CapillaryOAuth(
+                lambda: self._fetch_oauth_token(session, settings), clock=self._clock
+            )
         else:
             digest = password_digest(settings.password, password_is_md5=settings.password_is_md5)
             token = basic_token(settings.login, digest)
@@ -617,8 +627,9 @@ def _retryable_status(
     return _Retryable(reason, final, retry_after=retry_after, hold_all=status == 429)
 
 
-def _jitter() -> float:
-    return int.from_bytes(os.urandom(2), "big") / 65535
+def _jitter(random_bytes: Callable[[int], bytes] = os.urandom) -> float:
+    """Return a uniform draw from [0, 1], the jitter that :func:`backoff_seconds` takes."""
+    return int.from_bytes(random_bytes(2), "big") / 65535
 
 
 def _fast_loads() -> Any:
@@ -656,7 +667,7 @@ def _errors_of(body: Any) -> list[Any]:
     return []
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
+def _retry_after_seconds(value: str | None, now: Callable[[], float] = time.time) -> float | None:
     """Read Retry-After as seconds or as an HTTP date; ``None`` when absent or unreadable."""
     if value is None or not value.strip():
         return None
@@ -669,7 +680,10 @@ def _retry_after_seconds(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, math.ceil(when.timestamp() - time.time()))
+    if when.tzinfo is None:
+        # HTTP dates are GMT; a naive one (asctime form, or "-0000") must not be read as local time.
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, math.ceil(when.timestamp() - now()))
 
 
 def _is_loopback(hostname: str) -> bool:

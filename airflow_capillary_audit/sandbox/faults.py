@@ -23,6 +23,8 @@ FAULT_KINDS = (
     "http_401",
     "http_403",
     "http_404",
+    "http_405",
+    "http_415",
     "rate_limited",
     "reset",
     "truncated",
@@ -71,6 +73,8 @@ class Fault:
     ``http_401``              401 with a Capillary ``errors[]`` JSON body
     ``http_403``              403 with ``errors[]`` code 4000 (access denied)
     ``http_404``              404 with a Capillary ``errors[]`` JSON body
+    ``http_405``              405 with a Capillary ``errors[]`` JSON body and ``Allow: GET``
+    ``http_415``              415 with a Capillary ``errors[]`` JSON body
     ``rate_limited``          429 with ``errors[]``; ``Retry-After`` per ``retry_after``: ``"seconds"``
                               (``seconds``, default 1), ``"http-date"`` (now + ``seconds``), ``"zero"``,
                               or ``None`` for no header

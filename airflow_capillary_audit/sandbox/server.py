@@ -68,6 +68,7 @@ ERROR_TOKEN_EXPIRED = 498  # documented: expired OAuth token
 ERROR_ACCESS_DENIED = 4000  # documented: 403 access denied
 ERROR_NOT_FOUND = 404  # stand-in's choice: unknown path
 ERROR_METHOD_NOT_ALLOWED = 405  # stand-in's choice: known path, other method
+ERROR_UNSUPPORTED_MEDIA_TYPE = 415  # stand-in's choice: the http_415 fault
 ERROR_RATE_LIMITED = 429  # stand-in's choice: rate limit hit
 ERROR_INVALID_CLIENT = 320001  # documented: bad OAuth key or secret
 ERROR_IN_BODY = 8084  # shown in Capillary's docs as a v2 errors[] code; used by the errors_in_body fault
@@ -84,6 +85,8 @@ _FAULT_ERRORS = {
     "http_401": (401, ERROR_UNAUTHORIZED, "Invalid user credentials"),
     "http_403": (403, ERROR_ACCESS_DENIED, "Access denied"),
     "http_404": (404, ERROR_NOT_FOUND, "Resource not found"),
+    "http_405": (405, ERROR_METHOD_NOT_ALLOWED, "Method not allowed"),
+    "http_415": (415, ERROR_UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"),
 }
 _HTML_200 = (
     b"<!DOCTYPE html><html><head><title>Capillary</title></head>"
@@ -474,7 +477,7 @@ class CapillaryStandIn:
             return reply
         if kind in _FAULT_ERRORS:
             status, code, message = _FAULT_ERRORS[kind]
-            return _error(status, code, message)
+            return _error(status, code, message, headers={"Allow": "GET"} if status == 405 else {})
         if kind == "rate_limited":
             wait = fault.seconds if fault.seconds is not None else 1.0
             return self._too_many_requests(fault.retry_after, wait, "Too many requests", kind)
