@@ -416,3 +416,130 @@ def test_event_files_never_collide_with_run_files(name):
         file_name = event_file_name(name, output_format)
         assert not file_name.startswith("_")
         assert event_name_from_file(file_name) == (name, output_format)
+
+
+# --- exact bytes, names and messages the looser tests above let through ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "file_name"),
+    [("a~b", "a%7Eb.jsonl"), ("_x", "%5Fx.jsonl"), ("a.b", "a%2Eb.jsonl"), ("é", "%C3%A9.jsonl")],
+)
+def test_event_file_names_use_upper_case_hex(name: str, file_name: str) -> None:
+    assert event_file_name(name, "jsonl") == file_name
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("🎉" * 40, repr("🎉" * 40)),  # 40 characters, 480 bytes encoded: shown whole
+        ("🎉" * 41, repr("🎉" * 40 + "...")),  # 41: cut to 40 and marked
+    ],
+)
+def test_a_name_too_long_for_a_file_is_shown_cut_to_40_characters(name: str, shown: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        event_file_name(name, "jsonl")
+    assert str(caught.value).startswith(f"event_names: the event name {shown} is too long for a file name")
+
+
+@pytest.mark.parametrize(
+    ("file_name", "message"),
+    [
+        ("a.b.jsonl", "'a.b.jsonl' is not a file name of an event's output"),
+        ("jsonl", "'jsonl' does not end in one of .jsonl, .json, .csv, .parquet"),
+        ("a.txt", "'a.txt' does not end in one of .jsonl, .json, .csv, .parquet"),
+    ],
+)
+def test_event_name_from_file_says_why_a_name_is_not_an_events(file_name: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        event_name_from_file(file_name)
+    assert str(caught.value) == message
+
+
+def test_hashing_writer_accepts_files_whose_write_returns_nothing() -> None:
+    class Silent:
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def write(self, chunk: bytes) -> None:
+            self.data += chunk
+
+    target = Silent()
+    sink = HashingWriter(target)  # type: ignore[arg-type]
+    assert sink.writable()
+    assert sink.write(b"abc") == 3
+    assert (bytes(target.data), sink.bytes) == (b"abc", 3)
+
+
+class CountingRows:
+    """Yield ``total`` rows and record, at each write to the file, how many had been taken."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.taken = 0
+        self.taken_at_writes: list[int] = []
+
+    def __iter__(self):
+        for index in range(self.total):
+            self.taken = index + 1
+            yield {"event_name": "E", "id": str(index), "org_id": index, "value": "v"}
+
+    def write(self, data: bytes) -> int:
+        self.taken_at_writes.append(self.taken)
+        return len(data)
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "json", "csv"])
+def test_text_formats_write_while_rows_still_come(output_format: str) -> None:
+    rows = CountingRows(2_500)
+    write_rows(output_format, rows, rows, columns=ROW_COLUMNS)  # type: ignore[arg-type]
+    # Batches of 1,000: the first rows are written before the 1,001st is even read.
+    assert rows.taken_at_writes[0] <= 1_000
+    assert len(rows.taken_at_writes) >= 3
+
+
+def test_one_column_csv() -> None:
+    assert write("csv", [{"value": "a"}, {"value": None}], columns=("value",)) == b'value\r\na\r\n""\r\n'
+
+
+@pytest.mark.parametrize(
+    ("output_format", "nested", "message"),
+    [
+        ("csv", {"k": "v"}, "output_format 'csv' cannot hold the nested value of column 'value' (dict); write jsonl or json instead"),
+        ("parquet", ["a"], "output_format 'parquet' cannot hold the nested value of column 'value' (list); write jsonl or json instead"),
+    ],
+)
+def test_nested_values_are_refused_naming_the_column_and_type(output_format: str, nested: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        write(output_format, [{"event_name": "E", "value": nested}])
+    assert str(caught.value) == message
+
+
+def test_parquet_reads_signed_digit_strings_as_integers() -> None:
+    data = write("parquet", [{"org_id": "+5"}, {"org_id": "-7"}, {"org_id": " 12 "}], columns=("org_id",))
+    assert pq.read_table(io.BytesIO(data)).column("org_id").to_pylist() == [5, -7, 12]
+
+
+@pytest.mark.parametrize("org_id", ["X5", "5-", "+-"])
+def test_parquet_refuses_other_text_in_an_integer_column(org_id: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        write("parquet", [{"org_id": org_id}], columns=("org_id",))
+    assert str(caught.value) == f"output_format 'parquet' stores column 'org_id' as int64 and cannot hold {org_id!r}"
+
+
+def test_parquet_columns_keep_their_types_when_every_value_is_null() -> None:
+    data = write("parquet", [{"event_name": "E", "org_id": None, "value": None}])
+    table = pq.read_table(io.BytesIO(data))
+    assert str(table.schema.field("value").type) == "string"
+    assert str(table.schema.field("org_id").type) == "int64"
+    assert table.column("value").to_pylist() == [None]
+
+
+def test_parquet_is_snappy_compressed() -> None:
+    metadata = pq.ParquetFile(io.BytesIO(write("parquet", sample_rows()))).metadata
+    compressions = {
+        metadata.row_group(group).column(column).compression
+        for group in range(metadata.num_row_groups)
+        for column in range(metadata.num_columns)
+    }
+    assert compressions == {"SNAPPY"}

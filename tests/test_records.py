@@ -618,3 +618,226 @@ def test_bracketed_event_names_are_still_names(text):
     from airflow_capillary_audit.records import event_names_from
 
     assert event_names_from(text) == [text]
+
+
+# --- exact values and messages the looser tests above let through ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # A fraction before "Z" or "+00:00": the offset is cut off exactly, not a digit more.
+        ("2025-05-08T08:56:57.123Z", utc(2025, 5, 8, 8, 56, 57, 123000)),
+        ("2025-05-08T08:56:57.123+00:00", utc(2025, 5, 8, 8, 56, 57, 123000)),
+        ("2025-05-08T08:56:57.123+0000", utc(2025, 5, 8, 8, 56, 57, 123000)),
+        # Signed epoch strings, down to one digit; a float at the milliseconds boundary.
+        ("-5", utc(1969, 12, 31, 23, 59, 55)),
+        ("+5", utc(1970, 1, 1, 0, 0, 5)),
+        (100_000_000_000.0, utc(1973, 3, 3, 9, 46, 40)),
+    ],
+)
+def test_parse_changed_on_reads_exact_instants(raw: object, expected: datetime) -> None:
+    assert parse_changed_on(raw) == expected
+    assert parse_changed_on(raw, KOLKATA) == expected
+
+
+@pytest.mark.parametrize("raw", ["x1715158617000", "X1715158617000", "1715158617000x", "--5", "+-5"])
+def test_a_digit_string_with_anything_else_is_not_an_epoch(raw: str) -> None:
+    with pytest.raises(ChangedOnError) as caught:
+        parse_changed_on(raw)
+    assert caught.value.raw == raw
+
+
+def test_changed_on_error_names_the_value_and_every_format() -> None:
+    with pytest.raises(ChangedOnError) as caught:
+        parse_changed_on("last tuesday")
+    assert caught.value.raw == "last tuesday"
+    assert str(caught.value) == (
+        "changedOn 'last tuesday' is not a date-time: expected ISO 8601 (2025-05-08T08:56:57Z, "
+        "2025-06-19T05:16:36.000+0000), 'YYYY-MM-DD HH:MM:SS' or epoch milliseconds"
+    )
+
+
+@pytest.mark.parametrize("raw", ["99999999999999999999", "0001-01-01T00:00:00+05:00", 10**19])
+def test_a_value_outside_the_calendar_is_named_in_the_error(raw: object) -> None:
+    with pytest.raises(ChangedOnError) as caught:
+        parse_changed_on(raw)
+    assert caught.value.raw == raw
+
+
+@pytest.fixture
+def local_zone_kolkata(monkeypatch: pytest.MonkeyPatch):
+    """Set the process's local zone to UTC+05:30, so code that used it by mistake shows."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_offsets_are_read_in_utc_whatever_the_local_zone(local_zone_kolkata: None) -> None:
+    assert parse_changed_on("2025-05-08T08:56:57+05:30") == utc(2025, 5, 8, 3, 26, 57)
+    assert parse_changed_on("2025-05-08T08:56:57-02:00") == utc(2025, 5, 8, 10, 56, 57)
+    assert parse_window_bound("2026-11-24T00:00:00", "changed_since") == utc(2026, 11, 24)
+    assert parse_window_bound(datetime(2026, 11, 24), "changed_since") == utc(2026, 11, 24)
+
+
+def test_record_shape_error_carries_the_event_and_the_record_index() -> None:
+    with pytest.raises(RecordShapeError) as caught:
+        list(iter_rows("E", [{}, {}, "x"]))
+    assert (caught.value.event_name, caught.value.index) == ("E", 2)
+
+
+def test_flatten_stats_merge_adds_every_count() -> None:
+    counts = dict(
+        records=1,
+        rows=2,
+        empty_history=3,
+        unparseable=4,
+        excluded_no_time=5,
+        excluded_window=6,
+        missing_fields=7,
+    )
+    total = FlattenStats(**counts)
+    total.merge(FlattenStats(**counts))
+    assert total == FlattenStats(**{name: 2 * value for name, value in counts.items()})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A date alone is midnight, and an offset without minutes has none.
+        ("2025-06-19", datetime(2025, 6, 19)),
+        ("2025-06-19T05:16+05", datetime(2025, 6, 19, 5, 16, tzinfo=timezone(timedelta(hours=5)))),
+    ],
+)
+def test_fallback_reader_fills_missing_parts_with_zero(
+    monkeypatch: pytest.MonkeyPatch, text: str, expected: datetime
+) -> None:
+    def refuse(text: str) -> datetime:
+        raise ValueError(text)
+
+    monkeypatch.setattr(records, "_fromisoformat", refuse)
+    assert records._read_iso(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (1_764_000_000, "changed_since: cannot read 1764000000 (a int) as a date-time; give an ISO 8601 string"),
+        (
+            "0001-01-01T00:00:00+05:00",
+            "changed_since: '0001-01-01T00:00:00+05:00' is out of the range of date-times; give an ISO 8601",
+        ),
+    ],
+)
+def test_parse_window_bound_says_what_it_could_not_read(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_window_bound(value, "changed_since")
+    assert str(caught.value).startswith(message)
+
+
+def test_parse_window_bound_keeps_every_part_of_a_pendulum_datetime() -> None:
+    moment = pendulum.datetime(2026, 11, 24, 5, 6, 7, 890123, tz="UTC")
+    parsed = parse_window_bound(moment, "changed_since")
+    assert type(parsed) is datetime
+    assert parsed == utc(2026, 11, 24, 5, 6, 7, 890123)
+
+
+def test_validate_window_says_how_to_fix_it() -> None:
+    with pytest.raises(ValueError) as caught:
+        validate_window(utc(2026, 1, 2), utc(2026, 1, 1))
+    assert str(caught.value) == (
+        "changed_since (2026-01-02T00:00:00+00:00) is after changed_until (2026-01-01T00:00:00+00:00); "
+        "give a changed_since at or before changed_until"
+    )
+
+
+@pytest.mark.parametrize("bound", ["since", "until"])
+def test_a_bad_window_bound_is_named_by_its_argument(bound: str) -> None:
+    field = f"changed_{bound}"
+    for shape in (iter_rows, filter_records):
+        with pytest.raises(ValueError, match=rf"^{field}: cannot read 'soon'"):
+            arguments = {bound: "soon"}
+            list(shape("E", [], **arguments) if shape is iter_rows else shape([], **arguments))
+
+
+def test_non_string_changed_on_keeps_its_json_text() -> None:
+    moment = datetime(2025, 5, 8, 8, 56, 57, tzinfo=UTC)
+    history = [{"changedOn": {"at": "été"}}, {"changedOn": moment}, {"changedOn": 1.5e12}]
+    rows = list(iter_rows("E", [{"valueHistory": history}]))
+    assert [r["changed_on_raw"] for r in rows] == ['{"at": "été"}', str(moment), "1500000000000.0"]
+    assert rows[1]["changed_on"] == "2025-05-08T08:56:57+00:00"
+
+
+def test_a_record_with_an_extra_field_but_a_missing_one_is_counted() -> None:
+    record = {"id": "a", "orgId": 1, "valueHistory": [], "updatedType": "U", "requestId": "r", "note": "x"}
+    stats = FlattenStats()
+    list(iter_rows("E", [record], stats=stats))
+    assert stats.missing_fields == 1
+
+
+def test_entries_that_subclass_dict_are_entries() -> None:
+    from collections import OrderedDict
+
+    entry = OrderedDict(value="v", changedOn="2025-05-08T08:56:57Z")
+    (flat,) = iter_rows("E", [{"valueHistory": [entry]}])
+    assert (flat["value"], flat["changed_on"]) == ("v", "2025-05-08T08:56:57+00:00")
+    assert filter_records([{"valueHistory": [entry]}], since=utc(2025, 1, 1)) == [{"valueHistory": [entry]}]
+
+
+def test_unparseable_samples_stop_at_five_distinct_values() -> None:
+    history = [{"changedOn": text} for text in ["a", "a", "b", "c", "d", "e", "f", "g", "b"]]
+    flat, filtered = FlattenStats(), FlattenStats()
+    list(iter_rows("E", [{"valueHistory": history}], stats=flat))
+    filter_records([{"valueHistory": history}], stats=filtered)
+    for stats in (flat, filtered):
+        assert stats.unparseable == 9
+        assert stats.unparseable_samples == ["a", "b", "c", "d", "e"]
+
+
+def test_filter_records_samples_non_string_values_as_json_text() -> None:
+    stats = FlattenStats()
+    filter_records([{"valueHistory": [{"changedOn": True}, {"changedOn": [1]}]}], stats=stats)
+    assert stats.unparseable == 2
+    assert stats.unparseable_samples == ["true", "[1]"]
+
+
+def test_filter_records_window_keeps_since_and_drops_until() -> None:
+    history = [
+        {"value": "before", "changedOn": "2026-01-01T23:59:59.999999Z"},
+        {"value": "at since", "changedOn": "2026-01-02T00:00:00Z"},
+        {"value": "inside", "changedOn": "2026-01-02T12:00:00Z"},
+        {"value": "at until", "changedOn": "2026-01-03T00:00:00Z"},
+    ]
+    (kept,) = filter_records([{"id": "a", "valueHistory": history}], since=utc(2026, 1, 2), until=utc(2026, 1, 3))
+    assert [e["value"] for e in kept["valueHistory"]] == ["at since", "inside"]
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([{}, {"valueHistory": "x"}], "event name 'E': audit log record 1 has a valueHistory that is a str, not a list"),
+        ([{"valueHistory": [{}, 2]}], "event name 'E': audit log record 0 has valueHistory[1] that is a int, not an object"),
+    ],
+)
+def test_filter_records_names_the_event_record_and_entry(records: list, message: str) -> None:
+    with pytest.raises(RecordShapeError) as caught:
+        filter_records(records, event_name="E")
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("text", ["[beta]", "[a, b]", "[PointsRedeemed]"])
+def test_bracketed_names_that_are_not_python_lists_are_names(text: str) -> None:
+    assert event_names_from(text) == [text]
+
+
+def test_a_rendered_list_error_says_how_to_fix_the_template() -> None:
+    with pytest.raises(ValueError) as caught:
+        event_names_from("['a', 'b']")
+    assert str(caught.value) == (
+        "event_names: \"['a', 'b']\" is a list rendered as text by a Jinja template; set "
+        "render_template_as_native_obj=True on the DAG, or pass the list itself"
+    )

@@ -12,7 +12,7 @@ import pytest
 
 from airflow_capillary_audit.auth import basic_token, looks_like_md5, md5_hex, password_digest
 from airflow_capillary_audit.hooks.capillary import _jitter, _retry_after_seconds
-from airflow_capillary_audit.pacing import RequestPacer
+from airflow_capillary_audit.pacing import PacerStopped, RequestPacer
 
 
 def test_documented_worked_example():
@@ -39,6 +39,37 @@ class FakeClock:
     def sleep(self, seconds):
         self.slept.append(round(seconds, 6))
         self.now += seconds
+
+
+def test_the_digest_is_of_the_plain_password_unless_told_otherwise():
+    assert password_digest("server123") == "8a16a6b70505eb1f1ff7cdc0cd5559a7"
+    assert password_digest("server123", password_is_md5=False) == "8a16a6b70505eb1f1ff7cdc0cd5559a7"
+
+
+def test_pacer_without_rate_never_waits():
+    clock = FakeClock()
+    pacer = RequestPacer(None, clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        assert pacer.acquire() == 0
+    assert clock.slept == []
+
+
+def test_a_stopped_pacer_hands_out_no_slot():
+    stop = threading.Event()
+    pacer = RequestPacer(600, stop=stop)
+    pacer.acquire()
+    stop.set()
+    with pytest.raises(PacerStopped, match="^the pacer was stopped; no further slot is handed out$"):
+        pacer.acquire()
+
+
+def test_a_pacer_with_a_stop_event_still_wakes_for_its_slot():
+    pacer = RequestPacer(6000, stop=threading.Event())  # one slot each 10 ms
+    pacer.acquire()
+    waiter = threading.Thread(target=pacer.acquire, daemon=True)
+    waiter.start()
+    waiter.join(timeout=5)
+    assert not waiter.is_alive()
 
 
 def test_pacer_spaces_slots_evenly():
