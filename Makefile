@@ -3,10 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-# The oldest Airflow this package claims; CI runs the whole suite on it too.
-OLDEST_AIRFLOW ?= 3.1.8
+# `make test-airflow AIRFLOW=3.0.6`: the whole suite on one Airflow release, in .venv-airflow-3.0.6/,
+# with the pins in .ci/constraints/airflow-3.0.6.txt when that file exists (see its header).
+AIRFLOW ?=
+AIRFLOW_VENV = .venv-airflow-$(AIRFLOW)
+AIRFLOW_PINS = .ci/constraints/airflow-$(AIRFLOW).txt
+# Airflow 3.0 serves a hook's connection-form fields only when Flask-AppBuilder is installed.
+AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
+# The oldest Airflow this package claims.
+OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo test lint test-oldest ui-test system-test bench clean
+.PHONY: venv demo test lint test-airflow test-oldest ui-test system-test bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +34,16 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy airflow_capillary_audit
 
+test-airflow:
+	@test -n "$(AIRFLOW)" || { echo "usage: make test-airflow AIRFLOW=3.0.6" >&2; exit 2; }
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet "apache-airflow$(AIRFLOW_EXTRAS)==$(AIRFLOW)" \
+		$(if $(wildcard $(AIRFLOW_PINS)),-c $(AIRFLOW_PINS)) -e '.[test]'
+	$(AIRFLOW_VENV)/bin/python -m pytest
+
 test-oldest:
-	$(PYTHON) -m venv .venv-oldest
-	.venv-oldest/bin/python -m pip install --quiet --upgrade pip
-	.venv-oldest/bin/python -m pip install --quiet "apache-airflow==$(OLDEST_AIRFLOW)" -e '.[test]'
-	.venv-oldest/bin/python -m pytest
+	$(MAKE) test-airflow AIRFLOW=$(OLDEST_AIRFLOW)
 
 ui-test: venv
 	$(BIN)/python -m pip install --quiet 'playwright>=1.49'
@@ -47,4 +59,4 @@ bench: venv
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf .demo .pytest_cache build *.egg-info .venv-oldest
+	rm -rf .demo .pytest_cache build *.egg-info .venv-airflow-*

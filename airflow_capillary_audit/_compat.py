@@ -1,12 +1,17 @@
-"""Every switch between supported Airflow versions (3.1 to 3.x) lives here."""
+"""Every switch between supported Airflow versions (3.0.6 to 3.x) lives here."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk import BaseOperator
 
-__all__ = ["BaseHook", "BaseOperator", "ObjectStoragePath", "mask_secret"]
+try:
+    from airflow.sdk import BaseHook
+except ImportError:  # Airflow 3.0: the Task SDK does not export a hook base class yet
+    from airflow.hooks.base import BaseHook  # type: ignore[attr-defined,no-redef]
+
+__all__ = ["BaseHook", "BaseOperator", "ObjectStoragePath", "has_fs", "mask_secret"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,6 +20,12 @@ def __getattr__(name: str) -> Any:
         from airflow.sdk import ObjectStoragePath
 
         return ObjectStoragePath
+    if name == "has_fs":
+        try:
+            from airflow.sdk.io.fs import has_fs
+        except ImportError:  # Airflow 3.0: the filesystem registry is still in core
+            from airflow.io import has_fs  # type: ignore[attr-defined,no-redef]
+        return has_fs
     if name == "mask_secret":
         from airflow.sdk.log import mask_secret
 

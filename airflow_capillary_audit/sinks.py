@@ -84,7 +84,7 @@ class FolderSink:
                 f"destination {self.uri!r}: scheme {scheme!r} cannot be written to; use a local path, "
                 "file://, s3://, gs:// or another object store Airflow supports"
             )
-        from airflow.sdk.io.fs import has_fs
+        from airflow_capillary_audit._compat import has_fs
 
         # Airflow writes through the filesystems its providers register, not every fsspec protocol.
         if not has_fs(scheme):

@@ -18,7 +18,7 @@ from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOpera
 
 try:
     from airflow.sdk import CronDataIntervalTimetable
-except ImportError:  # Airflow 3.1
+except ImportError:  # Airflow 3.0 and 3.1
     from airflow.timetables.interval import CronDataIntervalTimetable
 
 # Fixed when the DAG is parsed, so the operator can declare it as an Asset; runs write below it.

@@ -17,7 +17,7 @@ from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOpera
 
 try:
     from airflow.sdk import CronDataIntervalTimetable
-except ImportError:  # Airflow 3.1
+except ImportError:  # Airflow 3.0 and 3.1
     from airflow.timetables.interval import CronDataIntervalTimetable
 
 AUDIT_BUCKET = os.environ.get("CAPILLARY_AUDIT_BUCKET", "my-audit-bucket")

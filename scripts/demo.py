@@ -38,6 +38,10 @@ def main() -> int:
     step("Preparing the SQLite metadata DB")
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
+    # Write the DAGs to the DB, as a DAG processor would. Airflow 3.0's `dags test` does not, so the
+    # DAG's outlet asset would stay inactive and the task would fail (apache/airflow#51644).
+    subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
 
     ready = DEMO / "stand-in.url"
     ready.unlink(missing_ok=True)

@@ -14,9 +14,10 @@ from airflow_capillary_audit.sinks import FolderSink
 def memory_store():
     """Register fsspec's in-memory store with Airflow, the way a provider registers S3 or GCS."""
     import fsspec
-    from airflow.sdk.io import fs as airflow_fs
 
-    registry = airflow_fs._register_filesystems()
+    from tests.conftest import airflow_filesystems
+
+    registry = airflow_filesystems()
     memory = fsspec.filesystem("memory")
     memory.store.clear()
     registry["memory"] = lambda conn_id, options=None: memory

@@ -331,7 +331,7 @@ def test_no_secret_reaches_logs_or_errors(stand_in, monkeypatch, capfd, caplog):
 
 
 def test_derived_secrets_are_registered_with_the_masker(stand_in, monkeypatch):
-    from airflow.sdk._shared.secrets_masker import redact
+    from tests.conftest import airflow_redact as redact
 
     hook = use_connection(monkeypatch, stand_in.url)
     hook.get_conn()

@@ -201,7 +201,7 @@ def test_unknown_auth_type_is_refused(oauth_api, monkeypatch):
 
 
 def test_oauth_secrets_never_reach_logs(oauth_api, monkeypatch, capfd, caplog):
-    from airflow.sdk._shared.secrets_masker import redact
+    from tests.conftest import airflow_redact as redact
 
     hook = oauth_hook(monkeypatch, oauth_api.url)
     hook.get_audit_logs("a")

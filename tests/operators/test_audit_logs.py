@@ -333,10 +333,13 @@ def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
     for name in ("capillary_audit_daily.py", "capillary_audit_consumer.py"):
         shutil.copy(Path(__file__).resolve().parents[2] / "dags_examples" / name, _AIRFLOW_HOME / "dags" / name)
     monkeypatch.setenv("CAPILLARY_AUDIT_BASE", str(tmp_path))
-    from tests.conftest import DagBag
+    from tests.conftest import DagBag, write_dag_files_to_db
 
     bag = DagBag(dag_folder=str(_AIRFLOW_HOME / "dags" / "capillary_audit_daily.py"))
     dag = bag.get_dag("capillary_audit_daily")
+    write_dag_files_to_db(
+        _AIRFLOW_HOME / "dags" / "capillary_audit_daily.py", _AIRFLOW_HOME / "dags" / "capillary_audit_consumer.py"
+    )
     try:
         dag_run = dag.test()
     finally:

@@ -95,7 +95,8 @@ BAD_INPUT = [
         {"extra": [1, 2]},
         "extra must be a JSON object",
         marks=pytest.mark.skipif(
-            AIRFLOW_VERSION < (3, 2), reason="Airflow 3.1 refuses such a connection before the hook sees it"
+            AIRFLOW_VERSION < (3, 2),
+            reason="Airflow before 3.2 refuses such a connection before the hook sees it",
         ),
         id="extra not an object",
     ),

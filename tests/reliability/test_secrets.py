@@ -66,6 +66,10 @@ def inline_executor():
     class InlineSupervisorExecutor(BaseExecutor):
         """Run queued tasks one by one with ``supervise_task``, as a worker does, writing task log files."""
 
+        def queue_workload(self, workload, session) -> None:
+            """Queue a task for ``_process_workloads`` (Airflow 3.0's base class leaves this to executors)."""
+            self.queued_tasks[workload.ti.key] = workload
+
         def start(self) -> None:
             """Start nothing: tasks run inside ``_process_workloads``."""
 
@@ -80,13 +84,14 @@ def inline_executor():
 
         def _process_workloads(self, workloads) -> None:
             from airflow.sdk.execution_time import supervisor
-            from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor
 
-            # Airflow 3.1 calls the worker's entry point supervise().
+            from tests.conftest import _AIRFLOW_HOME, in_process_api_client
+
+            # Airflow before 3.3 calls the worker's entry point supervise().
             supervise_task = getattr(supervisor, "supervise_task", None) or supervisor.supervise
 
             for workload in workloads:
-                key = getattr(workload, "key", None) or workload.ti.key  # Airflow 3.1: on the ti only
+                key = getattr(workload, "key", None) or workload.ti.key  # Airflow 3.0 and 3.1: on the ti only
                 self.queued_tasks.pop(key, None)
                 self.running.add(key)
                 exit_code = supervise_task(
@@ -94,7 +99,9 @@ def inline_executor():
                     bundle_info=workload.bundle_info,
                     dag_rel_path=workload.dag_rel_path,
                     token=workload.token,
-                    client=InProcessTestSupervisor._api_client(),
+                    client=in_process_api_client(
+                        _AIRFLOW_HOME / "dags" / workload.dag_rel_path, workload.ti.dag_id
+                    ),
                     log_path=workload.log_path,
                 )
                 (self.success if exit_code == 0 else self.fail)(key)
