@@ -79,14 +79,12 @@ class CapillaryOAuth(requests.auth.AuthBase):
         self._lock = threading.Lock()
         self._token: str | None = None
         self._renew_at = 0.0
-        self.fetches = 0
 
     def token(self) -> str:
         """Return a token that is not about to expire, fetching one if needed."""
         with self._lock:
             if self._token is None or self._clock() >= self._renew_at:
                 token, ttl = self._fetch()
-                self.fetches += 1
                 # Renew a little early so a token never expires on its way to Capillary.
                 self._renew_at = self._clock() + max(0.0, ttl - min(30.0, ttl * 0.1))
                 self._token = token

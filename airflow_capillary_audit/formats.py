@@ -83,7 +83,7 @@ def event_file_name(event_name: str, output_format: str) -> str:
     if not event_name:
         raise ValueError("event_names: an empty event name has no file name")
     try:
-        stem = quote(event_name, safe="", encoding="utf-8", errors="strict")
+        stem = quote(event_name, safe="")  # quote encodes UTF-8 strictly: a lone surrogate raises
     except UnicodeEncodeError:
         raise ValueError(
             f"event_names: the event name {event_name!r} holds unpaired surrogates and has no file name"
@@ -230,7 +230,7 @@ def _utf8(lines: list[str], batch: list[Any], separator: str, end: str) -> bytes
         if line_break in text:
             text = text.replace(line_break, escaped)
     try:
-        return text.encode("utf-8")
+        return text.encode()
     except UnicodeEncodeError:
         safe = [_ascii_if_needed(line, row) for line, row in zip(lines, batch, strict=True)]
         return _utf8(safe, batch, separator, end)
@@ -238,7 +238,7 @@ def _utf8(lines: list[str], batch: list[Any], separator: str, end: str) -> bytes
 
 def _ascii_if_needed(line: str, row: Any) -> str:
     try:
-        line.encode("utf-8")
+        line.encode()
     except UnicodeEncodeError:
         return _encode_json_ascii(row)
     return line
@@ -346,7 +346,7 @@ def _write_csv(rows: Iterable[Mapping[str, Any]], fileobj: BinaryIO, columns: Se
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(columns)
-    fileobj.write(buffer.getvalue().encode("utf-8"))
+    fileobj.write(buffer.getvalue().encode())
     values_of = _row_values(columns)
     count = 0
     for batch in _batches(rows, _TEXT_BATCH_ROWS):
@@ -355,7 +355,7 @@ def _write_csv(rows: Iterable[Mapping[str, Any]], fileobj: BinaryIO, columns: Se
         buffer.seek(0)
         buffer.truncate()
         writer.writerows(values)
-        fileobj.write(buffer.getvalue().encode("utf-8"))
+        fileobj.write(buffer.getvalue().encode())
         count += len(batch)
     return count
 

@@ -46,6 +46,19 @@ def test_the_digest_is_of_the_plain_password_unless_told_otherwise():
     assert password_digest("server123", password_is_md5=False) == "8a16a6b70505eb1f1ff7cdc0cd5559a7"
 
 
+def test_basic_auth_signs_a_request_and_never_shows_its_token():
+    import requests
+
+    from airflow_capillary_audit.auth import CapillaryBasicAuth, CapillaryOAuth
+
+    token = basic_token("store.server", md5_hex("server123"))
+    auth = CapillaryBasicAuth(token)
+    request = auth(requests.Request("GET", "https://eu.api.capillarytech.com/").prepare())
+    assert request.headers["Authorization"] == f"Basic {token}"
+    assert repr(auth) == "CapillaryBasicAuth(<masked>)"
+    assert repr(CapillaryOAuth(lambda: ("secret-token", 60.0))) == "CapillaryOAuth(<masked>)"
+
+
 def test_pacer_without_rate_never_waits():
     clock = FakeClock()
     pacer = RequestPacer(None, clock=clock, sleep=clock.sleep)
