@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo test lint test-airflow test-oldest ui-test system-test bench clean
+.PHONY: venv demo test lint test-airflow test-oldest ui-test system-test bench mutation mutation-pure clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -58,5 +58,16 @@ bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks
 
+# Mutation testing (not in CI: hours for the whole package, minutes for the pure modules). Runs in
+# .mutation/<profile>/; the report goes to artifacts/mutation/<profile>.md and fails on any survivor
+# that tests/mutation_equivalents.txt does not explain. MUTMUT_ARGS="--survivors" reruns survivors only.
+mutation: venv
+	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
+	$(BIN)/python scripts/mutation.py --profile package $(MUTMUT_ARGS)
+
+mutation-pure: venv
+	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
+	$(BIN)/python scripts/mutation.py --profile pure $(MUTMUT_ARGS)
+
 clean:
-	rm -rf .demo .pytest_cache build *.egg-info .venv-airflow-*
+	rm -rf .demo .pytest_cache build *.egg-info .venv-airflow-* .mutation

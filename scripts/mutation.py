@@ -60,6 +60,8 @@ PROFILES = {
 # Per test: a mutant that makes a test hang (a wait that never ends) is killed by the timeout.
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "--timeout=120"]
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+# Not killed: a survivor ran its tests and passed them; "no tests" had no test to run.
+UNKILLED = {"survived", "no tests"}
 
 
 def mutmut_settings(profile: Profile) -> str:
@@ -222,14 +224,22 @@ def collect(folder: Path, *, diffs: bool = True) -> list[Mutant]:
 
 
 def explain(mutants: list[Mutant], equivalents: list[Equivalent]) -> None:
-    """Attach the recorded reason to every survivor that has one."""
+    """
+    Attach the recorded reason to every survivor that has one.
+
+    An entry with mutated lines explains that one survivor. An entry with none explains the
+    mutants of a function that no test of the profile runs (mutmut's "no tests"), and only those.
+    """
     by_key: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Equivalent] = {}
     for entry in equivalents:
         by_key[(entry.function, entry.removed, entry.added)] = entry
     for mutant in mutants:
-        if mutant.status != "survived":
+        if mutant.status == "survived":
+            entry = by_key.get((mutant.function, mutant.removed, mutant.added))
+        elif mutant.status == "no tests":
+            entry = by_key.get((mutant.function, (), ()))
+        else:
             continue
-        entry = by_key.get((mutant.function, mutant.removed, mutant.added))
         if entry is not None:
             entry.used = True
             mutant.reason = entry.reason
@@ -243,7 +253,7 @@ def report(mutants: list[Mutant], equivalents: list[Equivalent], profile_name: s
         counts["mutants"] += 1
         if mutant.status in KILLED:
             counts["killed"] += 1
-        elif mutant.status == "survived":
+        elif mutant.status in UNKILLED:
             counts["survived"] += 1
             counts["equivalent" if mutant.reason else "unexplained"] += 1
         else:
@@ -251,7 +261,7 @@ def report(mutants: list[Mutant], equivalents: list[Equivalent], profile_name: s
     lines = [
         f"# Mutation testing: profile `{profile_name}`",
         "",
-        "| module | mutants | killed | survived | equivalent | unexplained | other | killed % "
+        "| module | mutants | killed | not killed | equivalent | unexplained | other | killed % "
         "| killed or equivalent % |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -261,8 +271,8 @@ def report(mutants: list[Mutant], equivalents: list[Equivalent], profile_name: s
         total.update(counts)
         lines.append(_row(module, counts))
     lines.append(_row("**all**", total))
-    unexplained = [m for m in mutants if m.status == "survived" and not m.reason]
-    odd = [m for m in mutants if m.status not in KILLED and m.status != "survived"]
+    unexplained = [m for m in mutants if m.status in UNKILLED and not m.reason]
+    odd = [m for m in mutants if m.status not in KILLED | UNKILLED]
     lines += ["", f"## Unexplained survivors ({len(unexplained)})", ""]
     lines += _listing(unexplained)
     lines += ["", f"## Equivalent survivors ({total['equivalent']})", ""]
@@ -271,7 +281,7 @@ def report(mutants: list[Mutant], equivalents: list[Equivalent], profile_name: s
         lines += ["", f"## Not run or not decided ({len(odd)})", ""]
         lines += [f"- `{m.name}`: {m.status}" for m in odd]
     stale = [e for e in equivalents if not e.used]
-    if stale and any(m.status == "survived" for m in mutants):
+    if stale and any(m.status in UNKILLED for m in mutants):
         lines += ["", f"## Entries of {EQUIVALENTS.name} that matched no survivor ({len(stale)})", ""]
         lines += [f"- line {e.line}: `{e.function}`" for e in stale]
     return "\n".join(lines) + "\n", len(unexplained)
@@ -292,7 +302,8 @@ def _listing(mutants: list[Mutant], *, with_reason: bool = False) -> list[str]:
     lines = []
     for mutant in mutants:
         reason = f": {mutant.reason}" if with_reason else ""
-        lines.append(f"- `{mutant.name}` in `{mutant.function}`{reason}")
+        status = " (no tests)" if mutant.status == "no tests" else ""
+        lines.append(f"- `{mutant.name}` in `{mutant.function}`{status}{reason}")
         lines += [f"  - `- {text}`" for text in mutant.removed]
         lines += [f"  - `+ {text}`" for text in mutant.added]
     return lines or ["none"]
