@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_capillary_audit.formats import event_file_name
+from airflow_capillary_audit.formats import event_file_name, event_name_from_file
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import Fault
 from tests.conftest import expected_rows
@@ -100,7 +100,8 @@ def test_unflattened_records_keep_capillarys_shape(capillary_conn, run_dag, tmp_
         f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES[:2]!r}, flatten=False, "
         f"destination={str(tmp_path)!r}, output_format='json')"
     )
-    run_dag(source)
+    dag_run, _ = run_dag(source)
+    assert dag_run.state == "success"
     for name in NAMES[:2]:
         assert json.loads((tmp_path / event_file_name(name, "json")).read_bytes()) == (
             capillary_conn.dataset.records(name)
@@ -111,15 +112,22 @@ def test_rerun_rewrites_the_same_bytes(capillary_conn, run_dag, tmp_path):
     source = dag_source(
         f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES!r}, destination={str(tmp_path)!r})"
     )
-    run_dag(source, dag_id="rerun_same")
+    first_run, _ = run_dag(source, dag_id="rerun_same")
     first = files_in(tmp_path)
-    run_dag(source, dag_id="rerun_same")
+    second_run, _ = run_dag(source, dag_id="rerun_same")
     second = files_in(tmp_path)
 
-    data_files = [n for n in first if n != "_manifest.json"]
-    assert len(data_files) == len(NAMES)
+    data_files = sorted(event_file_name(name, "jsonl") for name in NAMES)
+    assert sorted(first) == sorted(second) == sorted([*data_files, "_manifest.json"])
     assert {n: first[n] for n in data_files} == {n: second[n] for n in data_files}
-    assert set(first) == set(second)
+    for name in NAMES:
+        assert read_back(tmp_path / event_file_name(name, "jsonl"), "jsonl") == expected_rows(
+            capillary_conn.dataset, [name]
+        )
+    # The manifest was rewritten by the rerun, and still lists the same files.
+    manifests = [json.loads(first["_manifest.json"]), json.loads(second["_manifest.json"])]
+    assert [m["run_id"] for m in manifests] == [first_run.run_id, second_run.run_id]
+    assert manifests[0]["events"] == manifests[1]["events"]
 
 
 def test_a_failing_event_leaves_no_manifest_and_no_partial_file(capillary_conn, run_dag, tmp_path):
@@ -288,7 +296,13 @@ def test_event_names_never_leave_the_destination(capillary_conn, airflow_db, tmp
     op.execute({})
 
     assert [p for p in tmp_path.iterdir()] == [folder]
-    assert len([p for p in folder.iterdir() if p.name != "_manifest.json"]) == len(names)
+    files = sorted(p.name for p in folder.iterdir() if p.name != "_manifest.json")
+    assert files == sorted(event_file_name(name, "jsonl") for name in names)
+    for name in names:
+        # Each name's own rows, under a name that leads back to it.
+        file_name = event_file_name(name, "jsonl")
+        assert event_name_from_file(file_name) == (name, "jsonl")
+        assert read_back(folder / file_name, "jsonl") == expected_rows(capillary_conn.dataset, [name])
 
 
 def test_naive_times_use_the_connections_timezone(stand_in, monkeypatch, airflow_db):
@@ -379,9 +393,16 @@ def test_an_execution_timeout_stops_the_queued_events(capillary_conn, run_dag, t
 
     assert dag_run.state == "failed"
     # 40 events at 0.25 s on 2 workers would take 5 s; the timeout ends the run after about 1 s.
-    assert len(capillary_conn.requests) < 20
+    requested = [r.event_name for r in capillary_conn.requests]
+    assert len(requested) < 20
     assert not (tmp_path / "_manifest.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # What was written is whole, and only events that were fetched have a file.
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert set(written) <= {event_file_name(name, "jsonl") for name in requested}
+    for file_name in written:
+        name, _ = event_name_from_file(file_name)
+        assert read_back(tmp_path / file_name, "jsonl") == expected_rows(capillary_conn.dataset, [name])
     assert took < 30
 
 
@@ -408,6 +429,7 @@ def test_a_failed_rerun_keeps_no_earlier_file_of_the_failed_event(capillary_conn
         CapillaryAuditLogsOperator(task_id="t", event_names=["a", "b"], destination=str(tmp_path)).execute({})
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+    assert read_back(tmp_path / "a.jsonl", "jsonl") == expected_rows(capillary_conn.dataset, ["a"])
 
 
 WINDOW_EVENT = "window event"

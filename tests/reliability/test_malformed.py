@@ -71,6 +71,7 @@ def test_a_wrong_shape_is_a_clear_error_without_retry(api, monkeypatch, airflow_
     assert "Cannot write" not in message
     assert [r.event_name for r in api.requests].count(BAD) == 1
     assert list(data_files(tmp_path)) == [event_file_name(GOOD, "jsonl")]
+    assert jsonl_rows(tmp_path / event_file_name(GOOD, "jsonl")) == expected_rows(api.dataset, GOOD)
     assert manifest_of(tmp_path) is None and hidden_files(tmp_path) == []
 
 
@@ -97,6 +98,7 @@ def test_data_null_is_read_as_no_audit_logs_with_a_warning(
     summary = fetch_to(tmp_path, [GOOD, BAD])
 
     assert summary["rows"] == {GOOD: len(expected_rows(api.dataset, GOOD)), BAD: 0}
+    assert jsonl_rows(tmp_path / event_file_name(GOOD, "jsonl")) == expected_rows(api.dataset, GOOD)
     assert (tmp_path / event_file_name(BAD, "jsonl")).read_bytes() == b""
     assert f"Capillary answered data=null for event {BAD!r}" in logged(capfd, caplog)
 
@@ -181,4 +183,6 @@ def test_a_malformed_history_is_a_clear_error_when_records_are_kept_whole(
     assert [r.event_name for r in api.requests].count(BAD) == 1
     if to_files:
         assert list(data_files(tmp_path)) == [event_file_name(GOOD, "json")]
+        good = json.loads((tmp_path / event_file_name(GOOD, "json")).read_bytes())
+        assert good == api.dataset.records(GOOD)
         assert manifest_of(tmp_path) is None and hidden_files(tmp_path) == []
