@@ -4,6 +4,9 @@ Print B1-B4 against their targets: ``python -m benchmarks`` (about 3 minutes) or
 The stand-in runs in its own process on loopback; the operator runs in this one through its
 ``execute``, writing to a temporary folder, so the figures hold the operator's work and not an
 Airflow task's start-up. Timings are wall-clock seconds of one run each.
+
+The exit status is 1 when a target is missed or could not be measured, except for a miss listed
+in ``EXPECTED_MISSES`` with its reason; 0 otherwise.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ B2_RATE = 600
 B2_ALGORITHM, B2_BURST = "leaky", 2
 B3_RECORDS, B3_HISTORY = 20, 100  # 2,000 value-history entries, so rows, per event
 B3_FORMATS = ("jsonl", "json", "csv", "parquet")
+# Targets known to be missed, with the reason; they are reported but do not fail the run.
+EXPECTED_MISSES = {
+    "B3 jsonl vs decode-only": (
+        "a per-row Python pipeline (read changedOn in five formats, build the row, encode) against "
+        "a C decoder; reaching 3x needs a flattener in C (README, 'Why B3 misses its target')"
+    ),
+}
 
 
 class Report:
@@ -63,8 +73,14 @@ class Report:
 
     def target(self, name: str, figure: str, target: str, passed: bool | None) -> None:
         word = "n/a" if passed is None else ("PASS" if passed else "MISS")
+        if passed is False and name in EXPECTED_MISSES:
+            word = "MISS (expected)"
         self.line(f"    {figure:<52} target {target:<26} {word}")
         self.verdicts.append((name, passed))
+
+    def failures(self) -> list[str]:
+        """Return the targets missed or not measured, but for the expected misses."""
+        return [name for name, passed in self.verdicts if not passed and name not in EXPECTED_MISSES]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,9 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine skews the figures)"
     )
     for name, passed in report.verdicts:
-        if not passed:
+        if passed is None:
+            report.line(f"  not measured: {name}")
+        elif not passed and name in EXPECTED_MISSES:
+            report.line(f"  not met, as expected: {name}: {EXPECTED_MISSES[name]}")
+        elif not passed:
             report.line(f"  not met: {name}")
-    return 0
+    for name, passed in report.verdicts:
+        if passed and name in EXPECTED_MISSES:
+            report.line(f"  met although listed as an expected miss: {name} (remove it from EXPECTED_MISSES)")
+    failures = report.failures()
+    verdict = "FAILED: " + ", ".join(failures) if failures else "every target met, or missed as expected"
+    report.line(f"Benchmarks: {verdict}")
+    return 1 if failures else 0
 
 
 def machine() -> str:

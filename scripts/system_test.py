@@ -2,13 +2,15 @@
 """
 Run the example DAGs on a distributed Airflow and check what they land: the production path.
 
-Everything listens on 127.0.0.1, lives under one temporary folder and is stopped afterwards by the
-process ids this script started:
+Everything runs on this machine, lives under one temporary folder and is stopped afterwards by the
+process ids this script started. No port is picked in advance: a server that can bind port 0 does
+so and names the port it got, and the others listen on Unix sockets, so no other process can take
+an address between its choice and its use:
 
 - PostgreSQL (Airflow's metadata DB and Celery's result backend) and Redis (the Celery broker), from
-  Debian's packages, each with its own data folder;
-- an S3-compatible server (moto) and the Capillary stand-in;
-- Airflow with the CeleryExecutor: ``api-server``, ``scheduler``, ``dag-processor`` and two
+  Debian's packages, each with its own data folder and a Unix socket in it;
+- an S3-compatible server (moto) and the Capillary stand-in, on 127.0.0.1;
+- Airflow with the CeleryExecutor: ``api-server`` (on 127.0.0.1), ``scheduler``, ``dag-processor`` and two
   ``celery worker`` processes. Each worker runs in its own UTS namespace, so it has a host name of its
   own, as on two machines. Only the workers get the connections, as environment variables.
 
@@ -35,11 +37,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -357,11 +359,18 @@ def listening_ports(ports: Iterable[int]) -> list[int]:
     return sorted(listening)
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def logged_url(processes: Processes, name: str, pattern: str) -> Callable[[], str | None]:
+    """Return a check for ``wait_until``: the first group of ``pattern`` in the process's log, once there.
+
+    A server started on port 0 binds a free port itself and logs it; reading it back leaves no window
+    in which another process could take the port.
+    """
+
+    def check() -> str | None:
+        found = re.search(pattern, processes.log(name).read_text(errors="replace"))
+        return found.group(1) if found else None
+
+    return check
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float, processes: Processes) -> T:
@@ -446,6 +455,8 @@ class SystemTest:
         self.marker = secrets.token_hex(8)
         self.processes = Processes(self.work / "logs", self.marker)
         self.ports: dict[str, int] = {}
+        # PostgreSQL and Redis cannot bind port 0, so they listen on Unix sockets in their folders.
+        self.sockets: dict[str, Path] = {}
         self.phases: dict[str, float] = {}
         self.airflow_home = self.work / "airflow"
         self.daily_output = self.work / "daily"
@@ -495,20 +506,18 @@ class SystemTest:
         """Start PostgreSQL, Redis, moto and the Capillary stand-in on loopback."""
         self.start_postgres()
         step("Starting Redis, the S3-compatible server (moto) and the Capillary stand-in")
-        self.ports["redis"] = free_port()
         redis_dir = self.work / "redis"
         redis_dir.mkdir()
+        self.sockets["redis"] = redis_dir / "redis.sock"
         self.processes.start(
             "redis",
-            ["redis-server", *f"--bind 127.0.0.1 --port {self.ports['redis']} --appendonly no".split(),
-             "--dir", str(redis_dir), "--save", ""],
+            # Port 0: no TCP listener at all; clients use the socket.
+            ["redis-server", "--port", "0", "--unixsocket", str(self.sockets["redis"]),
+             "--unixsocketperm", "700", "--appendonly", "no", "--dir", str(redis_dir), "--save", ""],
             dict(os.environ),
         )
-        self.ports["moto"] = free_port()
         self.processes.start(
-            "moto",
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.ports["moto"])],
-            dict(os.environ),
+            "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"], dict(os.environ)
         )
         ready = self.work / "stand-in.url"
         self.stand_in_day = datetime.now(timezone.utc).date()
@@ -525,6 +534,9 @@ class SystemTest:
 
         self.stand_in_url = wait_until("the stand-in writes its URL", stand_in_url, 30, self.processes)
         self.ports["stand-in"] = int(self.stand_in_url.rsplit(":", 1)[1])
+        moto_url = logged_url(self.processes, "moto", r"Running on (http://127\.0\.0\.1:\d+)")
+        self.moto_url = wait_until("moto names its port", moto_url, 60, self.processes)
+        self.ports["moto"] = int(self.moto_url.rsplit(":", 1)[1])
         wait_until("Redis answers PING", self._redis_ping, 30, self.processes)
         wait_until("moto answers", self._moto_ready, 60, self.processes)
         import boto3
@@ -538,16 +550,16 @@ class SystemTest:
         )
         self.s3.create_bucket(Bucket=BUCKET)
         print(
-            f"Redis :{self.ports['redis']}, moto {self.moto_url} (bucket {BUCKET}), "
+            f"Redis {self.sockets['redis']}, moto {self.moto_url} (bucket {BUCKET}), "
             f"stand-in {self.stand_in_url}"
         )
 
     def start_postgres(self) -> None:
-        """Create a cluster in the working folder and start it on a free loopback port."""
+        """Create a cluster in the working folder and start it on a Unix socket in that folder."""
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
             raise SystemTestError("PostgreSQL's server is not installed under /usr/lib/postgresql")
-        step(f"Starting PostgreSQL ({bin_dir.parent.name}) on loopback")
+        step(f"Starting PostgreSQL ({bin_dir.parent.name}) on a Unix socket")
         user = "postgres" if os.geteuid() == 0 else None
         folder = self.work / "postgres"
         folder.mkdir()
@@ -559,17 +571,19 @@ class SystemTest:
         subprocess.run(
             [str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "airflow",
              f"--pwfile={password_file}",
-             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
+             "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
             check=True,
             user=user,
             stdout=subprocess.DEVNULL,
             cwd=folder,
         )
-        self.ports["postgres"] = free_port()
+        self.postgres_dir = folder
+        # The socket is named after the port; with no TCP listener the number is only a name.
+        self.sockets["postgres"] = folder / ".s.PGSQL.5432"
         self.processes.start(
             "postgres",
-            [str(bin_dir / "postgres"), "-D", str(folder / "data"), "-p", str(self.ports["postgres"]),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={folder}",
+            [str(bin_dir / "postgres"), "-D", str(folder / "data"), "-p", "5432",
+             "-c", "listen_addresses=", "-c", f"unix_socket_directories={folder}",
              "-c", "max_connections=300",
              # A throwaway cluster: durability buys nothing here and costs seconds.
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
@@ -582,8 +596,8 @@ class SystemTest:
 
         def connect() -> bool:
             connection = psycopg2.connect(
-                host="127.0.0.1",
-                port=self.ports["postgres"],
+                host=str(folder),
+                port=5432,
                 user="airflow",
                 password=self.db_password,
                 dbname="postgres",
@@ -596,16 +610,12 @@ class SystemTest:
             return True
 
         wait_until("PostgreSQL accepts connections", connect, 60, self.processes)
-        print(f"PostgreSQL 127.0.0.1:{self.ports['postgres']}, data in {folder / 'data'}")
-
-    @property
-    def moto_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['moto']}"
+        print(f"PostgreSQL {self.sockets['postgres']}, data in {folder / 'data'}")
 
     def _redis_ping(self) -> bool:
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=self.ports["redis"], socket_timeout=2)
+        client = redis.Redis(unix_socket_path=str(self.sockets["redis"]), socket_timeout=2)
         try:
             return bool(client.ping())
         finally:
@@ -619,25 +629,26 @@ class SystemTest:
     # Airflow ------------------------------------------------------------------------------------
 
     def airflow_env(self) -> dict[str, str]:
-        """Return the configuration every Airflow process shares, as environment variables."""
-        db = f"airflow:{self.db_password}@127.0.0.1:{self.ports['postgres']}/airflow"
+        """Return the configuration every Airflow process shares, as environment variables.
+
+        The API server's address is added once the server has named its port (see :meth:`api_env`).
+        """
+        # psycopg2 and asyncpg both take the socket's folder as the host.
+        db = f"airflow:{self.db_password}@/airflow?host={self.postgres_dir}"
         return {
             **os.environ,
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags_examples"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
             "AIRFLOW__CORE__FERNET_KEY": self.fernet_key,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.work / "api-passwords.json"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{db}",
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.ports['redis']}/0",
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{db}",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
             "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.ports["api"]),
-            "AIRFLOW__API__BASE_URL": self.api_url,
             "AIRFLOW__API__SECRET_KEY": self.api_secret_key,
             # One secret for all: the scheduler signs the workers' tokens, the API server checks them.
             "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
@@ -649,9 +660,18 @@ class SystemTest:
             "CAPILLARY_AUDIT_BASE": str(self.daily_output),
         }
 
+    def api_env(self, base: dict[str, str]) -> dict[str, str]:
+        """Add the API server's address, for the processes started once it is known."""
+        return {
+            **base,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+            "AIRFLOW__API__PORT": str(self.ports["api"]),
+            "AIRFLOW__API__BASE_URL": self.api_url,
+        }
+
     @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['api']}"
+    def broker_url(self) -> str:
+        return f"redis+socket://{self.sockets['redis']}"
 
     def worker_env(self, base: dict[str, str]) -> dict[str, str]:
         """Add what only the workers need: the connections, as users set them."""
@@ -680,7 +700,6 @@ class SystemTest:
         self.fernet_key = Fernet.generate_key().decode()
         self.api_secret_key = secrets.token_hex(16)
         self.jwt_secret = secrets.token_hex(32)
-        self.ports["api"] = free_port()
         self.airflow_home.mkdir()
         (self.work / "api-passwords.json").write_text(json.dumps({"admin": self.api_password}))
         env = self.airflow_env()
@@ -710,11 +729,12 @@ class SystemTest:
         started = time.monotonic()
         # Stopped by tier, highest first: workers, while the API server can still take their tasks' ends.
         self.processes.start(
-            "api-server",
-            [airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.ports["api"])],
-            env,
-            tier=1,
+            "api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port", "0"], env, tier=1
         )
+        api_url = logged_url(self.processes, "api-server", r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
+        self.api_url = wait_until("the API server names its port", api_url, START_TIMEOUT, self.processes)
+        self.ports["api"] = int(self.api_url.rsplit(":", 1)[1])
+        env = self.api_env(env)
         self.processes.start("scheduler", [airflow, "scheduler"], env, tier=2)
         self.processes.start("dag-processor", [airflow, "dag-processor"], env, tier=2)
         worker_env = self.worker_env(env)
@@ -756,7 +776,7 @@ class SystemTest:
     def _workers_ready(self) -> bool:
         from celery import Celery
 
-        app = Celery(broker=f"redis://127.0.0.1:{self.ports['redis']}/0")
+        app = Celery(broker=self.broker_url)
         try:
             replies = app.control.ping(timeout=1.0)
         finally:
@@ -1062,19 +1082,29 @@ class SystemTest:
         forced = self.processes.stop_all()
         leftovers = self.processes.leftovers()
         deadline = time.monotonic() + 15
-        while listening_ports(self.ports.values()) and time.monotonic() < deadline:
+
+        def still_open() -> tuple[list[int], list[str]]:
+            sockets = [str(path) for path in self.sockets.values() if path.exists()]
+            return listening_ports(self.ports.values()), sockets
+
+        while any(still_open()) and time.monotonic() < deadline:
             time.sleep(0.2)
-        still_listening = listening_ports(self.ports.values())
+        still_listening, sockets_left = still_open()
         if forced:
             print(f"Killed after the grace period: {', '.join(forced)}")
-        clean = not leftovers and not still_listening
+        clean = not leftovers and not still_listening and not sockets_left
         if clean:
             print(
                 f"{len(self.processes.started)} process groups stopped; ports "
-                f"{', '.join(str(p) for p in sorted(self.ports.values()))} are free"
+                f"{', '.join(str(p) for p in sorted(self.ports.values()))} are free, and "
+                f"{len(self.sockets)} Unix sockets are gone"
             )
         else:
-            print(f"LEFT BEHIND: processes {leftovers}, listening ports {still_listening}", file=sys.stderr)
+            print(
+                f"LEFT BEHIND: processes {leftovers}, listening ports {still_listening}, "
+                f"sockets {sockets_left}",
+                file=sys.stderr,
+            )
         if self.keep or not clean:
             print(f"Kept {self.work}")
         else:

@@ -207,9 +207,10 @@ def test_parquet_refuses_an_org_id_that_is_not_an_integer(org_id: object) -> Non
 
 
 @pytest.mark.parametrize("output_format", ["jsonl", "json"])
-def test_json_output_is_strict(output_format: str) -> None:
-    with pytest.raises(ValueError):
-        write_rows(output_format, [{"value": float("nan")}], io.BytesIO())
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_json_output_is_strict(output_format: str, number: float) -> None:
+    with pytest.raises(ValueError, match="^Out of range float values are not JSON compliant"):
+        write_rows(output_format, [{"value": number}], io.BytesIO())
 
 
 @pytest.mark.parametrize("output_format", ["jsonl", "json"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -47,10 +48,50 @@ def test_a_failed_write_leaves_nothing_behind(memory_store):
 
 def test_a_committed_file_carries_its_checksum(memory_store):
     sink = FolderSink("memory://audit-bucket/capillary")
-    written = sink.write("e.jsonl", lambda out: out.write(b'{"a":1}\n') and 1)
-    assert memory_store.cat("/audit-bucket/capillary/e.jsonl") == b'{"a":1}\n'
-    assert written.sha256 == hashlib.sha256(b'{"a":1}\n').hexdigest()
+    content = [b'{"a":1}\n', b'{"a":2}\n']
+
+    def write_body(out) -> int:
+        for line in content:
+            out.write(line)
+        return len(content)
+
+    written = sink.write("e.jsonl", write_body)
+    data = b"".join(content)
+    assert memory_store.cat("/audit-bucket/capillary/e.jsonl") == data
+    assert (written.name, written.rows, written.bytes) == ("e.jsonl", 2, len(data))
+    assert written.sha256 == hashlib.sha256(data).hexdigest()
+    assert written.uri.endswith("audit-bucket/capillary/e.jsonl")
     assert memory_store.find("/audit-bucket") == ["/audit-bucket/capillary/e.jsonl"]
+
+
+def test_a_failed_rewrite_keeps_the_file_it_would_have_replaced(memory_store):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    sink.write("e.jsonl", lambda out: out.write(b'{"a":1}\n') and 1)
+
+    def broken(out) -> int:
+        out.write(b'{"a":')
+        raise RuntimeError("connection lost")
+
+    with pytest.raises(CapillaryWriteError, match="connection lost"):
+        sink.write("e.jsonl", broken)
+    assert memory_store.find("/audit-bucket") == ["/audit-bucket/capillary/e.jsonl"]
+    assert memory_store.cat("/audit-bucket/capillary/e.jsonl") == b'{"a":1}\n'
+
+
+def test_the_manifest_is_written_whole_and_described(memory_store):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    manifest = {"events": [{"event_name": "Café Visit ☕", "rows": 3}], "total_rows": 3}
+
+    written = sink.write_manifest(manifest)
+
+    data = memory_store.cat("/audit-bucket/capillary/_manifest.json")
+    assert json.loads(data) == manifest
+    assert "Café Visit ☕".encode() in data  # readable UTF-8, not \u escapes
+    assert (written.name, written.bytes, written.sha256) == (
+        "_manifest.json",
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
 
 
 @pytest.mark.parametrize(

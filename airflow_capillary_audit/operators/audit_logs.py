@@ -264,7 +264,12 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 name, body["data"], default_tz=timezone, since=plan.since, until=plan.until, stats=stats
             )
         return filter_records(
-            body["data"], default_tz=timezone, since=plan.since, until=plan.until, stats=stats
+            body["data"],
+            default_tz=timezone,
+            since=plan.since,
+            until=plan.until,
+            stats=stats,
+            event_name=name,
         )
 
     def _to_xcom(self, hook: CapillaryHook, plan: _Plan, timezone: Any) -> list[Any]:
@@ -280,7 +285,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         out: list[Any] = []
         for name in plan.event_names:
             rows, stats = results[name]
-            self._report(name, stats, len(rows), "XCom")
+            self._report(name, stats, len(rows), "XCom", plan)
             out.extend(rows)
             if len(out) > self.max_xcom_rows:
                 raise CapillaryConfigError(
@@ -307,10 +312,12 @@ class CapillaryAuditLogsOperator(BaseOperator):
             stats = FlattenStats()
 
             def write_body(out: Any) -> int:
-                rows = self._shape(name, body, plan, timezone, stats)
-                return int(
-                    self._checked(name, lambda: write_rows(self.output_format, rows, out, columns=columns))
-                )
+                def shape_and_write() -> int:
+                    # Unflattened records are checked when shaped, flattened ones as they are written.
+                    rows = self._shape(name, body, plan, timezone, stats)
+                    return write_rows(self.output_format, rows, out, columns=columns)
+
+                return int(self._checked(name, shape_and_write))
 
             written = sink.write(plan.file_names[name], write_body)
             return written, stats
@@ -319,7 +326,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         events = []
         for name in plan.event_names:
             written, stats = results[name]
-            self._report(name, stats, written.rows, written.uri)
+            self._report(name, stats, written.rows, written.uri, plan)
             events.append(
                 {
                     "event_name": name,
@@ -369,8 +376,12 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 f"Capillary's audit logs are malformed: {err}", event_name=name
             ) from None
 
-    def _report(self, name: str, stats: FlattenStats, count: int, where: str) -> None:
+    def _report(self, name: str, stats: FlattenStats, count: int, where: str, plan: _Plan) -> None:
         from airflow_capillary_audit.records import RECORD_FIELDS
+
+        # A window also leaves out the records without any history, which have no entry to read.
+        windowed = plan.since is not None or plan.until is not None
+        entries_without_time = stats.excluded_no_time - (stats.empty_history if windowed else 0)
 
         self.log.info("Event %r: %d record(s), %d row(s) -> %s", name, stats.records, count, where)
         if stats.unparseable:
@@ -387,11 +398,11 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 stats.missing_fields,
                 ", ".join(RECORD_FIELDS),
             )
-        if stats.excluded_no_time:
+        if entries_without_time:
             self.log.warning(
                 "Event %r: %d value-history entr(ies) without a readable time left out of the window",
                 name,
-                stats.excluded_no_time,
+                entries_without_time,
             )
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from airflow_capillary_audit.formats import event_file_name
+from airflow_capillary_audit.formats import event_file_name, event_name_from_file
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import Fault
 from tests.conftest import expected_rows
@@ -100,7 +100,8 @@ def test_unflattened_records_keep_capillarys_shape(capillary_conn, run_dag, tmp_
         f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES[:2]!r}, flatten=False, "
         f"destination={str(tmp_path)!r}, output_format='json')"
     )
-    run_dag(source)
+    dag_run, _ = run_dag(source)
+    assert dag_run.state == "success"
     for name in NAMES[:2]:
         assert json.loads((tmp_path / event_file_name(name, "json")).read_bytes()) == (
             capillary_conn.dataset.records(name)
@@ -111,15 +112,22 @@ def test_rerun_rewrites_the_same_bytes(capillary_conn, run_dag, tmp_path):
     source = dag_source(
         f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES!r}, destination={str(tmp_path)!r})"
     )
-    run_dag(source, dag_id="rerun_same")
+    first_run, _ = run_dag(source, dag_id="rerun_same")
     first = files_in(tmp_path)
-    run_dag(source, dag_id="rerun_same")
+    second_run, _ = run_dag(source, dag_id="rerun_same")
     second = files_in(tmp_path)
 
-    data_files = [n for n in first if n != "_manifest.json"]
-    assert len(data_files) == len(NAMES)
+    data_files = sorted(event_file_name(name, "jsonl") for name in NAMES)
+    assert sorted(first) == sorted(second) == sorted([*data_files, "_manifest.json"])
     assert {n: first[n] for n in data_files} == {n: second[n] for n in data_files}
-    assert set(first) == set(second)
+    for name in NAMES:
+        assert read_back(tmp_path / event_file_name(name, "jsonl"), "jsonl") == expected_rows(
+            capillary_conn.dataset, [name]
+        )
+    # The manifest was rewritten by the rerun, and still lists the same files.
+    manifests = [json.loads(first["_manifest.json"]), json.loads(second["_manifest.json"])]
+    assert [m["run_id"] for m in manifests] == [first_run.run_id, second_run.run_id]
+    assert manifests[0]["events"] == manifests[1]["events"]
 
 
 def test_a_failing_event_leaves_no_manifest_and_no_partial_file(capillary_conn, run_dag, tmp_path):
@@ -288,7 +296,13 @@ def test_event_names_never_leave_the_destination(capillary_conn, airflow_db, tmp
     op.execute({})
 
     assert [p for p in tmp_path.iterdir()] == [folder]
-    assert len([p for p in folder.iterdir() if p.name != "_manifest.json"]) == len(names)
+    files = sorted(p.name for p in folder.iterdir() if p.name != "_manifest.json")
+    assert files == sorted(event_file_name(name, "jsonl") for name in names)
+    for name in names:
+        # Each name's own rows, under a name that leads back to it.
+        file_name = event_file_name(name, "jsonl")
+        assert event_name_from_file(file_name) == (name, "jsonl")
+        assert read_back(folder / file_name, "jsonl") == expected_rows(capillary_conn.dataset, [name])
 
 
 def test_naive_times_use_the_connections_timezone(stand_in, monkeypatch, airflow_db):
@@ -382,9 +396,16 @@ def test_an_execution_timeout_stops_the_queued_events(capillary_conn, run_dag, t
 
     assert dag_run.state == "failed"
     # 40 events at 0.25 s on 2 workers would take 5 s; the timeout ends the run after about 1 s.
-    assert len(capillary_conn.requests) < 20
+    requested = [r.event_name for r in capillary_conn.requests]
+    assert len(requested) < 20
     assert not (tmp_path / "_manifest.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # What was written is whole, and only events that were fetched have a file.
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert set(written) <= {event_file_name(name, "jsonl") for name in requested}
+    for file_name in written:
+        name, _ = event_name_from_file(file_name)
+        assert read_back(tmp_path / file_name, "jsonl") == expected_rows(capillary_conn.dataset, [name])
     assert took < 30
 
 
@@ -411,3 +432,160 @@ def test_a_failed_rerun_keeps_no_earlier_file_of_the_failed_event(capillary_conn
         CapillaryAuditLogsOperator(task_id="t", event_names=["a", "b"], destination=str(tmp_path)).execute({})
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+    assert read_back(tmp_path / "a.jsonl", "jsonl") == expected_rows(capillary_conn.dataset, ["a"])
+
+
+WINDOW_EVENT = "window event"
+SINCE, UNTIL = "2026-03-01T00:00:00+00:00", "2026-03-02T00:00:00+00:00"
+
+
+def audit_log(record_id: str, history: list | None) -> dict:
+    record = {"id": record_id, "orgId": 100737, "valueHistory": history, "updatedType": "UPDATED"}
+    record.update(requestId=f"request-{record_id}", eventName=WINDOW_EVENT)
+    return record
+
+
+# Capillary's records around a window of 2026-03-01, in several changedOn formats.
+AT_SINCE = {"value": "at since", "changedOn": "2026-03-01T00:00:00Z"}
+INSIDE_EPOCH = {"value": "inside", "changedOn": 1772359200000}  # 2026-03-01T10:00:00Z
+INSIDE_OFFSET = {"value": "inside too", "changedOn": "2026-03-01T12:00:00+05:30"}
+WINDOW_RECORDS = [
+    audit_log(
+        "kept",
+        [
+            {"value": "just before", "changedOn": "2026-02-28T23:59:59.999+0000"},
+            AT_SINCE,
+            INSIDE_EPOCH,
+            {"value": "at until", "changedOn": "2026-03-02T00:00:00.000+0000"},
+            {"value": "after", "changedOn": "2026-03-02 00:00:01"},
+        ],
+    ),
+    audit_log("emptied", [{"value": "at until", "changedOn": "1772409600000"}]),
+    audit_log("no history", []),
+    audit_log("partly unreadable", [{"value": "?", "changedOn": "not-a-date"}, INSIDE_OFFSET]),
+]
+
+
+@pytest.mark.parametrize("destination", [True, False], ids=["json file", "xcom"])
+def test_unflattened_records_are_narrowed_to_the_window(capillary_conn, airflow_db, tmp_path, destination):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    body = json.dumps({"data": WINDOW_RECORDS, "warnings": [], "errors": []})
+    capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
+    op = CapillaryAuditLogsOperator(
+        task_id="t",
+        event_names=[WINDOW_EVENT],
+        flatten=False,
+        changed_since=SINCE,
+        changed_until=UNTIL,
+        destination=str(tmp_path) if destination else None,
+        output_format="json",
+    )
+
+    result = op.execute({})
+
+    # Capillary's shape, each history narrowed to [since, until): an entry at since is in, one at
+    # until is out; a record left without an entry in the window is left out.
+    expected = [
+        {**WINDOW_RECORDS[0], "valueHistory": [AT_SINCE, INSIDE_EPOCH]},
+        {**WINDOW_RECORDS[3], "valueHistory": [INSIDE_OFFSET]},
+    ]
+    if destination:
+        path = tmp_path / event_file_name(WINDOW_EVENT, "json")
+        records = json.loads(path.read_bytes())
+        assert result["rows"] == {WINDOW_EVENT: len(expected)}
+        manifest = json.loads((tmp_path / "_manifest.json").read_text())
+        assert (manifest["flatten"], manifest["changed_since"], manifest["changed_until"]) == (False, SINCE, UNTIL)
+        assert manifest["events"][0]["records"] == len(WINDOW_RECORDS)
+    else:
+        records = result
+    assert records == expected
+    assert [list(record) for record in records] == [list(WINDOW_RECORDS[0]), list(WINDOW_RECORDS[3])]
+
+
+def test_max_xcom_rows_is_the_most_rows_pushed(capillary_conn, airflow_db):
+    from airflow_capillary_audit.exceptions import CapillaryConfigError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    expected = expected_rows(capillary_conn.dataset, NAMES)
+    total = len(expected)
+
+    at_the_cap = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES, max_xcom_rows=total)
+    assert at_the_cap.execute({}) == expected
+
+    one_over = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES, max_xcom_rows=total - 1)
+    with pytest.raises(CapillaryConfigError, match=rf"^{total}\+ rows exceed max_xcom_rows={total - 1}: "):
+        one_over.execute({})
+
+
+def logged(capfd, caplog) -> str:
+    out, err = capfd.readouterr()
+    return out + err + caplog.text
+
+
+# Two unreadable changedOn values, one readable time, and a record without history.
+UNREADABLE_RECORDS = [
+    audit_log("a", [{"value": "x", "changedOn": "N/A"}, {"value": "y", "changedOn": "2026-03-01T08:00:00Z"}]),
+    audit_log("b", [{"value": "z", "changedOn": "31/02/2026 25:61"}]),
+    audit_log("c", []),
+]
+
+
+def test_unreadable_changed_on_values_are_kept_and_logged(capillary_conn, airflow_db, capfd, caplog):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    body = json.dumps({"data": UNREADABLE_RECORDS, "warnings": [], "errors": []})
+    capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
+
+    rows = CapillaryAuditLogsOperator(task_id="t", event_names=[WINDOW_EVENT]).execute({})
+
+    assert [(r["value"], r["changed_on"], r["changed_on_raw"]) for r in rows] == [
+        ("x", None, "N/A"),
+        ("y", "2026-03-01T08:00:00+00:00", "2026-03-01T08:00:00Z"),
+        ("z", None, "31/02/2026 25:61"),
+        (None, None, None),
+    ]
+    text = logged(capfd, caplog)
+    assert (
+        f"Event {WINDOW_EVENT!r}: 2 changedOn value(s) could not be read as a time "
+        "(e.g. 'N/A', '31/02/2026 25:61')"
+    ) in text
+    assert "left out of the window" not in text
+
+
+def test_entries_without_a_readable_time_left_out_of_a_window_are_logged(
+    capillary_conn, airflow_db, capfd, caplog
+):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    body = json.dumps({"data": UNREADABLE_RECORDS, "warnings": [], "errors": []})
+    capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
+
+    rows = CapillaryAuditLogsOperator(
+        task_id="t", event_names=[WINDOW_EVENT], changed_since=SINCE, changed_until=UNTIL
+    ).execute({})
+
+    assert [r["value"] for r in rows] == ["y"]
+    text = logged(capfd, caplog)
+    assert f"Event {WINDOW_EVENT!r}: 2 changedOn value(s) could not be read as a time" in text
+    # The two unreadable entries; the record without history had no entry to leave out.
+    assert (
+        f"Event {WINDOW_EVENT!r}: 2 value-history entr(ies) without a readable time left out of the window"
+    ) in text
+
+
+def test_a_windowed_run_of_readable_times_warns_of_nothing(capillary_conn, airflow_db, capfd, caplog):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    dataset = capillary_conn.dataset
+    # Records without a history are common; they alone must not raise a warning about unreadable times.
+    assert any(not r["valueHistory"] for name in NAMES for r in dataset.records(name))
+    end = dataset.end
+
+    rows = CapillaryAuditLogsOperator(
+        task_id="t", event_names=NAMES, changed_since=end - timedelta(days=7), changed_until=end
+    ).execute({})
+
+    assert rows == expected_rows(dataset, NAMES, since=end - timedelta(days=7), until=end)
+    text = logged(capfd, caplog)
+    assert "without a readable time" not in text and "could not be read" not in text

@@ -98,7 +98,10 @@ def test_openlineage_without_destination_has_no_outputs(capillary_conn, airflow_
     op = CapillaryAuditLogsOperator(task_id="t", event_names=["a"])
     op.execute({})
     lineage = op.get_openlineage_facets_on_complete(None)
-    assert len(lineage.inputs) == 1 and lineage.outputs == []
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [
+        (capillary_conn.url, "/v2/events/audit_logs?eventName=a")
+    ]
+    assert lineage.outputs == []
 
 
 def test_importing_the_operator_adds_no_heavy_module_to_airflow_sdk():

@@ -89,6 +89,30 @@ BAD_INPUT = [
     ),
     ("extra timezone a number", {}, {"extra": {"timezone": 530}}, "'timezone' must be an IANA zone name"),
     ("extra auth_type unknown", {}, {"extra": {"auth_type": "kerberos"}}, "'auth_type'"),
+    (
+        "extra password_is_md5 not a bool",
+        {},
+        {"extra": {"password_is_md5": "yes"}},
+        "extra 'password_is_md5' must be true or false, got 'yes'",
+    ),
+    (
+        "extra password_is_md5 with a plain password",
+        {},
+        {"extra": {"password_is_md5": True}},
+        "extra 'password_is_md5' is true but the password is not a 32-character hex MD5 digest",
+    ),
+    (
+        "extra retry_max_wait negative",
+        {},
+        {"extra": {"retry_max_wait": -1}},
+        "'retry_max_wait' must not be negative",
+    ),
+    (
+        "extra allow_insecure_http not a bool",
+        {},
+        {"extra": {"allow_insecure_http": "sometimes"}},
+        "extra 'allow_insecure_http' must be true or false",
+    ),
     pytest.param(
         "extra not an object",
         {},
@@ -140,6 +164,7 @@ BAD_INPUT = [
         {},
         "max_active_requests must be a whole number",
     ),
+    ("max_xcom_rows zero", {"max_xcom_rows": 0}, {}, "max_xcom_rows must be a whole number of at least 1"),
     # window
     (
         "since after until",
@@ -227,9 +252,28 @@ def test_bad_input_fails_before_any_request_naming_the_field(
     assert not (tmp_path / "out").exists()
 
 
-def test_the_table_is_at_least_25_cases():
-    assert len(BAD_INPUT) >= 25
-    print(f"bad inputs tried: {len(BAD_INPUT)}")
+def test_every_field_a_user_sets_has_a_bad_input_case():
+    """A new extra or operator argument fails here until the table above tries a bad value of it."""
+    import inspect
+
+    from airflow_capillary_audit.get_provider_info import CONN_FIELDS
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    cases = [getattr(case, "values", case) for case in BAD_INPUT]
+    arguments = {name for _, args, _, _ in cases for name in args}
+    fields = {name for _, _, connection, _ in cases for name in connection}
+    extras = {
+        name
+        for _, _, connection, _ in cases
+        if isinstance(connection.get("extra"), dict)
+        for name in connection["extra"]
+    }
+    # Connection ids name other connections, checked where those are read.
+    unchecked = {"self", "kwargs", "capillary_conn_id", "destination_conn_id"}
+    parameters = set(inspect.signature(CapillaryAuditLogsOperator.__init__).parameters) - unchecked
+    assert parameters <= arguments
+    assert set(CONN_FIELDS) <= extras
+    assert {"host", "login", "password", "extra"} <= fields
 
 
 def test_unknown_extras_are_warned_not_fatal(api, monkeypatch, airflow_db, tmp_path, capfd, caplog):
@@ -239,7 +283,9 @@ def test_unknown_extras_are_warned_not_fatal(api, monkeypatch, airflow_db, tmp_p
 
     summary = fetch_to(tmp_path, ["PointsRedeemed"])
 
-    assert summary["rows"] == {"PointsRedeemed": len(expected_rows(api.dataset, "PointsRedeemed"))}
+    rows = expected_rows(api.dataset, "PointsRedeemed")
+    assert summary["rows"] == {"PointsRedeemed": len(rows)}
+    assert jsonl_rows(tmp_path / event_file_name("PointsRedeemed", "jsonl")) == rows
     out, err = capfd.readouterr()
     logged = out + err + caplog.text
     assert "ignoring unknown extras ['colour', 'retries']" in logged

@@ -19,8 +19,10 @@ from tests.reliability.conftest import (
     FAST_RETRIES,
     MANIFEST,
     data_files,
+    expected_rows,
     fetch_to,
     hidden_files,
+    jsonl_rows,
     manifest_of,
     use_capillary,
 )
@@ -29,10 +31,12 @@ pytestmark = pytest.mark.airflow
 
 NAMES = ["PointsRedeemed", "Café Visit ☕", "coupons & offers", "tier upgrade"]
 VICTIM = "coupons & offers"
-# Only the slow case runs with a short timeout: on a busy machine a short one would also cut healthy answers.
-TIMEOUT = 0.5
-# Longer than the timeout, so the client gives up first; the stand-in records the request once it wakes.
-SLOW_SECONDS = 1.0
+# Every case, the mixed ones too, runs with the suite's timeout: a loopback answer takes milliseconds,
+# so only an injected slow answer ever meets it, however busy the machine.
+TIMEOUT = FAST_RETRIES["timeout"]
+# Far beyond the timeout, so the client has always given up first. The stand-in records a slow
+# request once it wakes, so tests that count requests wait for those records.
+SLOW_SECONDS = 3 * TIMEOUT
 # A 200 whose JSON stops half-way, framed correctly (unlike "truncated", which cuts the connection).
 EXHAUSTED_MAX_RETRIES = 2
 TRUNCATED_JSON = b'{"data":[{"id":"65f1c2","orgId":100737,"valueHistory":[{"value":"Gold","chang'
@@ -56,30 +60,28 @@ FAULTS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def timeout_for(case: str) -> float:
-    """Return the connection timeout for a case: short only where the answer is slower than it."""
-    return TIMEOUT if FAULTS[case][0]["kind"] == "slow" else FAST_RETRIES["timeout"]
-
-
-def settled_requests(api, faults: list[Fault]) -> list:
-    """Return the stand-in's requests once slow answers, recorded when they wake, are in."""
-    if any(f.kind == "slow" for f in faults):
-        time.sleep(SLOW_SECONDS + 0.15)
+def recorded(api, count: int) -> list:
+    """Return the stand-in's requests once it has recorded ``count``: a slow one is recorded when it wakes."""
+    deadline = time.monotonic() + SLOW_SECONDS + 30
+    while len(api.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
     return api.requests
 
 
-def baseline(api, folder) -> dict[str, bytes]:
-    """Run fault-free and return the data files; forget its requests."""
-    fetch_to(folder, NAMES)
+def baseline(api, folder, names=NAMES) -> dict[str, bytes]:
+    """Run fault-free, check each file holds the stand-in's rows, forget the requests; return the files."""
+    fetch_to(folder, names)
     api.clear_requests()
     files = data_files(folder)
-    assert len(files) == len(NAMES)
+    assert sorted(files) == sorted(event_file_name(name, "jsonl") for name in names)
+    for name in names:
+        assert jsonl_rows(folder / event_file_name(name, "jsonl")) == expected_rows(api.dataset, name)
     return files
 
 
 @pytest.mark.parametrize("case", list(FAULTS))
 def test_each_fault_alone_is_retried_to_identical_files(api, monkeypatch, airflow_db, tmp_path, case):
-    use_capillary(monkeypatch, api.url, timeout=timeout_for(case))
+    use_capillary(monkeypatch, api.url)
     clean = baseline(api, tmp_path / "clean")
     settings, _ = FAULTS[case]
     # Each event's first two attempts fail.
@@ -88,7 +90,7 @@ def test_each_fault_alone_is_retried_to_identical_files(api, monkeypatch, airflo
 
     summary = fetch_to(tmp_path / "faulty", NAMES)
 
-    requests = settled_requests(api, faults)
+    requests = recorded(api, 3 * len(NAMES))
     assert data_files(tmp_path / "faulty") == clean
     assert manifest_of(tmp_path / "faulty")["total_rows"] == summary["total_rows"]
     assert hidden_files(tmp_path / "faulty") == []
@@ -104,7 +106,7 @@ def test_each_fault_alone_is_retried_to_identical_files(api, monkeypatch, airflo
 def test_an_exhausted_budget_fails_clearly_and_leaves_no_partial_output(
     api, monkeypatch, airflow_db, tmp_path, case
 ):
-    use_capillary(monkeypatch, api.url, timeout=timeout_for(case), max_retries=EXHAUSTED_MAX_RETRIES)
+    use_capillary(monkeypatch, api.url, max_retries=EXHAUSTED_MAX_RETRIES)
     clean = baseline(api, tmp_path / "clean")
     settings, says = FAULTS[case]
     faults = [Fault(event_names=[VICTIM], **settings)]
@@ -118,7 +120,7 @@ def test_an_exhausted_budget_fails_clearly_and_leaves_no_partial_output(
     tries = EXHAUSTED_MAX_RETRIES + 1
     assert "1 of 4 event(s) failed" in message
     assert repr(VICTIM) in message and says in message and f"after {tries} attempts" in message
-    requests = settled_requests(api, faults)
+    requests = recorded(api, tries + len(NAMES) - 1)
     assert len([r for r in requests if r.event_name == VICTIM]) == tries
     assert len(requests) == tries + len(NAMES) - 1 <= len(NAMES) * tries
     # No partial output: the victim has no file, nothing is marked complete, no temporary file stays.
@@ -140,17 +142,17 @@ MIXED_MAX_RETRIES = 6
 
 
 def test_mixed_faults_at_30_percent_give_identical_files(api, monkeypatch, airflow_db, tmp_path):
-    use_capillary(monkeypatch, api.url, timeout=TIMEOUT, max_retries=MIXED_MAX_RETRIES)
-    fetch_to(tmp_path / "clean", MIXED_NAMES)
-    api.clear_requests()
-    faults = mixed_faults(0.3)
-    api.set_faults(faults)
+    use_capillary(monkeypatch, api.url, max_retries=MIXED_MAX_RETRIES)
+    clean = baseline(api, tmp_path / "clean", MIXED_NAMES)
+    api.set_faults(mixed_faults(0.3))
 
     # One request at a time: the seeded fault RNG then meets requests in the same order every run.
     fetch_to(tmp_path / "faulty", MIXED_NAMES, max_active_requests=1)
 
-    requests = settled_requests(api, faults)
-    assert data_files(tmp_path / "faulty") == data_files(tmp_path / "clean")
+    # Every answer but a slow one is recorded before it is sent; slow ones the client gave up on may
+    # not be in yet, which only lowers the counts below.
+    requests = api.requests
+    assert data_files(tmp_path / "faulty") == clean
     assert hidden_files(tmp_path / "faulty") == []
     injected = [r for r in requests if r.fault is not None]
     share = len(injected) / len(requests)
@@ -174,17 +176,15 @@ with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, t
 
 
 def test_mixed_faults_through_a_dag_run(api, monkeypatch, run_dag, tmp_path):
-    use_capillary(monkeypatch, api.url, timeout=TIMEOUT, max_retries=MIXED_MAX_RETRIES)
-    fetch_to(tmp_path / "clean", NAMES)
-    api.clear_requests()
-    faults = mixed_faults(0.3)
-    api.set_faults(faults)
+    use_capillary(monkeypatch, api.url, max_retries=MIXED_MAX_RETRIES)
+    clean = baseline(api, tmp_path / "clean")
+    api.set_faults(mixed_faults(0.3))
 
     dag_run, xcom = run_dag(DAG.format(names=NAMES, folder=str(tmp_path / "faulty")))
 
     assert dag_run.state == "success"
-    requests = settled_requests(api, faults)
-    assert data_files(tmp_path / "faulty") == data_files(tmp_path / "clean")
+    requests = api.requests  # as above: slow answers may not be recorded yet
+    assert data_files(tmp_path / "faulty") == clean
     assert manifest_of(tmp_path / "faulty")["run_id"] == dag_run.run_id
     assert xcom("fetch")["total_rows"] == manifest_of(tmp_path / "faulty")["total_rows"]
     assert any(r.fault is not None for r in requests)
@@ -204,5 +204,8 @@ def test_an_exhausted_budget_fails_the_dag_run(api, monkeypatch, run_dag, tmp_pa
     assert xcom("fetch") is None
     assert len([r for r in api.requests if r.event_name == VICTIM]) == EXHAUSTED_MAX_RETRIES + 1
     assert sorted(data_files(folder)) == sorted(event_file_name(n, "jsonl") for n in NAMES if n != VICTIM)
+    for name in NAMES:
+        if name != VICTIM:
+            assert jsonl_rows(folder / event_file_name(name, "jsonl")) == expected_rows(api.dataset, name)
     assert manifest_of(folder) is None
     assert hidden_files(folder) == []

@@ -7,8 +7,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from airflow_capillary_audit.formats import event_file_name
-from airflow_capillary_audit.sandbox import Fault
+from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
+from tests.conftest import expected_rows as all_expected_rows
 from tests.reliability.conftest import (
+    LOGIN,
+    PASSWORD,
     data_files,
     expected_rows,
     hidden_files,
@@ -27,8 +30,15 @@ import pendulum
 from airflow.sdk import DAG
 from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
+try:
+    from airflow.sdk import CronDataIntervalTimetable
+except ImportError:  # Airflow 3.1
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+# A data interval timetable, so that each run's window is a whole day ("@daily" gives an empty one).
+daily = CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
 start = pendulum.datetime(2026, 1, 1, tz="UTC")
-with DAG("__DAG_ID__", schedule="@daily", start_date=start, catchup=False) as dag:
+with DAG("__DAG_ID__", schedule=daily, start_date=start, catchup=False) as dag:
     CapillaryAuditLogsOperator(
         task_id="fetch",
         event_names={names!r},
@@ -48,7 +58,16 @@ def snapshot(folder) -> dict[str, tuple[bytes, int]]:
     }
 
 
-def test_runs_of_different_dates_do_not_touch_each_others_files(api, monkeypatch, run_dag, tmp_path):
+@pytest.fixture
+def dense_api():
+    """A stand-in with the demo's density, so that every day of its 30 holds rows."""
+    dataset = Dataset(seed=7, records_per_event=(20, 40), history_per_record=(0, 10))
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset) as server:
+        yield server
+
+
+def test_runs_of_different_dates_do_not_touch_each_others_files(dense_api, monkeypatch, run_dag, tmp_path):
+    api = dense_api
     use_capillary(monkeypatch, api.url)
     # The stand-in's history spans the 30 days before tomorrow's midnight.
     end = api.dataset.end
@@ -56,22 +75,28 @@ def test_runs_of_different_dates_do_not_touch_each_others_files(api, monkeypatch
     source = DAG.format(names=NAMES, base=str(tmp_path))
 
     first_run, _ = run_dag(source, dag_id="isolation_dates", logical_date=first_day)
-    first_folder = tmp_path / first_day.strftime("%Y-%m-%d")
+    first_folder = tmp_path / first_run.data_interval_start.strftime("%Y-%m-%d")
     before = snapshot(first_folder)
     second_run, _ = run_dag(source, dag_id="isolation_dates", logical_date=second_day)
 
     assert first_run.state == second_run.state == "success"
     assert snapshot(first_folder) == before
-    second_folder = tmp_path / second_day.strftime("%Y-%m-%d")
+    second_folder = tmp_path / second_run.data_interval_start.strftime("%Y-%m-%d")
+    for run in (first_run, second_run):
+        assert run.data_interval_end - run.data_interval_start == timedelta(days=1)
+    assert second_run.data_interval_start == first_run.data_interval_end
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first_folder.name, second_folder.name])
     for folder, run in ((first_folder, first_run), (second_folder, second_run)):
         manifest = manifest_of(folder)
         assert manifest["run_id"] == run.run_id
         assert manifest["changed_since"] == run.data_interval_start.isoformat()
         assert sorted(data_files(folder)) == sorted(event_file_name(n, "jsonl") for n in NAMES)
-        assert manifest["total_rows"] == rows_in_window(
-            api.dataset, run.data_interval_start, run.data_interval_end
-        )
+        since, until = run.data_interval_start, run.data_interval_end
+        for name in NAMES:
+            assert jsonl_rows(folder / event_file_name(name, "jsonl")) == all_expected_rows(
+                api.dataset, [name], since=since, until=until
+            )
+        assert manifest["total_rows"] == rows_in_window(api.dataset, since, until) > 0
 
 
 def rows_in_window(dataset, since, until) -> int:
@@ -88,7 +113,7 @@ def rows_in_window(dataset, since, until) -> int:
 def test_a_rerun_replaces_a_failed_runs_leftovers(api, monkeypatch, run_dag, tmp_path):
     use_capillary(monkeypatch, api.url, max_retries=1)
     day = datetime(2026, 1, 5, tzinfo=timezone.utc)
-    folder = tmp_path / "2026-01-05"
+    folder = tmp_path / "2026-01-04"  # the run's data interval is the day before its logical date
     source = DAG.format(names=NAMES, base=str(tmp_path)).replace(
         'changed_since="{{ data_interval_start }}",\n        changed_until="{{ data_interval_end }}",\n', ""
     )

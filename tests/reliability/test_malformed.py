@@ -71,6 +71,7 @@ def test_a_wrong_shape_is_a_clear_error_without_retry(api, monkeypatch, airflow_
     assert "Cannot write" not in message
     assert [r.event_name for r in api.requests].count(BAD) == 1
     assert list(data_files(tmp_path)) == [event_file_name(GOOD, "jsonl")]
+    assert jsonl_rows(tmp_path / event_file_name(GOOD, "jsonl")) == expected_rows(api.dataset, GOOD)
     assert manifest_of(tmp_path) is None and hidden_files(tmp_path) == []
 
 
@@ -97,6 +98,7 @@ def test_data_null_is_read_as_no_audit_logs_with_a_warning(
     summary = fetch_to(tmp_path, [GOOD, BAD])
 
     assert summary["rows"] == {GOOD: len(expected_rows(api.dataset, GOOD)), BAD: 0}
+    assert jsonl_rows(tmp_path / event_file_name(GOOD, "jsonl")) == expected_rows(api.dataset, GOOD)
     assert (tmp_path / event_file_name(BAD, "jsonl")).read_bytes() == b""
     assert f"Capillary answered data=null for event {BAD!r}" in logged(capfd, caplog)
 
@@ -151,3 +153,36 @@ def test_a_50_mb_body_is_read_whole(api, monkeypatch, airflow_db, tmp_path):
     with written.open(encoding="utf-8") as lines:
         first = [json.loads(line) for line in itertools.islice(lines, len(expected))]
     assert first == expected
+
+
+
+@pytest.mark.parametrize("to_files", [True, False], ids=["files", "xcom"])
+def test_a_malformed_history_is_a_clear_error_when_records_are_kept_whole(
+    api, monkeypatch, airflow_db, tmp_path, to_files
+):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    use_capillary(monkeypatch, api.url)
+    api.set_faults([Fault("history_not_list", event_names=[BAD])])
+    operator = CapillaryAuditLogsOperator(
+        task_id="fetch",
+        event_names=[GOOD, BAD],
+        flatten=False,
+        destination=str(tmp_path) if to_files else None,
+        output_format="json",
+    )
+
+    with pytest.raises(CapillaryError) as caught:
+        operator.execute({})
+
+    message = str(caught.value)
+    assert "1 of 2 event(s) failed" in message
+    assert REFUSED["history_not_list"] in message
+    # Named as what it is, a malformed answer for that event: not a storage failure, not event None.
+    assert "Cannot write" not in message and "event name None" not in message
+    assert [r.event_name for r in api.requests].count(BAD) == 1
+    if to_files:
+        assert list(data_files(tmp_path)) == [event_file_name(GOOD, "json")]
+        good = json.loads((tmp_path / event_file_name(GOOD, "json")).read_bytes())
+        assert good == api.dataset.records(GOOD)
+        assert manifest_of(tmp_path) is None and hidden_files(tmp_path) == []

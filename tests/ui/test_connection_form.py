@@ -1,7 +1,8 @@
 """Add a ``capillary`` connection through Airflow's web UI in headless Chromium, save it and test it.
 
-The browser test starts ``airflow api-server`` on a free loopback port (its own AIRFLOW_HOME and
-SQLite DB, ``[core] test_connection = Enabled``, every visitor an admin) and the Capillary stand-in,
+The browser test starts ``airflow api-server`` on loopback port 0, so that the server binds a free
+port itself and names it in its log (its own AIRFLOW_HOME and SQLite DB, ``[core] test_connection
+= Enabled``, every visitor an admin) and the Capillary stand-in,
 then drives Debian's ``chromium`` with Playwright. Screenshots land in ``artifacts/ui/``.
 Run it with ``make ui-test``; ``.ci/ui-test.sh`` installs what it needs on a fresh Debian machine.
 """
@@ -13,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -71,12 +71,6 @@ def _browser_missing() -> str | None:
 needs_browser = pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -86,8 +80,19 @@ def _get_json(url: str) -> Any:
         return json.load(response)
 
 
-def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + API_SERVER_START_TIMEOUT
+def _listening_url(process: subprocess.Popen[bytes], log: Path, deadline: float) -> str:
+    """Return the URL the server logs once it listens on the port it picked."""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"airflow api-server exited with {process.returncode}:\n{_tail(log)}")
+        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        time.sleep(0.25)
+    pytest.fail(f"airflow api-server not listening after {API_SERVER_START_TIMEOUT:.0f} s:\n{_tail(log)}")
+
+
+def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"airflow api-server exited with {process.returncode}:\n{_tail(log)}")
@@ -114,7 +119,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start Airflow's API server on a free loopback port with a fresh SQLite DB; yield its URL."""
+    """Start Airflow's API server on a loopback port it picks, with a fresh SQLite DB; yield its URL."""
     home = tmp_path_factory.mktemp("ui-airflow-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
     env.update(
@@ -137,19 +142,20 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         env=env,
         timeout=300,
     )
-    port = str(_free_port())
-    url = f"http://127.0.0.1:{port}"
     log = home / "api-server.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", port],
+            # Port 0: the server binds a free port itself, so no other process can take it in between.
+            [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", "0"],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        _wait_until_healthy(url, process, log)
+        deadline = time.monotonic() + API_SERVER_START_TIMEOUT
+        url = _listening_url(process, log, deadline)
+        _wait_until_healthy(url, process, log, deadline)
         yield url
     finally:
         _stop(process)

@@ -1,0 +1,175 @@
+"""``destination_conn_id`` reaches the store: the operator writes to an S3 API (moto) on loopback.
+
+The S3 server's address and keys exist only in the Airflow connection: the environment holds no
+AWS credentials, config file or endpoint, and instance metadata is switched off, so an object that
+lands proves the connection was used. The server records every request it receives, with headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from airflow_capillary_audit.exceptions import CapillaryError
+from airflow_capillary_audit.formats import event_file_name
+from airflow_capillary_audit.sinks import MANIFEST_NAME, TEMP_PREFIX
+from tests.conftest import expected_rows
+
+pytestmark = pytest.mark.airflow
+
+BUCKET = "capillary-audit"
+# Keys moto accepts as any other; what matters is that requests carry them.
+ACCESS_KEY, SECRET_KEY = "AKIACAPILLARYTEST01", "capillary-test-secret"
+SETUP_KEY = "AKIATESTSETUP0000001"
+NAMES = ["PointsRedeemed", "Café Visit ☕", "coupons & offers"]
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class S3Server:
+    """A moto S3 server in its own process, and the file where it records each request."""
+
+    url: str
+    recording: Path
+    # Airflow caches an object store per connection id for the process: a fresh id per server.
+    conn_id: str
+
+    def requests(self) -> list[dict]:
+        """Return the requests received so far: method, url and headers."""
+        text = self.recording.read_text() if self.recording.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=SETUP_KEY,
+            aws_secret_access_key="setup-secret",
+            region_name="us-east-1",
+        )
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch) -> Iterator[S3Server]:
+    """Start moto's server on a port it picks itself; leave the test no AWS settings but the connection."""
+    for name in [key for key in os.environ if key.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    log = tmp_path / "moto.log"
+    recording = tmp_path / "moto-requests.jsonl"
+    env = {**os.environ, "MOTO_ENABLE_RECORDING": "true", "MOTO_RECORDER_FILEPATH": str(recording)}
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (found := re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"moto's server did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        yield S3Server(url=found.group(1), recording=recording, conn_id=f"aws_{uuid.uuid4().hex[:12]}")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def use_aws(monkeypatch, server: S3Server) -> None:
+    """Set the server's ``aws`` connection: its endpoint and the test's keys."""
+    connection = {
+        "conn_type": "aws",
+        "login": ACCESS_KEY,
+        "password": SECRET_KEY,
+        "extra": {"endpoint_url": server.url, "region_name": "us-east-1"},
+    }
+    monkeypatch.setenv(f"AIRFLOW_CONN_{server.conn_id.upper()}", json.dumps(connection))
+
+
+DAG = """
+import pendulum
+from airflow.sdk import DAG
+from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+         params={{"aws": {conn_id!r}}}) as dag:
+    CapillaryAuditLogsOperator(
+        task_id="fetch",
+        event_names={names!r},
+        destination={destination!r},
+        destination_conn_id="{{{{ params.aws }}}}",
+    )
+"""
+
+
+def test_files_land_in_s3_through_the_destination_connection(capillary_conn, s3, monkeypatch, run_dag):
+    use_aws(monkeypatch, s3)
+    s3.client().create_bucket(Bucket=BUCKET)
+    destination = f"s3://{BUCKET}/capillary/{{{{ ds }}}}"
+
+    dag_run, xcom = run_dag(DAG.format(conn_id=s3.conn_id, names=NAMES, destination=destination))
+
+    assert dag_run.state == "success"
+    prefix = f"capillary/{dag_run.logical_date:%Y-%m-%d}/"
+    listing = s3.client().list_objects_v2(Bucket=BUCKET)
+    stored = {item["Key"].removeprefix(prefix): item["Key"] for item in listing["Contents"]}
+    assert sorted(stored) == sorted([MANIFEST_NAME, *(event_file_name(n, "jsonl") for n in NAMES)])
+    assert not [key for key in stored if key.startswith(TEMP_PREFIX)]
+
+    def body(name: str) -> bytes:
+        return s3.client().get_object(Bucket=BUCKET, Key=stored[name])["Body"].read()
+
+    for name in NAMES:
+        rows = [json.loads(line) for line in body(event_file_name(name, "jsonl")).decode().splitlines()]
+        assert rows == expected_rows(capillary_conn.dataset, [name])
+    manifest = json.loads(body(MANIFEST_NAME))
+    assert manifest["run_id"] == dag_run.run_id
+    for entry in manifest["events"]:
+        assert entry["sha256"] == hashlib.sha256(body(entry["file"])).hexdigest()
+    summary = xcom("fetch")
+    assert summary["files"] == [f"s3://{BUCKET}/{prefix}{event_file_name(n, 'jsonl')}" for n in NAMES]
+    # The manifest's URI is Airflow's text for an object path, which names the connection.
+    assert summary["manifest"] == f"s3://{s3.conn_id}@{BUCKET}/{prefix}{MANIFEST_NAME}"
+    # Every request for the run's objects was signed with the connection's key.
+    writes = [r for r in s3.requests() if r["method"] == "PUT" and f"/{prefix}" in r["url"]]
+    assert writes
+    for request in writes:
+        assert f"Credential={ACCESS_KEY}/" in request["headers"]["Authorization"]
+
+
+def test_a_missing_bucket_is_an_error_and_is_not_created(capillary_conn, s3, monkeypatch, airflow_db):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    use_aws(monkeypatch, s3)
+    s3.client().create_bucket(Bucket=BUCKET)
+    operator = CapillaryAuditLogsOperator(
+        task_id="fetch",
+        event_names=NAMES[:1],
+        destination="s3://no-such-bucket/capillary/2026-01-01",
+        destination_conn_id=s3.conn_id,
+    )
+
+    with pytest.raises(CapillaryError, match=r"Cannot write s3://\S*no-such-bucket/\S*: The specified bucket does not exist"):
+        operator.execute({})
+
+    client = s3.client()
+    assert [bucket["Name"] for bucket in client.list_buckets()["Buckets"]] == [BUCKET]
+    assert client.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0

@@ -1,0 +1,137 @@
+"""Stopping early: after a 401 or 403 no other event is requested; a kill or a timeout ends every wait.
+
+The stand-in records each request it answers, so "not requested" is what the server saw, not what
+the client says it did.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from airflow_capillary_audit.exceptions import CapillaryError
+from airflow_capillary_audit.formats import event_file_name
+from airflow_capillary_audit.sandbox import Fault
+from tests.reliability.conftest import data_files, fetch_to, hidden_files, manifest_of, use_capillary
+
+pytestmark = pytest.mark.airflow
+
+WORKERS = 2
+NAMES = [f"stop event {i:02d}" for i in range(40)]
+# Every answer but the refused one is slow, so the pool is still busy when the 401 lands.
+SLOW_SECONDS = 1.0
+# A back-off of at least 50 s (100 s times a jitter of 0.5 to 1.5): a run that ends long before that
+# did not wait one out, and a second attempt at an event would mean a wait ended without a stop.
+LONG_BACKOFF = {"max_retries": 1, "retry_initial_wait": 100, "retry_max_wait": 200}
+STOP_WITHIN = 30.0
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:.0f} s")
+        time.sleep(0.01)
+
+
+def test_after_a_401_the_remaining_events_are_not_requested(api, monkeypatch, airflow_db, tmp_path):
+    use_capillary(monkeypatch, api.url)
+    refused = NAMES[0]
+    api.set_faults([Fault("http_401", event_names=[refused]), Fault("slow", seconds=SLOW_SECONDS)])
+
+    with pytest.raises(CapillaryError) as caught:
+        fetch_to(tmp_path, NAMES, max_active_requests=WORKERS)
+
+    requested = [r.event_name for r in api.requests]
+    assert requested.count(refused) == 1
+    assert len(set(requested)) == len(requested)
+    # What was on the wire, or taken by a worker before the cancellation, at most; not the 36 others.
+    assert len(requested) <= 2 * WORKERS
+    message = str(caught.value)
+    assert f"1 of {len(NAMES)} event(s) failed" in message
+    assert repr(refused) in message and "HTTP 401" in message
+    skipped = len(NAMES) - len(requested)
+    assert f"not fetched after an authentication failure: {skipped} event(s)" in message
+    # The events answered before the cancellation are whole; nothing is marked complete.
+    assert sorted(data_files(tmp_path)) == sorted(
+        event_file_name(name, "jsonl") for name in requested if name != refused
+    )
+    assert manifest_of(tmp_path) is None and hidden_files(tmp_path) == []
+
+
+def test_a_kill_ends_the_back_off_and_runs_no_queued_event(api, monkeypatch, airflow_db, tmp_path):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    use_capillary(monkeypatch, api.url, **LONG_BACKOFF)
+    api.set_faults([Fault("http_503")])
+    names = NAMES[:6]
+    operator = CapillaryAuditLogsOperator(
+        task_id="fetch", event_names=names, destination=str(tmp_path), max_active_requests=WORKERS
+    )
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            operator.execute({})
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="killed-task", daemon=True)
+    thread.start()
+    # Each worker had its first answer (a 503) and now waits out a long back-off.
+    wait_for(lambda: len(api.requests) == WORKERS)
+
+    operator.on_kill()
+    thread.join(timeout=STOP_WITHIN)
+
+    assert not thread.is_alive(), "on_kill did not end the back-off"
+    # No new attempt after the stop, and none of the queued events was sent.
+    assert sorted(r.event_name for r in api.requests) == sorted(names[:WORKERS])
+    error = outcome["error"]
+    assert isinstance(error, CapillaryError)
+    assert f"{len(names)} of {len(names)} event(s) failed" in str(error)
+    assert all(f"Request for event {name!r} not sent: the task was stopped" in str(error) for name in names)
+    assert data_files(tmp_path) == {} and manifest_of(tmp_path) is None and hidden_files(tmp_path) == []
+
+
+DAG = """
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG
+from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+    CapillaryAuditLogsOperator(
+        task_id="fetch",
+        event_names={names!r},
+        destination={folder!r},
+        max_active_requests={workers},
+        execution_timeout=timedelta(seconds={timeout}),
+    )
+"""
+
+
+def test_an_execution_timeout_ends_the_back_off_and_runs_no_queued_event(api, monkeypatch, run_dag, tmp_path):
+    use_capillary(monkeypatch, api.url, **LONG_BACKOFF)
+    api.set_faults([Fault("http_503")])
+    names = NAMES[:6]
+    folder = tmp_path / "out"
+    timeout = timedelta(seconds=2)
+    source = DAG.format(names=names, folder=str(folder), workers=WORKERS, timeout=timeout.seconds)
+
+    started = time.monotonic()
+    dag_run, xcom = run_dag(source)
+    took = time.monotonic() - started
+
+    assert dag_run.state == "failed"
+    assert xcom("fetch") is None
+    # The two events on the pool were asked for once each: the timeout ended their back-off, and
+    # the queued four never reached the stand-in.
+    assert sorted(r.event_name for r in api.requests) == sorted(names[:WORKERS])
+    assert took < STOP_WITHIN, f"the run took {took:.1f} s: it waited out a back-off"
+    assert data_files(folder) == {} and manifest_of(folder) is None and hidden_files(folder) == []
