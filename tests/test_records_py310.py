@@ -71,5 +71,6 @@ def test_the_fallback_reads_times_without_offset_in_the_default_zone(fallback_on
 
 @pytest.mark.parametrize("raw", ["2025-06-19T05:16:36-2400", "2025-06-19T05:16:36-05:3", "2025-06-19T05:16:36 -"])
 def test_the_fallback_refuses_offsets_that_are_not_offsets(fallback_only, raw):
-    with pytest.raises(records.ChangedOnError):
+    with pytest.raises(records.ChangedOnError) as caught:
         records.parse_changed_on(raw)
+    assert caught.value.raw == raw

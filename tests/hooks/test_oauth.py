@@ -180,7 +180,7 @@ def test_basic_auth_refused_when_the_org_switched_it_off(oauth_api, monkeypatch)
     from tests.conftest import connection_json
 
     monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(oauth_api.url))
-    with pytest.raises(CapillaryAuthError):
+    with pytest.raises(CapillaryAuthError, match="HTTP 401"):
         CapillaryHook().get_audit_logs("e")
 
 
