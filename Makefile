@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo test lint test-airflow test-oldest ui-test system-test bench mutation mutation-pure clean
+.PHONY: venv demo test lint venv-airflow test-airflow test-oldest ui-test system-test bench mutation mutation-pure clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,14 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy airflow_capillary_audit
 
-test-airflow:
-	@test -n "$(AIRFLOW)" || { echo "usage: make test-airflow AIRFLOW=3.0.6" >&2; exit 2; }
+venv-airflow:
+	@test -n "$(AIRFLOW)" || { echo "usage: make $@ AIRFLOW=3.0.6" >&2; exit 2; }
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(AIRFLOW_VENV)/bin/python -m pip install --quiet "apache-airflow$(AIRFLOW_EXTRAS)==$(AIRFLOW)" \
 		$(if $(wildcard $(AIRFLOW_PINS)),-c $(AIRFLOW_PINS)) -e '.[test]'
+
+test-airflow: venv-airflow
 	$(AIRFLOW_VENV)/bin/python -m pytest
 
 test-oldest:
