@@ -7,7 +7,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -153,13 +153,6 @@ class FolderSink:
             return 0
 
         return self.write(manifest_name, write_body)
-
-
-def written_file_entry(written: WrittenFile, **extra: Any) -> dict[str, Any]:
-    """Return a manifest entry for one committed file."""
-    entry = asdict(written)
-    entry.update(extra)
-    return entry
 
 
 def static_folder_uri(destination: str) -> str | None:

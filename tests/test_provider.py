@@ -86,3 +86,65 @@ def test_cli_connection_test_reports_refused_credentials(stand_in, airflow_db):
     )
     assert "Connection failed" in result.stdout + result.stderr
     assert "HTTP 401" in result.stdout + result.stderr
+
+
+def test_provider_info_points_at_this_package():
+    import importlib
+    from importlib.metadata import version
+
+    from airflow_capillary_audit.get_provider_info import UI_FIELD_BEHAVIOUR
+    from airflow_capillary_audit.hooks.capillary import CapillaryHook
+
+    info = get_provider_info()
+    assert info["package-name"] == "airflow-capillary-audit"
+    assert info["versions"] == [version("airflow-capillary-audit")]
+    assert (info["name"], info["description"]) == (
+        "Capillary Audit Logs",
+        "Fetch Capillary Technologies' event audit logs into Airflow.",
+    )
+    (integration,) = info["integrations"]
+    assert integration == {
+        "integration-name": "Capillary",
+        "external-doc-url": "https://docs.capillarytech.com/reference/get-audit-logs",
+        "tags": ["service"],
+    }
+    modules = {kind: info[kind] for kind in ("hooks", "operators")}
+    assert modules == {
+        "hooks": [{"integration-name": "Capillary", "python-modules": ["airflow_capillary_audit.hooks.capillary"]}],
+        "operators": [
+            {"integration-name": "Capillary", "python-modules": ["airflow_capillary_audit.operators.audit_logs"]}
+        ],
+    }
+    for entries in modules.values():
+        importlib.import_module(entries[0]["python-modules"][0])
+    (connection,) = info["connection-types"]
+    module_name, _, class_name = connection["hook-class-name"].rpartition(".")
+    assert getattr(importlib.import_module(module_name), class_name) is CapillaryHook
+    assert connection["connection-type"] == CapillaryHook.conn_type == "capillary"
+    assert connection["hook-name"] == CapillaryHook.hook_name
+    assert connection["conn-fields"] is CONN_FIELDS
+    assert connection["ui-field-behaviour"] is UI_FIELD_BEHAVIOUR
+
+
+def test_the_forms_defaults_are_the_hooks_defaults():
+    """A default shown in the form must be what the hook does when the extra is left out."""
+    from airflow_capillary_audit.hooks.capillary import CapillarySettings
+
+    defaults = CapillarySettings(base_url="https://x", login="l", password="p")
+    for name, field in CONN_FIELDS.items():
+        shown = field["schema"].get("default")
+        if shown is None:
+            continue
+        expected = getattr(defaults, name)
+        assert shown == (str(expected).lower() if isinstance(expected, bool) and isinstance(shown, str) else expected), name
+
+
+def test_hook_classmethods_give_the_whole_form_behaviour():
+    from airflow_capillary_audit.get_provider_info import UI_FIELD_BEHAVIOUR
+    from airflow_capillary_audit.hooks.capillary import CapillaryHook
+
+    assert CapillaryHook.get_ui_field_behaviour() == {
+        "hidden_fields": UI_FIELD_BEHAVIOUR["hidden-fields"],
+        "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
+        "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
+    }

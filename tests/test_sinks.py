@@ -105,3 +105,49 @@ def test_the_manifest_is_written_whole_and_described(memory_store):
 def test_a_store_airflow_cannot_write_is_refused(destination, says):
     with pytest.raises(CapillaryConfigError, match=says):
         FolderSink(destination).check()
+
+
+def test_a_store_that_cannot_hold_files_is_refused_with_the_stores_that_can():
+    with pytest.raises(CapillaryConfigError) as caught:
+        FolderSink("https://example.com/audit").check()
+    assert str(caught.value) == (
+        "destination 'https://example.com/audit': scheme 'https' cannot be written to; use a local path, "
+        "file://, s3://, gs:// or another object store Airflow supports"
+    )
+
+
+def test_removing_what_is_not_a_file_fails_naming_it(tmp_path):
+    (tmp_path / "e.jsonl").mkdir()
+    sink = FolderSink(str(tmp_path))
+
+    with pytest.raises(CapillaryWriteError) as caught:
+        sink.remove("e.jsonl")
+
+    assert str(caught.value).startswith(f"Cannot remove file://{tmp_path}/e.jsonl: ")
+    sink.remove("absent.jsonl")  # nothing to remove is not an error
+
+
+def test_the_manifest_is_indented_json_in_the_order_given(tmp_path):
+    manifest = {"manifest_version": 1, "run_id": "manual__é", "events": [{"event_name": "Café"}]}
+
+    FolderSink(str(tmp_path)).write_manifest(manifest, "_manifest.json")
+
+    text = (tmp_path / "_manifest.json").read_text(encoding="utf-8")
+    assert text == (
+        '{\n  "manifest_version": 1,\n  "run_id": "manual__é",\n  "events": [\n    {\n'
+        '      "event_name": "Café"\n    }\n  ]\n}\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("file:///data/capillary/a.jsonl", ("file", "/data/capillary/a.jsonl")),
+        ("s3://bucket/XYZ/a.jsonl", ("s3://bucket", "XYZ/a.jsonl")),
+        ("gs://bucket/capillary/2026-11-24/a%20b.parquet", ("gs://bucket", "capillary/2026-11-24/a%20b.parquet")),
+    ],
+)
+def test_lineage_names_a_file_by_store_and_key(uri, expected):
+    from airflow_capillary_audit.sinks import lineage_name
+
+    assert lineage_name(uri) == expected

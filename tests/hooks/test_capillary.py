@@ -457,3 +457,57 @@ def test_stop_ends_waits_and_refuses_new_attempts(stand_in, monkeypatch):
 
     assert time.monotonic() - started < 10
     assert len(stand_in.requests) == 1
+
+
+def test_settings_show_a_till_id_but_never_an_oauth_key():
+    from airflow_capillary_audit.hooks.capillary import CapillarySettings
+
+    basic = CapillarySettings(base_url="https://eu.api.capillarytech.com", login="store.server", password="p")
+    oauth = CapillarySettings(base_url="https://x", login="client-key", password="s", auth_type="oauth")
+    assert repr(basic) == (
+        "CapillarySettings(base_url='https://eu.api.capillarytech.com', login='store.server', password=<masked>)"
+    )
+    assert repr(oauth) == "CapillarySettings(base_url='https://x', login=<masked>, password=<masked>)"
+
+
+def test_the_connection_test_sends_one_probe_and_no_retry(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("http_503")])
+    hook = use_connection(monkeypatch, stand_in.url, max_retries=5)
+
+    ok, message = hook.test_connection()
+
+    assert not ok
+    (probe,) = stand_in.requests
+    assert probe.query == {"format": ["json"], "eventName": ["airflow-connection-test"]}
+    assert message.startswith(
+        "CapillaryServerError: Capillary answered HTTP 503 | event name 'airflow-connection-test' | HTTP 503"
+    )
+    assert "after 1 attempt" in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "ok", "says"),
+    [
+        ("http_400", True, "Connected to {url}; credentials accepted (probe answered 400)"),
+        ("http_404", False, "Capillary rejected the request | event name 'airflow-connection-test' | HTTP 404"),
+        ("http_403", False, "CapillaryAuthError: Capillary refused the credentials or denied access"),
+    ],
+)
+def test_the_connection_test_reads_a_refused_probe(stand_in, monkeypatch, kind, ok, says):
+    stand_in.set_faults([Fault(kind)])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    result, message = hook.test_connection()
+
+    assert result is ok
+    assert message.startswith(says.format(url=stand_in.url))
+
+
+def test_the_connection_test_names_an_unexpected_error(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT",
+        json.dumps({"conn_type": "capillary", "host": "ftp://x", "login": LOGIN, "password": PASSWORD}),
+    )
+    ok, message = CapillaryHook().test_connection()
+    assert not ok
+    assert message == "CapillaryConfigError: Connection 'capillary_default': host scheme 'ftp' is not http or https"
