@@ -577,6 +577,11 @@ def _event_name_problem(name: str) -> str | None:
         return "is blank"
     if len(name) > MAX_EVENT_NAME_LENGTH:
         return f"is {len(name)} characters long, more than {MAX_EVENT_NAME_LENGTH}"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as err:
+        where = err.start
+        return f"holds the unpaired surrogate {name[where]!r} at position {where}, which no request can carry"
     return None
 
 

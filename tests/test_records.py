@@ -584,6 +584,8 @@ def test_event_names_from_accepts_a_lazy_sequence() -> None:
         (5, r"^event_names: got a int \(5\)"),
         (1.5, r"^event_names: got a float"),
         (b"A", r"^event_names: got a bytes"),
+        ("A\ud800", r"^event_names: the event name 'A\\ud800' holds the unpaired surrogate '\\ud800' at position 1"),
+        (["A", "\udfff"], r"^event_names\[1\] '\\udfff' holds the unpaired surrogate"),
     ],
 )
 def test_event_names_from_refuses_bad_input_naming_the_field(value: object, message: str) -> None:

@@ -504,11 +504,23 @@ class CapillaryHook(BaseHook):
             raise _retryable_status(response, status, settings, details, what="OAuth token endpoint")
         data = body.get("data") if isinstance(body, dict) else None
         token = data.get("accessToken") if isinstance(data, dict) else None
-        if status in AUTH_STATUSES or (errors and not token):
+        answered = 200 <= status < 300
+        # A refused key and secret (code 320001) comes as a 401, or as errors[] in a 2xx body.
+        if status in AUTH_STATUSES or (answered and errors and not token):
             raise CapillaryAuthError(
                 "Capillary refused the OAuth client key and secret (connection login and password)", **details
             )
-        if not 200 <= status < 300 or not isinstance(token, str) or not token:
+        if status in BAD_REQUEST_STATUSES:
+            raise CapillaryBadRequestError(
+                "Capillary's OAuth token endpoint rejected the request; check the cluster host, and that "
+                "the org has OAuth enabled",
+                **details,
+            )
+        if not answered:
+            raise CapillaryRequestError(
+                f"Capillary's OAuth token endpoint answered an unexpected HTTP {status}", **details
+            )
+        if not isinstance(token, str) or not token:
             raise CapillaryResponseError("Capillary's OAuth token endpoint gave no accessToken", **details)
         mask_secret(token)
         ttl = data.get("ttlSeconds") if isinstance(data, dict) else None

@@ -44,6 +44,8 @@ FAULT_KINDS = (
     "body",
 )
 RETRY_AFTER_STYLES = ("seconds", "http-date", "zero", None)
+# Where a fault applies: the audit-log endpoint, or the OAuth token endpoint.
+FAULT_ENDPOINTS = ("audit_logs", "oauth_token")
 RATE_LIMIT_ALGORITHMS = ("fixed", "sliding", "leaky")
 
 DEFAULT_SLOW_SECONDS = 5.0
@@ -60,7 +62,9 @@ class Fault:
     At each such request the faults are tried in order and the first that applies wins; faults after
     it do not see that request. A fault applies when ``event_names`` (if given) contains the request's
     event name, its first ``after`` matching requests have passed, it has been applied fewer than
-    ``times`` times (if given), and a draw of the stand-in's seeded RNG falls under ``rate``.
+    ``times`` times (if given), and a draw of the stand-in's seeded RNG falls under ``rate``. With
+    ``endpoint="oauth_token"`` a fault applies to OAuth token requests instead, before the key and
+    secret are checked, and ``event_names`` is ignored.
 
     ========================  ============================================================================
     kind                      response
@@ -109,10 +113,13 @@ class Fault:
     location: str | None = None
     size: int | None = None
     body: bytes | None = None
+    endpoint: str = "audit_logs"
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; known: {', '.join(FAULT_KINDS)}")
+        if self.endpoint not in FAULT_ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {', '.join(FAULT_ENDPOINTS)}")
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError("rate must lie in [0, 1]")
         if (self.times is not None and self.times < 0) or self.after < 0:
@@ -248,11 +255,14 @@ class FaultPicker:
         self._matched = [0] * len(self.faults)
         self._applied = [0] * len(self.faults)
 
-    def pick(self, event_name: str | None) -> Fault | None:
-        """Return the fault to apply to a request for ``event_name``, counting it, or ``None``."""
+    def pick(self, event_name: str | None, endpoint: str = "audit_logs") -> Fault | None:
+        """Return the fault for a request to ``endpoint`` (for ``event_name``), counting it, or ``None``."""
         with self._lock:
             for index, fault in enumerate(self.faults):
-                if fault.event_names is not None and event_name not in fault.event_names:
+                if fault.endpoint != endpoint:
+                    continue
+                named = fault.event_names
+                if endpoint == "audit_logs" and named is not None and event_name not in named:
                     continue
                 self._matched[index] += 1
                 if self._matched[index] <= fault.after:

@@ -329,6 +329,11 @@ class CapillaryStandIn:
         """Wait ``seconds`` before every response from now on."""
         self._latency = seconds
 
+    def grant_oauth_token(self, token: str, seconds: float = 3600.0) -> None:
+        """Accept ``token`` for ``seconds``, as if the token endpoint had issued it (for a ``body`` fault)."""
+        with self._lock:
+            self._tokens[token] = time.monotonic() + seconds
+
     def expire_oauth_tokens(self) -> None:
         """Make every token issued so far expired (answered with code 498, not as unknown)."""
         with self._lock:
@@ -366,7 +371,16 @@ class CapillaryStandIn:
         if path == OAUTH_TOKEN_PATH and self._oauth_clients is not None:
             if method != "POST":
                 return _error(405, ERROR_METHOD_NOT_ALLOWED, "Method not allowed", headers={"Allow": "POST"})
-            return self._generate_token(body)
+            fault = self._picker.pick(None, "oauth_token")
+            if fault is None:
+                return self._generate_token(body)
+            if fault.kind == "slow":
+                reply = self._generate_token(body)
+                reply.delay = fault.seconds if fault.seconds is not None else DEFAULT_SLOW_SECONDS
+            else:
+                reply = self._fault_reply(fault, "")
+            reply.fault = fault.kind
+            return reply
         return _error(404, ERROR_NOT_FOUND, f"No resource at {path}")
 
     def _audit_logs(self, query: dict[str, list[str]], headers: Message) -> _Reply:

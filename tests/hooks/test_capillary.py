@@ -511,3 +511,41 @@ def test_the_connection_test_names_an_unexpected_error(monkeypatch):
     ok, message = CapillaryHook().test_connection()
     assert not ok
     assert message == "CapillaryConfigError: Connection 'capillary_default': host scheme 'ftp' is not http or https"
+
+
+def test_a_retry_after_beyond_the_cap_says_what_to_change(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("rate_limited", retry_after="seconds", seconds=120)])
+    hook = use_connection(monkeypatch, stand_in.url, retry_max_wait=5)
+
+    with pytest.raises(CapillaryRateLimitError) as caught:
+        hook.get_audit_logs("e")
+
+    assert str(caught.value).startswith(
+        "Capillary asked to wait 120 s (Retry-After), more than the connection's retry_max_wait of 5 s; "
+        "raise retry_max_wait or lower requests_per_minute | event name 'e' | HTTP 429 | "
+    )
+
+
+def test_a_429_that_persists_is_a_rate_limit_error_and_each_retry_says_why(stand_in, monkeypatch, capfd, caplog):
+    stand_in.set_faults([Fault("rate_limited", retry_after=None)])
+    hook = use_connection(monkeypatch, stand_in.url, max_retries=2, retry_initial_wait=0.01)
+
+    with pytest.raises(CapillaryRateLimitError) as caught:
+        hook.get_audit_logs("e")
+
+    message = str(caught.value)
+    assert message.startswith("Capillary kept answering 429 (rate limited) | event name 'e' | HTTP 429 | Capillary errors: ")
+    assert "| after 3 attempts | X-Cap-Requestid " in message
+    text = logged(capfd, caplog)
+    assert "event 'e' failed on attempt 1 of 3: rate limited (429); retrying in" in text
+    assert "event 'e' failed on attempt 2 of 3: rate limited (429); retrying in" in text
+
+
+def test_a_5xx_that_persists_is_a_server_error_naming_the_status(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("http_502")])
+    hook = use_connection(monkeypatch, stand_in.url, max_retries=1, retry_initial_wait=0.01)
+
+    with pytest.raises(CapillaryServerError) as caught:
+        hook.get_audit_logs("e")
+
+    assert str(caught.value).startswith("Capillary answered HTTP 502 | event name 'e' | HTTP 502 | after 2 attempts")

@@ -217,3 +217,158 @@ def test_oauth_secrets_never_reach_logs(oauth_api, monkeypatch, capfd, caplog):
     for secret in (KEY, SECRET, *tokens):
         assert secret not in text
         assert secret not in str(redact(f"x {secret} y"))
+
+
+TOKEN_FAILURES = [
+    pytest.param(
+        Fault("http_503", endpoint="oauth_token"),
+        "CapillaryServerError",
+        "OAuth token endpoint answered HTTP 503 | event name 'e' | HTTP 503 | after 3 attempts",
+        3,
+        id="503 every time",
+    ),
+    pytest.param(
+        Fault("rate_limited", endpoint="oauth_token", retry_after="seconds", seconds=3600),
+        "CapillaryRateLimitError",
+        "OAuth token endpoint asked to wait 3600 s (Retry-After), more than the connection's retry_max_wait of 60 s",
+        1,
+        id="429 asking too long",
+    ),
+    pytest.param(
+        Fault("http_404", endpoint="oauth_token"),
+        "CapillaryBadRequestError",
+        "Capillary's OAuth token endpoint rejected the request; check the cluster host, and that the org has "
+        "OAuth enabled | event name 'e' | HTTP 404 | Capillary errors: code 404",
+        1,
+        id="404",
+    ),
+    pytest.param(
+        Fault("redirect", endpoint="oauth_token", location="https://elsewhere.example.com/"),
+        "CapillaryRequestError",
+        "Capillary's OAuth token endpoint answered an unexpected HTTP 302 | event name 'e' | HTTP 302",
+        1,
+        id="redirect",
+    ),
+    pytest.param(
+        Fault("body", endpoint="oauth_token", body=b'{"data": null, "errors": [{"code": 320001, "message": "Invalid client key and secret"}]}'),
+        "CapillaryAuthError",
+        "Capillary refused the OAuth client key and secret (connection login and password) | event name 'e' | HTTP 200 | "
+        "Capillary errors: code 320001: Invalid client key and secret",
+        1,
+        id="320001 in a 200",
+    ),
+    pytest.param(
+        Fault("body", endpoint="oauth_token", body=b'{"data": {"ttlSeconds": 300}, "errors": null}'),
+        "CapillaryResponseError",
+        "Capillary's OAuth token endpoint gave no accessToken | event name 'e' | HTTP 200",
+        1,
+        id="no token",
+    ),
+    pytest.param(
+        Fault("body", endpoint="oauth_token", body=b'{"data": {"accessToken": 12345}}'),
+        "CapillaryResponseError",
+        "Capillary's OAuth token endpoint gave no accessToken | event name 'e' | HTTP 200",
+        1,
+        id="token not text",
+    ),
+    pytest.param(
+        Fault("body", endpoint="oauth_token", body=b'[{"accessToken": "x"}]'),
+        "CapillaryResponseError",
+        "Capillary's OAuth token endpoint gave no accessToken | event name 'e' | HTTP 200",
+        1,
+        id="a list",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fault", "error", "says", "tries"), TOKEN_FAILURES)
+def test_a_token_endpoint_failure_is_named_and_nothing_else_is_sent(oauth_api, monkeypatch, fault, error, says, tries):
+    oauth_api.set_faults([fault])
+    hook = oauth_hook(monkeypatch, oauth_api.url)
+
+    with pytest.raises(Exception) as caught:
+        hook.get_audit_logs("e")
+
+    assert type(caught.value).__name__ == error
+    assert str(caught.value).startswith(says)
+    assert len(token_requests(oauth_api)) == tries
+    assert audit_requests(oauth_api) == []
+
+
+def test_a_cluster_without_oauth_is_not_reported_as_refused_credentials(monkeypatch):
+    from airflow_capillary_audit.exceptions import CapillaryBadRequestError
+
+    with CapillaryStandIn(users={"store.server": "server123"}, dataset=Dataset(seed=3)) as api:
+        hook = oauth_hook(monkeypatch, api.url)
+
+        with pytest.raises(CapillaryBadRequestError, match="OAuth token endpoint rejected the request.*HTTP 404"):
+            hook.get_audit_logs("e")
+
+
+@pytest.mark.parametrize("ttl", [None, 0, -5, True, "60"])
+def test_a_token_without_a_usable_lifetime_is_kept_300_seconds(oauth_api, monkeypatch, ttl):
+    data = {"accessToken": "granted-token"} if ttl is None else {"accessToken": "granted-token", "ttlSeconds": ttl}
+    oauth_api.set_faults([Fault("body", endpoint="oauth_token", times=1, body=json.dumps({"data": data}))])
+    oauth_api.grant_oauth_token("granted-token")
+    clock = FakeClock()
+    hook = oauth_hook(monkeypatch, oauth_api.url, clock=clock)
+    issued_at = clock.now
+
+    hook.get_audit_logs("a")
+    clock.now = issued_at + 269.999  # 300 s, renewed 30 s early
+    hook.get_audit_logs("b")
+    assert len(token_requests(oauth_api)) == 1
+    clock.now = issued_at + 270
+    hook.get_audit_logs("c")
+
+    assert len(token_requests(oauth_api)) == 2
+    sent = [r.headers["X-CAP-API-OAUTH-TOKEN"] for r in audit_requests(oauth_api)]
+    assert sent[:2] == ["granted-token", "granted-token"] != sent[2:]
+
+
+def test_the_token_lifetime_is_logged_never_the_token(oauth_api, monkeypatch, capfd, caplog):
+    hook = oauth_hook(monkeypatch, oauth_api.url)
+    hook.get_audit_logs("a")
+    out, err = capfd.readouterr()
+    assert "Fetched a Capillary OAuth token valid for 300 s" in out + err + caplog.text
+
+
+def test_a_token_capillary_does_not_know_is_replaced_once(oauth_api, monkeypatch):
+    # The first token fetched is one the stand-in never issued: its requests get a 401 (code 401, not 498).
+    oauth_api.set_faults(
+        [Fault("body", endpoint="oauth_token", times=1, body=b'{"data": {"accessToken": "unknown-token"}}')]
+    )
+    hook = oauth_hook(monkeypatch, oauth_api.url)
+
+    assert hook.get_audit_logs("e")["data"] == oauth_api.dataset.records("e")
+
+    assert [(r.path == OAUTH_TOKEN_PATH, r.status) for r in oauth_api.requests] == [
+        (True, 200),
+        (False, 401),
+        (True, 200),
+        (False, 200),
+    ]
+
+
+def test_code_498_in_the_body_means_expired_whatever_the_status(monkeypatch):
+    with CapillaryStandIn(
+        users={}, dataset=Dataset(seed=3), oauth_clients={KEY: SECRET}, oauth_expired_status=403
+    ) as api:
+        hook = oauth_hook(monkeypatch, api.url)
+        hook.get_audit_logs("first")
+        api.expire_oauth_tokens()
+
+        assert hook.get_audit_logs("second")["data"] == api.dataset.records("second")
+
+        statuses = [(r.path == OAUTH_TOKEN_PATH, r.status) for r in api.requests]
+        assert statuses == [(True, 200), (False, 200), (False, 403), (True, 200), (False, 200)]
+
+
+def test_access_denied_is_not_taken_for_an_expired_token(oauth_api, monkeypatch):
+    oauth_api.set_faults([Fault("http_403")])
+    hook = oauth_hook(monkeypatch, oauth_api.url)
+
+    with pytest.raises(CapillaryAuthError, match="code 4000"):
+        hook.get_audit_logs("e")
+
+    assert [(r.path == OAUTH_TOKEN_PATH, r.status) for r in oauth_api.requests] == [(True, 200), (False, 403)]

@@ -270,3 +270,73 @@ def test_plain_http_to_an_address_off_loopback_is_sent_when_allowed(monkeypatch)
         assert len(api.requests) == 1
     finally:
         api.stop()
+
+
+class RawReply:
+    """Answer every connection on 127.0.0.1 with the same raw bytes, then close it."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            with client:
+                client.recv(65536)
+                client.sendall(self.reply)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "cause"),
+    [
+        ({"kind": "reset"}, "Connection reset"),
+        ({"kind": "truncated"}, "IncompleteRead"),
+        ({"kind": "hang", "seconds": 0.2}, "Connection aborted"),  # closed without an answer
+    ],
+)
+def test_a_broken_connection_is_named_by_its_cause(monkeypatch, fault, cause):
+    from airflow_capillary_audit.sandbox import Fault
+
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as api:
+        api.set_faults([Fault(**fault)])
+        hook = use_connection(monkeypatch, api.url, max_retries=1)
+
+        with pytest.raises(CapillaryConnectionError) as caught:
+            hook.get_audit_logs("e")
+
+    assert str(caught.value).startswith(f"Connection to {api.url} failed: connection failed ({cause}) | ")
+    assert "after 2 attempts" in str(caught.value)
+
+
+def test_tls_spoken_to_a_plain_http_port_is_named_and_retried(monkeypatch):
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as api:
+        url = api.url.replace("http://", "https://")
+        hook = use_connection(monkeypatch, url, max_retries=1)
+
+        with pytest.raises(CapillaryConnectionError) as caught:
+            hook.get_audit_logs("e")
+
+    assert str(caught.value).startswith(f"Connection to {url} failed: connection failed (SSLError) | ")
+    assert "after 2 attempts" in str(caught.value)
+
+
+def test_a_cause_without_a_known_name_is_named_by_its_type(monkeypatch):
+    broken = RawReply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    try:
+        hook = use_connection(monkeypatch, f"http://127.0.0.1:{broken.port}", max_retries=0)
+        with pytest.raises(CapillaryConnectionError) as caught:
+            hook.get_audit_logs("e")
+    finally:
+        broken.close()
+
+    assert "connection failed (ChunkedEncodingError) | " in str(caught.value)

@@ -43,6 +43,7 @@ BAD_INPUT = [
     ("name with escape", {"event_names": "\x1b[31mred"}, {}, "control character '\\x1b' at position 0"),
     ("name with tab", {"event_names": ["a\tb"]}, {}, "control character '\\t'"),
     ("name with C1 control", {"event_names": "next\x85line"}, {}, "control character '\\x85'"),
+    ("name with a lone surrogate", {"event_names": ["ok", "bad\ud800"]}, {}, "holds the unpaired surrogate"),
     # connection
     ("host blank", {}, {"host": "   "}, "host is empty"),
     ("host with API path", {}, {"host": "{url}/v2/events/audit_logs"}, "carries a path or query"),
