@@ -155,6 +155,20 @@ def airflow_db(airflow_home: Path) -> Path:
 
 
 @pytest.fixture
+def memory_store():
+    """Register fsspec's in-memory store with Airflow, the way a provider registers S3 or GCS."""
+    import fsspec
+
+    registry = airflow_filesystems()
+    memory = fsspec.filesystem("memory")
+    memory.store.clear()
+    registry["memory"] = lambda conn_id, options=None: memory
+    yield memory
+    registry.pop("memory", None)
+    memory.store.clear()
+
+
+@pytest.fixture
 def stand_in():
     """Start Capillary's stand-in on loopback with the documented worked-example till."""
     with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as server:

@@ -11,22 +11,6 @@ from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryWr
 from airflow_capillary_audit.sinks import FolderSink
 
 
-@pytest.fixture
-def memory_store():
-    """Register fsspec's in-memory store with Airflow, the way a provider registers S3 or GCS."""
-    import fsspec
-
-    from tests.conftest import airflow_filesystems
-
-    registry = airflow_filesystems()
-    memory = fsspec.filesystem("memory")
-    memory.store.clear()
-    registry["memory"] = lambda conn_id, options=None: memory
-    yield memory
-    registry.pop("memory", None)
-    memory.store.clear()
-
-
 def test_prepare_creates_no_bucket_on_an_object_store(memory_store):
     sink = FolderSink("memory://audit-bucket/capillary/2026-11-24")
     sink.check()

@@ -589,3 +589,88 @@ def test_a_windowed_run_of_readable_times_warns_of_nothing(capillary_conn, airfl
     assert rows == expected_rows(dataset, NAMES, since=end - timedelta(days=7), until=end)
     text = logged(capfd, caplog)
     assert "without a readable time" not in text and "could not be read" not in text
+
+
+def test_a_run_outside_a_dag_writes_a_manifest_that_says_so(capillary_conn, airflow_db, tmp_path):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    op = CapillaryAuditLogsOperator(
+        task_id="t",
+        event_names=["a"],
+        destination=str(tmp_path) + "/",
+        changed_since="2026-01-01",
+        changed_until="2026-02-01T00:00:00+00:00",
+    )
+    summary = op.execute({})
+
+    manifest = json.loads((tmp_path / "_manifest.json").read_text())
+    assert list(manifest) == [
+        "manifest_version",
+        "dag_id",
+        "task_id",
+        "run_id",
+        "map_index",
+        "fetched_at",
+        "capillary_conn_id",
+        "output_format",
+        "flatten",
+        "changed_since",
+        "changed_until",
+        "total_rows",
+        "events",
+    ]
+    assert {k: manifest[k] for k in list(manifest) if k not in ("fetched_at", "events", "total_rows")} == {
+        "manifest_version": 1,
+        "dag_id": None,
+        "task_id": "t",
+        "run_id": None,
+        "map_index": -1,
+        "capillary_conn_id": "capillary_default",
+        "output_format": "jsonl",
+        "flatten": True,
+        "changed_since": "2026-01-01T00:00:00+00:00",
+        "changed_until": "2026-02-01T00:00:00+00:00",
+    }
+    assert summary["files"] == [f"file://{tmp_path}/a.jsonl"]
+    assert summary["destination"] == f"file://{tmp_path}"
+    assert summary["manifest"] == f"file://{tmp_path}/_manifest.json"
+
+
+def test_an_object_store_folder_with_a_trailing_slash_names_each_file_once(capillary_conn, airflow_db, memory_store):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    op = CapillaryAuditLogsOperator(task_id="t", event_names=["a", "b c"], destination="memory://bucket/audit/")
+    summary = op.execute({})
+
+    assert summary["files"] == ["memory://bucket/audit/a.jsonl", "memory://bucket/audit/b%20c.jsonl"]
+    assert memory_store.cat("/bucket/audit/a.jsonl").decode().count("\n") == summary["rows"]["a"]
+
+
+def test_files_read_naive_times_in_the_connections_timezone(stand_in, monkeypatch, airflow_db, tmp_path):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+    from tests.conftest import connection_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata"))
+    CapillaryAuditLogsOperator(task_id="t", event_names=NAMES, destination=str(tmp_path)).execute({})
+
+    rows = [r for name in NAMES for r in read_back(tmp_path / event_file_name(name, "jsonl"), "jsonl")]
+    naive = [r for r in rows if r["changed_on_raw"] and " " in r["changed_on_raw"]]
+    assert naive
+    kolkata = __import__("zoneinfo").ZoneInfo("Asia/Kolkata")
+    for row in naive:
+        local = datetime.strptime(row["changed_on_raw"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=kolkata)
+        assert row["changed_on"] == local.astimezone(timezone.utc).isoformat()
+
+
+@pytest.mark.parametrize("to_files", [False, True])
+def test_each_event_is_reported_with_where_its_rows_went(capillary_conn, airflow_db, tmp_path, capfd, caplog, to_files):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    destination = str(tmp_path) if to_files else None
+    CapillaryAuditLogsOperator(task_id="t", event_names=["PointsRedeemed"], destination=destination).execute({})
+
+    records = len(capillary_conn.dataset.records("PointsRedeemed"))
+    rows = len(expected_rows(capillary_conn.dataset, ["PointsRedeemed"]))
+    where = f"file://{tmp_path}/PointsRedeemed.jsonl" if to_files else "XCom"
+    out, err = capfd.readouterr()
+    assert f"Event 'PointsRedeemed': {records} record(s), {rows} row(s) -> {where}" in out + err + caplog.text

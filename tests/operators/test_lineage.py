@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import pytest
 
 from airflow_capillary_audit.formats import event_file_name
@@ -77,7 +75,7 @@ def test_openlineage_reports_events_in_and_files_out(capillary_conn, airflow_db,
 
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
-    names = ["PointsRedeemed", "coupons & offers"]
+    names = ["PointsRedeemed", "coupons & offers", "a/b"]
     op = CapillaryAuditLogsOperator(task_id="t", event_names=names, destination=str(tmp_path))
     assert op.get_openlineage_facets_on_complete(None) == OperatorLineage()
     op.execute({})
@@ -85,7 +83,9 @@ def test_openlineage_reports_events_in_and_files_out(capillary_conn, airflow_db,
     lineage = op.get_openlineage_facets_on_complete(None)
 
     assert [(d.namespace, d.name) for d in lineage.inputs] == [
-        (capillary_conn.url, f"/v2/events/audit_logs?eventName={quote(n, safe='')}") for n in names
+        (capillary_conn.url, "/v2/events/audit_logs?eventName=PointsRedeemed"),
+        (capillary_conn.url, "/v2/events/audit_logs?eventName=coupons%20%26%20offers"),
+        (capillary_conn.url, "/v2/events/audit_logs?eventName=a%2Fb"),
     ]
     assert [(d.namespace, d.name) for d in lineage.outputs] == [
         ("file", str(tmp_path / event_file_name(n, "jsonl"))) for n in names
