@@ -173,3 +173,46 @@ def test_a_missing_bucket_is_an_error_and_is_not_created(capillary_conn, s3, mon
     client = s3.client()
     assert [bucket["Name"] for bucket in client.list_buckets()["Buckets"]] == [BUCKET]
     assert client.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+
+
+def test_a_store_that_cannot_be_reached_fails_before_any_request(capillary_conn, monkeypatch, tmp_path, airflow_db):
+    import socket
+
+    from airflow_capillary_audit.exceptions import CapillaryWriteError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    for name in [key for key in os.environ if key.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # Bound but never listening: the port refuses connections and no other server can take it.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    conn_id = f"aws_{uuid.uuid4().hex[:12]}"
+    connection = {
+        "conn_type": "aws",
+        "login": ACCESS_KEY,
+        "password": SECRET_KEY,
+        "extra": {
+            "endpoint_url": f"http://127.0.0.1:{closed.getsockname()[1]}",
+            "region_name": "us-east-1",
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2},
+        },
+    }
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
+    operator = CapillaryAuditLogsOperator(
+        task_id="fetch", event_names=NAMES, destination=f"s3://{BUCKET}/capillary", destination_conn_id=conn_id
+    )
+
+    try:
+        with pytest.raises(CapillaryWriteError) as caught:
+            operator.execute({})
+    finally:
+        closed.close()
+
+    # The earlier manifest cannot be looked for, so nothing is fetched.
+    assert str(caught.value).startswith(
+        f"Cannot prepare destination 's3://{BUCKET}/capillary': Could not connect to the endpoint URL"
+    )
+    assert capillary_conn.requests == []
