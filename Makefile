@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo test lint venv-airflow test-airflow test-oldest ui-test system-test bench mutation mutation-pure clean
+.PHONY: venv demo test lint venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-pure clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -60,16 +60,25 @@ bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks
 
-# Mutation testing (not in CI: hours for the whole package, minutes for the pure modules). Runs in
-# .mutation/<profile>/; the report goes to artifacts/mutation/<profile>.md and fails on any survivor
-# that tests/mutation_equivalents.txt does not explain. MUTMUT_ARGS="--survivors" reruns survivors only.
-mutation: venv
-	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
-	$(BIN)/python scripts/mutation.py --profile package $(MUTMUT_ARGS)
+# Mutation testing (not in CI: hours for the whole package, minutes for the pure modules), in its own
+# .venv-mutation/ so that CI's fresh .venv does not take it away mid-run. Runs in
+# .mutation/<profile>/, which keeps results between runs; the report goes to
+# artifacts/mutation/<profile>.md and fails on any survivor that tests/mutation_equivalents.txt does
+# not explain. MUTMUT_ARGS=--survivors reruns only what the last run did not kill.
+MUTATION_VENV := .venv-mutation
 
-mutation-pure: venv
-	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
-	$(BIN)/python scripts/mutation.py --profile pure $(MUTMUT_ARGS)
+$(MUTATION_VENV)/bin/activate:
+	$(PYTHON) -m venv $(MUTATION_VENV)
+	$(MUTATION_VENV)/bin/python -m pip install --quiet --upgrade pip
+
+mutation-venv: $(MUTATION_VENV)/bin/activate
+	$(MUTATION_VENV)/bin/python -m pip install --quiet -e '.[test,mutation]'
+
+mutation: mutation-venv
+	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile package $(MUTMUT_ARGS)
+
+mutation-pure: mutation-venv
+	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile pure $(MUTMUT_ARGS)
 
 clean:
-	rm -rf .demo .pytest_cache build *.egg-info .venv-airflow-* .mutation
+	rm -rf .demo .pytest_cache build *.egg-info .venv-airflow-*

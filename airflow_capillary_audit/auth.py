@@ -57,6 +57,8 @@ OAUTH_TOKEN_PATH = "/v3/oauth/token/generate"
 OAUTH_TOKEN_HEADER = "X-CAP-API-OAUTH-TOKEN"
 # Capillary's code for an expired OAuth token, in errors[] or as the HTTP status.
 OAUTH_EXPIRED_CODE = 498
+# Capillary's code in errors[] for a refused OAuth client key and secret.
+OAUTH_REFUSED_CODE = 320001
 
 
 class CapillaryOAuth(requests.auth.AuthBase):

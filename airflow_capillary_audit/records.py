@@ -578,7 +578,7 @@ def _event_name_problem(name: str) -> str | None:
     if len(name) > MAX_EVENT_NAME_LENGTH:
         return f"is {len(name)} characters long, more than {MAX_EVENT_NAME_LENGTH}"
     try:
-        name.encode("utf-8")
+        name.encode()
     except UnicodeEncodeError as err:
         where = err.start
         return f"holds the unpaired surrogate {name[where]!r} at position {where}, which no request can carry"

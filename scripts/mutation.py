@@ -24,11 +24,14 @@ import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "airflow_capillary_audit"
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.txt"
+# What the profile's folder keeps between runs: mutmut's results and the migrated metadata DB.
+KEPT = {"mutants", "airflow-metadata"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "--timeout=120"]
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 # Not killed: a survivor ran its tests and passed them; "no tests" had no test to run.
 UNKILLED = {"survived", "no tests"}
+# Every other status ("not checked", "suspicious", "skipped", ...) means the run is incomplete.
 
 
 def mutmut_settings(profile: Profile) -> str:
@@ -77,9 +81,10 @@ def mutmut_settings(profile: Profile) -> str:
         f"do_not_mutate = {toml_list(list(profile.excluded))}",
         'also_copy = ["dags_examples", "scripts"]',
         f"pytest_add_cli_args = {toml_list(PYTEST_ARGS)}",
-        # dag.test() starts threads (the in-process execution API) that a plain fork would copy
-        # half-alive: each mutant runs in a fresh child of a server that only collected the tests.
+        # Each mutant runs in a child of a server that imported only pytest: the child imports the
+        # tests itself, so it gets an Airflow home and metadata DB of its own (tests/conftest.py).
         'process_isolation = "forkserver"',
+        'forkserver_warmup = "none"',
     ]
     if profile.modules:
         lines.append(f"only_mutate = {toml_list([f'{PACKAGE}/{m}' for m in profile.modules])}")
@@ -101,12 +106,16 @@ def stage(profile_name: str, profile: Profile, fresh: bool) -> Path:
         capture_output=True,
         text=True,
     ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file():
-            target = folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    wanted = {name for name in listed if name and (ROOT / name).is_file()}
+    for name in sorted(wanted):
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    # A file deleted or renamed in the tree goes from the copy too; mutmut's own files stay.
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if path.is_file() and relative.parts[0] not in KEPT and str(relative) not in wanted:
+            path.unlink()
     pyproject = folder / "pyproject.toml"
     text = pyproject.read_text(encoding="utf-8")
     text = text.split("\n[tool.mutmut]")[0]
@@ -115,14 +124,18 @@ def stage(profile_name: str, profile: Profile, fresh: bool) -> Path:
 
 
 def mutmut(folder: Path, *arguments: str, capture: bool = True) -> str:
-    """Run mutmut of this Python's environment in ``folder``."""
+    """Run mutmut of this Python's environment in ``folder``; stop on any failure of its own."""
     command = [str(Path(sys.executable).with_name("mutmut")), *arguments]
-    environment = {**os.environ, "TERM": "dumb"}
+    # One migrated metadata DB per Airflow version, copied by each mutant's test session.
+    template = folder / "airflow-metadata" / f"airflow-{version('apache-airflow')}.db"
+    template.parent.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "TERM": "dumb", "CAPILLARY_TEST_DB_TEMPLATE": str(template)}
     done = subprocess.run(
         command, cwd=folder, check=False, capture_output=capture, text=True, env=environment
     )
-    if done.returncode not in (0, 1) and capture:
-        sys.stderr.write(done.stdout[-2000:] + done.stderr[-4000:])
+    if done.returncode != 0:
+        if capture:
+            sys.stderr.write(done.stdout[-2000:] + done.stderr[-4000:])
         raise SystemExit(f"mutmut {' '.join(arguments)} failed with exit status {done.returncode}")
     return done.stdout if capture else ""
 
@@ -183,6 +196,8 @@ def read_equivalents(path: Path) -> list[Equivalent]:
     Read the equivalents file: blocks of ``## <module>.<function>``, ``-``/``+`` lines, ``why:``.
 
     Lines are compared without indentation, so an entry survives code moving but not code changing.
+    A block whose only line is ``* no test runs this function`` explains that function's "no tests"
+    mutants. Lines starting with ``#`` are comments.
     """
     entries: list[Equivalent] = []
     if not path.exists():
@@ -190,21 +205,37 @@ def read_equivalents(path: Path) -> list[Equivalent]:
     function: str | None = None
     removed: list[str] = []
     added: list[str] = []
+    untested = False
     start = 0
+
+    def fail(number: int, problem: str) -> SystemExit:
+        return SystemExit(f"{path}:{number}: {problem}")
+
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.startswith("## "):
-            function, removed, added, start = line[3:].strip(), [], [], number
-        elif function is None or not line.strip() or line.startswith("# "):
+            if removed or added or untested:
+                raise fail(number, f"the entry for {function} that starts on line {start} has no 'why:'")
+            function, removed, added, untested, start = line[3:].strip(), [], [], False, number
+        elif not line.strip() or line.startswith("#"):
             continue
+        elif function is None:
+            raise fail(number, "expected '## <module>.<function>' first")
         elif line.startswith("-"):
             removed.append(line[1:].strip())
         elif line.startswith("+"):
             added.append(line[1:].strip())
+        elif line.strip() == "* no test runs this function":
+            untested = True
         elif line.startswith("why:"):
+            if untested == bool(removed or added):
+                raise fail(number, "give either the mutated lines or '* no test runs this function'")
             entries.append(Equivalent(function, tuple(removed), tuple(added), line[4:].strip(), start))
-            removed, added = [], []
+            removed, added, untested = [], [], False
         else:
-            raise SystemExit(f"{path}:{number}: expected '## function', '-', '+' or 'why:', got {line!r}")
+            expected = "'## function', '-', '+', '* no test runs this function' or 'why:'"
+            raise fail(number, f"expected {expected}, got {line!r}")
+    if removed or added or untested:
+        raise fail(start, f"the entry for {function} has no 'why:'")
     return entries
 
 
@@ -318,7 +349,7 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="forget earlier results and mutate anew")
     parser.add_argument("--report-only", action="store_true", help="report the last run without running")
     parser.add_argument(
-        "--survivors", action="store_true", help="rerun only the mutants that survived the last run"
+        "--survivors", action="store_true", help="rerun only the mutants the last run did not kill"
     )
     parser.add_argument("mutants", nargs="*", help="rerun only these mutants (mutmut names or globs)")
     options = parser.parse_args()
@@ -327,7 +358,8 @@ def main() -> int:
     folder = ROOT / ".mutation" / options.profile
     names = list(options.mutants)
     if options.survivors:
-        names += [m.name for m in collect(folder, diffs=False) if m.status == "survived"]
+        # Survivors, and mutants of functions changed since (mutmut resets those to "not checked").
+        names += [m.name for m in collect(folder, diffs=False) if m.status not in KILLED]
         if not names:
             raise SystemExit("no survivors to rerun")
     if not options.report_only:
@@ -346,7 +378,10 @@ def main() -> int:
     out.write_text(text, encoding="utf-8")
     print(text)
     print(f"Report written to {out.relative_to(ROOT)}")
-    return 1 if unexplained else 0
+    unfinished = [m for m in mutants if m.status not in KILLED | UNKILLED]
+    if unfinished:
+        print(f"{len(unfinished)} mutant(s) were not run to a result; the run is incomplete", file=sys.stderr)
+    return 1 if unexplained or unfinished else 0
 
 
 if __name__ == "__main__":

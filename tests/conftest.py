@@ -6,6 +6,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,31 +128,62 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
 
 
+# Proxy and CA settings of the machine running the tests; each test that needs one sets it itself.
+_CLIENT_ENVIRONMENT = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle", "curl_ca_bundle")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_or_ca_bundle_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start every test without the machine's proxies or CA bundle, in either spelling."""
+    for name in _CLIENT_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 @pytest.fixture(scope="session")
 def airflow_home() -> Path:
     """Return the Airflow home of this test session."""
     return _AIRFLOW_HOME
 
 
+def _migrate_metadata_db() -> None:
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+
+
 @pytest.fixture(scope="session")
 def airflow_db(airflow_home: Path) -> Path:
-    """Create the SQLite metadata DB once per Airflow home.
-
-    Mutation testing runs many pytest sessions in processes forked after this module was imported,
-    all sharing one home: a lock and a marker make the first session migrate and the others wait.
     """
-    marker = airflow_home / ".migrated"
-    with open(airflow_home / ".migrate.lock", "w") as lock:
+    Create the SQLite metadata DB of this session's Airflow home.
+
+    Mutation testing runs one pytest session per mutant, each in its own home. With
+    ``CAPILLARY_TEST_DB_TEMPLATE`` set, the first session migrates and keeps a copy there, and the
+    others start from that copy instead of migrating again.
+    """
+    template = os.environ.get("CAPILLARY_TEST_DB_TEMPLATE")
+    if not template:
+        _migrate_metadata_db()
+        return airflow_home
+    database = airflow_home / "airflow.db"
+    with open(f"{template}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not marker.exists():
-            subprocess.run(
-                [sys.executable, "-m", "airflow", "db", "migrate"],
-                check=True,
-                capture_output=True,
-                env=os.environ.copy(),
-            )
-            marker.touch()
+        if Path(template).exists():
+            shutil.copyfile(template, database)
+        else:
+            _migrate_metadata_db()
+            shutil.copyfile(database, f"{template}.part")
+            os.replace(f"{template}.part", template)
     return airflow_home
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the session's Airflow home, unless a failure in an ordinary run may want its logs read."""
+    if exitstatus == 0 or os.environ.get("MUTANT_UNDER_TEST"):
+        shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
 
 @pytest.fixture

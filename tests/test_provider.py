@@ -148,3 +148,29 @@ def test_hook_classmethods_give_the_whole_form_behaviour():
         "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
         "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
     }
+
+
+def test_the_connection_form_airflow_serves_has_every_field():
+    """What the UI's connection form gets from the API server: relabelled fields and every extra."""
+    import importlib.util
+
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    if airflow_version() < (3, 2) and importlib.util.find_spec("flask_appbuilder") is None:
+        from airflow import __version__
+
+        if tuple(int(part) for part in __version__.split(".")[:3]) < (3, 1, 3):
+            pytest.skip("before 3.1.3 Airflow serves a hook's form fields only with Flask-AppBuilder installed")
+
+    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "capillary"]
+    form = meta.model_dump()
+    assert form["hook_class_name"] == "airflow_capillary_audit.hooks.capillary.CapillaryHook"
+    fields = form["standard_fields"]
+    assert {name: (fields[name]["title"], fields[name]["placeholder"]) for name in ("host", "port", "login", "password")} == {
+        "host": ("Cluster host", "eu.api.capillarytech.com"),
+        "port": ("Port (optional)", "443"),
+        "login": ("Till ID / username (OAuth: client key)", "store.server"),
+        "password": ("Password (OAuth: client secret)", "the till's password (or its MD5 digest)"),
+    }
+    assert fields["url_schema"]["hidden"] is True
+    assert list(form["extra_fields"]) == list(CONN_FIELDS)

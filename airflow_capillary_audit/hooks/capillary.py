@@ -25,6 +25,7 @@ from airflow_capillary_audit import __version__
 from airflow_capillary_audit._compat import BaseHook, mask_secret
 from airflow_capillary_audit.auth import (
     OAUTH_EXPIRED_CODE,
+    OAUTH_REFUSED_CODE,
     OAUTH_TOKEN_HEADER,
     OAUTH_TOKEN_PATH,
     CapillaryBasicAuth,
@@ -505,8 +506,9 @@ class CapillaryHook(BaseHook):
         data = body.get("data") if isinstance(body, dict) else None
         token = data.get("accessToken") if isinstance(data, dict) else None
         answered = 200 <= status < 300
-        # A refused key and secret (code 320001) comes as a 401, or as errors[] in a 2xx body.
-        if status in AUTH_STATUSES or (answered and errors and not token):
+        refused = any(isinstance(e, dict) and str(e.get("code")) == str(OAUTH_REFUSED_CODE) for e in errors)
+        # Capillary refuses a key and secret with code 320001, whatever the status it answers with.
+        if refused or status in AUTH_STATUSES or (answered and errors and not token):
             raise CapillaryAuthError(
                 "Capillary refused the OAuth client key and secret (connection login and password)", **details
             )

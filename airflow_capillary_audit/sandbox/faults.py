@@ -99,7 +99,7 @@ class Fault:
     ``history_not_list``      200 where each ``valueHistory`` is a string
     ``huge_body``             200 with a valid body padded with records to about ``size`` bytes (50 MB)
     ``redirect``              302 to ``location`` (any URL, possibly another host)
-    ``body``                  200, ``application/json``, exactly the ``body`` given
+    ``body``                  ``status`` (default 200), ``application/json``, exactly the ``body`` given
     ========================  ============================================================================
     """
 
@@ -114,6 +114,7 @@ class Fault:
     size: int | None = None
     body: bytes | None = None
     endpoint: str = "audit_logs"
+    status: int = 200
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:

@@ -514,7 +514,7 @@ class CapillaryStandIn:
             return _Reply(302, content_type=None, headers={"Location": fault.location})
         if kind == "body":
             assert fault.body is not None
-            return _Reply(200, fault.body)
+            return _Reply(fault.status, fault.body)
         return _Reply(200, encode_json(self._malformed(kind, event_name)))
 
     def _malformed(self, kind: str, event_name: str) -> Any:

@@ -428,20 +428,26 @@ def test_threads_that_race_to_the_first_request_all_get_a_pacer(stand_in, monkey
     from airflow_capillary_audit.hooks import capillary
     from airflow_capillary_audit.pacing import RequestPacer
 
+    made = []
+
     class SlowPacer(RequestPacer):
         """Widen the moment between creating the pacer and the session, as a thread switch would."""
 
         def __init__(self, *args, **kwargs):
+            made.append(self)
             time.sleep(0.2)
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(capillary, "RequestPacer", SlowPacer)
     hook = use_connection(monkeypatch, stand_in.url)
+    names = [f"e{i}" for i in range(8)]
 
     with ThreadPoolExecutor(8) as pool:
-        bodies = list(pool.map(hook.get_audit_logs, [f"e{i}" for i in range(8)]))
+        bodies = list(pool.map(hook.get_audit_logs, names))
 
-    assert len(bodies) == 8
+    assert [body["data"] for body in bodies] == [stand_in.dataset.records(name) for name in names]
+    # One pacer for the hook: every thread waited for the one being made instead of making its own.
+    assert len(made) == 1
 
 
 def test_stop_ends_waits_and_refuses_new_attempts(stand_in, monkeypatch):

@@ -258,6 +258,14 @@ TOKEN_FAILURES = [
         id="320001 in a 200",
     ),
     pytest.param(
+        Fault("body", endpoint="oauth_token", status=400, body=b'{"data": null, "errors": [{"code": 320001, "message": "Invalid client key and secret"}]}'),
+        "CapillaryAuthError",
+        "Capillary refused the OAuth client key and secret (connection login and password) | event name 'e' | HTTP 400 | "
+        "Capillary errors: code 320001: Invalid client key and secret",
+        1,
+        id="320001 in a 400",
+    ),
+    pytest.param(
         Fault("body", endpoint="oauth_token", body=b'{"data": {"ttlSeconds": 300}, "errors": null}'),
         "CapillaryResponseError",
         "Capillary's OAuth token endpoint gave no accessToken | event name 'e' | HTTP 200",

@@ -21,16 +21,6 @@ from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
 from tests.conftest import FAST_EXTRAS, LOGIN, PASSWORD
 from tests.reliability.test_transport import self_signed_certificate
 
-ENVIRONMENT = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle", "curl_ca_bundle")
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    """Start every test with no proxy and no CA bundle from the environment, in either case."""
-    for name in ENVIRONMENT:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
 
 def use_connection(monkeypatch, host: str, port: int | None = None, **extra) -> CapillaryHook:
     conn = {

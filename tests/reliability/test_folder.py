@@ -55,7 +55,8 @@ class FolderWatcher:
         self.look()  # whatever landed after the last poll
 
     def _poll(self) -> None:
-        while not self._stop.is_set():
+        # A short pause between looks leaves the writer the core and the GIL it needs.
+        while not self._stop.wait(0.002):
             self.look()
 
     def look(self) -> None:
