@@ -674,3 +674,19 @@ def test_each_event_is_reported_with_where_its_rows_went(capillary_conn, airflow
     where = f"file://{tmp_path}/PointsRedeemed.jsonl" if to_files else "XCom"
     out, err = capfd.readouterr()
     assert f"Event 'PointsRedeemed': {records} record(s), {rows} row(s) -> {where}" in out + err + caplog.text
+
+
+def test_the_manifest_time_is_utc_whatever_the_workers_zone(capillary_conn, airflow_db, tmp_path):
+    import pendulum
+
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    pendulum.set_local_timezone(pendulum.timezone("Asia/Kolkata"))
+    try:
+        CapillaryAuditLogsOperator(task_id="t", event_names=["a"], destination=str(tmp_path)).execute({})
+    finally:
+        pendulum.set_local_timezone()
+
+    fetched_at = json.loads((tmp_path / "_manifest.json").read_text())["fetched_at"]
+    assert fetched_at.endswith("+00:00")
+    assert abs(datetime.fromisoformat(fetched_at) - datetime.now(timezone.utc)).total_seconds() < 600
