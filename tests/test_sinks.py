@@ -135,3 +135,24 @@ def test_lineage_names_a_file_by_store_and_key(uri, expected):
     from airflow_capillary_audit.sinks import lineage_name
 
     assert lineage_name(uri) == expected
+
+
+@pytest.mark.parametrize(
+    ("destination", "expected"),
+    [
+        ("s3://bucket/capillary/{{ ds }}", "s3://bucket/capillary"),
+        ("s3://bucket/{{ ds }}", "s3://bucket"),
+        ("s3://bucket/capillary/", "s3://bucket/capillary"),
+        ("s3://bucket/X/", "s3://bucket/X"),
+        ("/data/{% if params.raw %}raw{% endif %}/{% if x %}y{% endif %}", "file:///data"),
+        ("/data/capillary/{{ ds }}/{{ ts }}", "file:///data/capillary"),
+        ("file:///{{ ds }}", None),
+        ("/{{ ds }}", None),
+        ("s3://{{ var.value.bucket }}/capillary", None),
+        ("{{ var.value.base }}/{{ ds }}", None),
+    ],
+)
+def test_the_fixed_folder_of_a_templated_destination(destination, expected):
+    from airflow_capillary_audit.sinks import static_folder_uri
+
+    assert static_folder_uri(destination) == expected

@@ -555,3 +555,87 @@ def test_a_5xx_that_persists_is_a_server_error_naming_the_status(stand_in, monke
         hook.get_audit_logs("e")
 
     assert str(caught.value).startswith("Capillary answered HTTP 502 | event name 'e' | HTTP 502 | after 2 attempts")
+
+
+def test_a_redirect_error_names_the_event_and_status(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("redirect", location="https://elsewhere.example.com/v2/events/audit_logs")])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    with pytest.raises(CapillaryRequestError) as caught:
+        hook.get_audit_logs("e")
+
+    assert str(caught.value).startswith(
+        "Capillary redirected the request to https://elsewhere.example.com; redirects are not followed so "
+        "that credentials never leave the cluster host | event name 'e' | HTTP 302 | after 1 attempt"
+    )
+
+
+def test_any_3xx_is_a_redirect_even_without_a_location(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("body", status=300, body=b"{}")])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    with pytest.raises(CapillaryRequestError) as caught:
+        hook.get_audit_logs("e")
+
+    assert str(caught.value).startswith("Capillary redirected the request to ://; redirects are not followed")
+
+
+def test_a_refusal_says_what_to_check(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("http_401")])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    with pytest.raises(CapillaryAuthError) as caught:
+        hook.get_audit_logs("e")
+
+    assert str(caught.value).startswith(
+        "Capillary refused the credentials or denied access; check the till id, password and the till's "
+        "access group | event name 'e' | HTTP 401"
+    )
+
+
+@pytest.mark.parametrize(
+    ("warnings", "logged_as"),
+    [
+        ('[{"code": 8090, "message": "incomplete"}]', "{'code': 8090, 'message': 'incomplete'}"),
+        ('{"code": 8091, "message": "one, not a list"}', "{'code': 8091, 'message': 'one, not a list'}"),
+        ('"just text"', "just text"),
+    ],
+)
+def test_each_warning_is_logged_whatever_its_shape(stand_in, monkeypatch, capfd, caplog, warnings, logged_as):
+    body = '{"data": [], "errors": [], "warnings": ' + warnings + "}"
+    stand_in.set_faults([Fault("body", body=body)])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    answer = hook.get_audit_logs("e")
+
+    assert answer["data"] == []
+    request_id = stand_in.requests[0].request_id
+    assert f"Capillary warning for event 'e' (X-Cap-Requestid {request_id}): {logged_as}" in logged(capfd, caplog)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_every_thread_keeps_its_connection_open(monkeypatch, tmp_path, caplog, scheme):
+    """A pool smaller than the threads makes urllib3 close connections and say so."""
+    import ssl
+
+    from tests.reliability.test_transport import self_signed_certificate
+
+    context = None
+    extra = {}
+    if scheme == "https":
+        cert, key = self_signed_certificate(tmp_path)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        extra["verify"] = str(cert)
+    threads = 20
+    caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7), ssl_context=context) as api:
+        api.set_latency(0.3)  # every thread has a request in flight at once
+        monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(api.url, **{**FAST_EXTRAS, **extra}))
+        hook = CapillaryHook(pool_size=threads)
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in range(2):
+                list(pool.map(hook.get_audit_logs, [f"e{i}" for i in range(threads)]))
+
+    assert len(api.requests) == 2 * threads
+    assert "Connection pool is full" not in caplog.text

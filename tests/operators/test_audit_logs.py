@@ -690,3 +690,102 @@ def test_the_manifest_time_is_utc_whatever_the_workers_zone(capillary_conn, airf
     fetched_at = json.loads((tmp_path / "_manifest.json").read_text())["fetched_at"]
     assert fetched_at.endswith("+00:00")
     assert abs(datetime.fromisoformat(fetched_at) - datetime.now(timezone.utc)).total_seconds() < 600
+
+
+def test_one_bound_is_a_window_too_for_the_warning_about_unreadable_times(capillary_conn, airflow_db, capfd, caplog):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    body = json.dumps({"data": UNREADABLE_RECORDS, "warnings": [], "errors": []})
+    capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
+
+    rows = CapillaryAuditLogsOperator(task_id="t", event_names=[WINDOW_EVENT], changed_since=SINCE).execute({})
+
+    assert [r["value"] for r in rows] == ["y"]
+    assert (
+        f"Event {WINDOW_EVENT!r}: 2 value-history entr(ies) without a readable time left out of the window"
+    ) in logged(capfd, caplog)
+
+
+def test_records_that_lack_documented_fields_are_named_in_a_warning(capillary_conn, airflow_db, capfd, caplog):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    capillary_conn.set_faults([Fault("record_missing_fields", event_names=[WINDOW_EVENT])])
+    CapillaryAuditLogsOperator(task_id="t", event_names=[WINDOW_EVENT]).execute({})
+
+    records = len(capillary_conn.dataset.records(WINDOW_EVENT)) or 1
+    assert (
+        f"Event {WINDOW_EVENT!r}: {records} record(s) lack fields Capillary documents "
+        "(id, orgId, valueHistory, updatedType, requestId, eventName); read with nulls"
+    ) in logged(capfd, caplog)
+
+
+def test_unflattened_records_read_naive_times_in_the_connections_timezone(stand_in, monkeypatch, airflow_db):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+    from tests.conftest import connection_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata"))
+    # 03:00 in Kolkata is 21:30 UTC the day before: inside the window only when read in Kolkata.
+    records = [audit_log("k", [{"value": "kolkata", "changedOn": "2026-03-02 03:00:00"}])]
+    stand_in.set_faults([Fault("body", body=json.dumps({"data": records}), event_names=[WINDOW_EVENT])])
+
+    kept = CapillaryAuditLogsOperator(
+        task_id="t",
+        event_names=[WINDOW_EVENT],
+        flatten=False,
+        changed_since="2026-03-01T21:00:00+00:00",
+        changed_until="2026-03-01T22:00:00+00:00",
+    ).execute({})
+
+    assert kept == records
+
+
+def test_the_failure_lists_one_event_per_line(capillary_conn, airflow_db):
+    from airflow_capillary_audit.exceptions import CapillaryError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    capillary_conn.set_faults([Fault("http_404", event_names=["b"]), Fault("http_400", event_names=["c"])])
+
+    with pytest.raises(CapillaryError) as caught:
+        CapillaryAuditLogsOperator(task_id="t", event_names=["a", "b", "c"], max_active_requests=1).execute({})
+
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "2 of 3 event(s) failed; nothing of this run is marked complete:"
+    assert lines[1].startswith("  - 'b': Capillary rejected the request | event name 'b' | HTTP 404 | ")
+    assert lines[2].startswith("  - 'c': Capillary rejected the request | event name 'c' | HTTP 400 | ")
+    assert len(lines) == 3
+
+
+def test_the_documented_defaults():
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    op = CapillaryAuditLogsOperator(task_id="t", event_names="a")
+    assert (op.capillary_conn_id, op.flatten, op.destination, op.output_format) == ("capillary_default", True, None, "jsonl")
+    assert (op.max_xcom_rows, op.max_active_requests) == (10_000, 4)
+    assert (op.changed_since, op.changed_until, op.destination_conn_id) == (None, None, None)
+    op.on_kill()  # before execute there is nothing to stop, and nothing fails
+
+
+@pytest.mark.parametrize("name", ["max_xcom_rows", "max_active_requests"])
+@pytest.mark.parametrize("value", [True, 0, -1, 2.5, "4"])
+def test_counts_must_be_whole_numbers_of_at_least_one(name, value):
+    from airflow_capillary_audit.exceptions import CapillaryConfigError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        CapillaryAuditLogsOperator(task_id="t", event_names="a", **{name: value})
+    assert str(caught.value) == f"{name} must be a whole number of at least 1, got {value!r}"
+
+
+def test_many_workers_keep_their_connections_open(capillary_conn, airflow_db, caplog):
+    import logging
+
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
+    capillary_conn.set_latency(0.3)  # every worker has a request in flight at once
+    names = [f"e{i}" for i in range(20)]
+
+    rows = CapillaryAuditLogsOperator(task_id="t", event_names=names, max_active_requests=20).execute({})
+
+    assert rows == expected_rows(capillary_conn.dataset, names)
+    assert "Connection pool is full" not in caplog.text

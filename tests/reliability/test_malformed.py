@@ -66,7 +66,9 @@ def test_a_wrong_shape_is_a_clear_error_without_retry(api, monkeypatch, airflow_
 
     message = str(caught.value)
     assert "1 of 2 event(s) failed" in message and repr(BAD) in message
-    assert REFUSED[kind] in message
+    # The error carries what a caller decides on: the event, and for a whole answer its status.
+    status = "" if kind == "history_not_list" else " | HTTP 200"
+    assert f"{REFUSED[kind]} | event name {BAD!r}{status}" in message
     # A malformed answer is not reported as a storage failure.
     assert "Cannot write" not in message
     assert [r.event_name for r in api.requests].count(BAD) == 1
@@ -100,7 +102,7 @@ def test_data_null_is_read_as_no_audit_logs_with_a_warning(
     assert summary["rows"] == {GOOD: len(expected_rows(api.dataset, GOOD)), BAD: 0}
     assert jsonl_rows(tmp_path / event_file_name(GOOD, "jsonl")) == expected_rows(api.dataset, GOOD)
     assert (tmp_path / event_file_name(BAD, "jsonl")).read_bytes() == b""
-    assert f"Capillary answered data=null for event {BAD!r}" in logged(capfd, caplog)
+    assert f"Capillary answered data=null for event {BAD!r}; reading it as no audit logs" in logged(capfd, caplog)
 
 
 def test_records_missing_fields_are_read_with_nulls(api, monkeypatch, airflow_db, tmp_path, capfd, caplog):
