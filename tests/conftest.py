@@ -12,7 +12,6 @@ import sys
 import tempfile
 import textwrap
 import uuid
-from datetime import timezone
 from pathlib import Path
 
 # Airflow reads its configuration when first imported: point it at a private home before that.
@@ -32,75 +31,18 @@ os.environ.update(
 (_AIRFLOW_HOME / "dags").mkdir()
 
 import pytest  # noqa: E402
-from airflow import __version__ as AIRFLOW_VERSION  # noqa: E402
-from packaging.version import Version  # noqa: E402
 
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset  # noqa: E402
-
-# The tests' switches between Airflow versions, all in this block (the package's are in _compat.py).
-AIRFLOW_3_0 = Version(AIRFLOW_VERSION).release[:2] == (3, 0)
-
-try:  # Airflow 3.2 moved the DagBag; tests import it from here
-    from airflow.dag_processing.dagbag import DagBag
-except ImportError:
-    from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
-
-
-def airflow_filesystems() -> dict:
-    """Return the registry of schemes Airflow's object storage can write to."""
-    if AIRFLOW_3_0:
-        from airflow.io import _register_filesystems
-    else:
-        from airflow.sdk.io.fs import _register_filesystems
-    return _register_filesystems()
-
-
-def airflow_redact(value: object) -> object:
-    """Redact ``value`` with the secrets masker that ``mask_secret`` registers with."""
-    if AIRFLOW_3_0:
-        from airflow.sdk.execution_time.secrets_masker import redact
-    else:
-        from airflow.sdk._shared.secrets_masker import redact
-    return redact(value)
-
-
-def in_process_api_client(dag_file: Path, dag_id: str):
-    """
-    Return the Task SDK client that ``dag.test()`` uses: the execution API served inside this process.
-
-    Airflow 3.0's in-process API has no DAG bag of its own, so it is handed the DAG the task belongs to.
-    """
-    from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor
-
-    if not AIRFLOW_3_0:
-        return InProcessTestSupervisor._api_client()
-    dag = DagBag(dag_folder=str(dag_file), include_examples=False).get_dag(dag_id)
-    return InProcessTestSupervisor._api_client(dag)
-
-
-def write_dag_files_to_db(*paths: Path) -> None:
-    """
-    Parse DAG files and write their DAGs to the metadata DB, as the DAG processor does.
-
-    Only Airflow 3.0 needs it: its ``dag.test()`` does not write the DAG, so the DAG's outlet assets stay
-    inactive and the task fails (apache/airflow#51644). From 3.1 on, ``dag.test()`` writes it itself.
-    """
-    if not AIRFLOW_3_0:
-        return
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-
-    DagBundlesManager().sync_bundles_to_db()
-    for path in paths:
-        bag = DagBag(dag_folder=str(path), include_examples=False, bundle_path=_AIRFLOW_HOME / "dags")
-        assert not bag.import_errors, bag.import_errors
-        bag.sync_to_db("dags-folder", None)
-
-
-LOGIN = "store.server"
-PASSWORD = "server123"
-PASSWORD_MD5 = "8a16a6b70505eb1f1ff7cdc0cd5559a7"
-# Fast back-off so retry tests take fractions of a second.
-FAST_EXTRAS = {"timeout": 2, "max_retries": 3, "retry_initial_wait": 0.01, "retry_max_wait": 2}
+from tests.helpers import (  # noqa: E402
+    FAST_EXTRAS,
+    LOGIN,
+    PASSWORD,
+    airflow_filesystems,
+    connection_json,
+    read_xcom,
+    refused_port,
+    write_dag_files_to_db,
+)
 
 
 def _forget_the_in_process_api() -> None:
@@ -207,11 +149,11 @@ def stand_in():
         yield server
 
 
-def connection_json(url: str, **extra: object) -> str:
-    """Return a ``capillary`` connection as Airflow's JSON connection format."""
-    return json.dumps(
-        {"conn_type": "capillary", "host": url, "login": LOGIN, "password": PASSWORD, "extra": extra}
-    )
+@pytest.fixture
+def refusing_port():
+    """Return a loopback port that refuses connections."""
+    with refused_port() as port:
+        yield port
 
 
 @pytest.fixture
@@ -246,55 +188,3 @@ def run_dag(airflow_db, tmp_path):
         return dag_run, lambda task_id, map_index=-1: read_xcom(dag_run, task_id, map_index)
 
     return run
-
-
-def read_xcom(dag_run, task_id: str, map_index: int = -1):
-    """Read a task's return value from the metadata DB."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    query = XComModel.get_many(
-        run_id=dag_run.run_id,
-        key="return_value",
-        dag_ids=dag_run.dag_id,
-        task_ids=task_id,
-        map_indexes=map_index,
-    )
-    with create_session() as session:
-        row = session.scalars(query).first()
-        return None if row is None else XComModel.deserialize_value(row)
-
-
-def expected_rows(dataset, names, since=None, until=None) -> list[dict]:
-    """Build the rows independently from the stand-in's own record of what it generated."""
-    windowed = since is not None or until is not None
-    rows = []
-    for name in names:
-        for record, instants in zip(dataset.records(name), dataset.instants(name)):
-            base = {
-                "event_name": name,
-                "id": record["id"],
-                "org_id": record["orgId"],
-                "updated_type": record["updatedType"],
-                "request_id": record["requestId"],
-            }
-            if not record["valueHistory"]:
-                if not windowed:
-                    rows.append({**base, "value": None, "changed_on": None, "changed_on_raw": None})
-                continue
-            for entry, instant in zip(record["valueHistory"], instants):
-                if windowed and (
-                    instant is None
-                    or (since is not None and instant < since)
-                    or (until is not None and instant >= until)
-                ):
-                    continue
-                rows.append(
-                    {
-                        **base,
-                        "value": entry["value"],
-                        "changed_on": instant.astimezone(timezone.utc).isoformat() if instant else None,
-                        "changed_on_raw": str(entry["changedOn"]),
-                    }
-                )
-    return rows

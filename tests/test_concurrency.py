@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from airflow_capillary_audit.sandbox import Fault
-from tests.conftest import FAST_EXTRAS, connection_json
+from tests.helpers import files_in, use_connection
 
 RATE = 600
 SCALED_WINDOW = 60 * 10 / RATE  # the 60 s window scaled to 10 requests: 1 s
@@ -34,10 +33,6 @@ def most_in_any_window(times: list[float], width: float) -> int:
     """Return the most arrival times that fall in any half-open window ``[t, t + width)``."""
     times = sorted(times)
     return max((bisect_left(times, start + width) - i for i, start in enumerate(times)), default=0)
-
-
-def use_connection(monkeypatch, url: str, **extra) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(url, **{**FAST_EXTRAS, **extra}))
 
 
 def operator(**kwargs):
@@ -95,10 +90,6 @@ def test_a_429_slows_every_worker(stand_in, monkeypatch, airflow_db):
     # worker held, the other workers would take a slot each 0.1 s (about nine) in that second.
     assert len([t for t in later if t < 1.0]) <= 4
     assert later[-1] >= 1.0 + 0.1 * 5  # the held slots resume only after the hold, still paced
-
-
-def files_in(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 @pytest.mark.airflow

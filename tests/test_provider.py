@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from airflow_capillary_audit.get_provider_info import CONN_FIELDS, get_provider_info
-from tests.conftest import FAST_EXTRAS, connection_json
+from tests.helpers import FAST_EXTRAS, connection_json
 
 
 def airflow_version() -> tuple[int, int]:

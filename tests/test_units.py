@@ -13,6 +13,7 @@ import pytest
 from airflow_capillary_audit.auth import basic_token, looks_like_md5, md5_hex, password_digest
 from airflow_capillary_audit.hooks.capillary import _jitter, _retry_after_seconds
 from airflow_capillary_audit.pacing import PacerStopped, RequestPacer
+from tests.helpers import FakeClock
 
 
 def test_documented_worked_example():
@@ -26,19 +27,6 @@ def test_stored_digest_is_used_as_given():
     assert password_digest("8A16A6B70505EB1F1FF7CDC0CD5559A7", password_is_md5=True) == md5_hex("server123")
     assert looks_like_md5(md5_hex("x"))
     assert not looks_like_md5("server123")
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-        self.slept = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.slept.append(round(seconds, 6))
-        self.now += seconds
 
 
 def test_the_digest_is_of_the_plain_password_unless_told_otherwise():

@@ -24,22 +24,19 @@ from airflow_capillary_audit.exceptions import (
 )
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
-from tests.conftest import FAST_EXTRAS, LOGIN, PASSWORD, PASSWORD_MD5, connection_json
+from tests.helpers import (
+    FAST_EXTRAS,
+    LOGIN,
+    PASSWORD,
+    PASSWORD_MD5,
+    airflow_redact,
+    connection_json,
+    logged,
+    use_connection,
+)
 
 TOKEN = base64.b64encode(f"{LOGIN}:{PASSWORD_MD5}".encode()).decode()
 SECRETS = (PASSWORD, PASSWORD_MD5, TOKEN)
-
-
-def use_connection(monkeypatch, url: str, conn_id: str = "capillary_default", **extra) -> CapillaryHook:
-    settings = {**FAST_EXTRAS, **extra}
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", connection_json(url, **settings))
-    return CapillaryHook(conn_id)
-
-
-def logged(capfd, caplog) -> str:
-    """Return everything logged so far: Airflow's structured logs go to the process's stdout."""
-    out, err = capfd.readouterr()
-    return out + err + caplog.text
 
 
 def gaps(requests) -> list[float]:
@@ -331,12 +328,11 @@ def test_no_secret_reaches_logs_or_errors(stand_in, monkeypatch, capfd, caplog):
 
 
 def test_derived_secrets_are_registered_with_the_masker(stand_in, monkeypatch):
-    from tests.conftest import airflow_redact as redact
 
     hook = use_connection(monkeypatch, stand_in.url)
     hook.get_conn()
     for secret in SECRETS:
-        assert secret not in str(redact(f"value {secret} here"))
+        assert secret not in str(airflow_redact(f"value {secret} here"))
 
 
 def test_the_session_is_shared_by_threads(stand_in, monkeypatch):

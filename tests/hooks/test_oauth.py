@@ -11,6 +11,7 @@ from airflow_capillary_audit.auth import OAUTH_TOKEN_PATH, CapillaryOAuth
 from airflow_capillary_audit.exceptions import CapillaryAuthError, CapillaryConfigError
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
+from tests.helpers import FakeClock, airflow_redact, connection_json
 
 KEY = "brand-client-key"
 SECRET = "s3cr3t-client-value"
@@ -131,14 +132,6 @@ def test_renewal_is_ten_percent_early_and_at_most_thirty_seconds(ttl, renew_at):
     assert auth.token() == "token-1"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.parametrize(("ttl", "renew_at"), [(60, 54.0), (3600, 3570.0)])
 def test_the_hook_renews_from_the_ttl_the_token_endpoint_gives(monkeypatch, ttl, renew_at):
     clock = FakeClock()
@@ -177,7 +170,6 @@ def test_connection_test_with_oauth(oauth_api, monkeypatch):
 
 
 def test_basic_auth_refused_when_the_org_switched_it_off(oauth_api, monkeypatch):
-    from tests.conftest import connection_json
 
     monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(oauth_api.url))
     with pytest.raises(CapillaryAuthError, match="HTTP 401"):
@@ -201,7 +193,6 @@ def test_unknown_auth_type_is_refused(oauth_api, monkeypatch):
 
 
 def test_oauth_secrets_never_reach_logs(oauth_api, monkeypatch, capfd, caplog):
-    from tests.conftest import airflow_redact as redact
 
     hook = oauth_hook(monkeypatch, oauth_api.url)
     hook.get_audit_logs("a")
@@ -216,7 +207,7 @@ def test_oauth_secrets_never_reach_logs(oauth_api, monkeypatch, capfd, caplog):
     assert "OAuth token" in text
     for secret in (KEY, SECRET, *tokens):
         assert secret not in text
-        assert secret not in str(redact(f"x {secret} y"))
+        assert secret not in str(airflow_redact(f"x {secret} y"))
 
 
 TOKEN_FAILURES = [

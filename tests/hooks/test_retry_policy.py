@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ import pytest
 from airflow_capillary_audit.exceptions import CapillaryConnectionError, CapillaryServerError
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from airflow_capillary_audit.sandbox import Fault
-from tests.conftest import FAST_EXTRAS, connection_json
+from tests.helpers import FAST_EXTRAS, connection_json
 
 
 class RecordingHook(CapillaryHook):
@@ -126,14 +125,6 @@ def test_every_back_off_stays_in_the_jitter_band_and_under_the_cap(stand_in, mon
     # The factor is drawn afresh each time: 75 draws from [0.5, 1.5] spread over most of it.
     assert len(factors) == 75
     assert min(factors) < 0.75 and max(factors) > 1.25
-
-
-@pytest.fixture
-def refusing_port():
-    """Return a loopback port that refuses connections: bound, never listening, so nobody else gets it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 def test_a_refused_connection_is_retried_to_the_budget(monkeypatch, refusing_port, capfd, caplog):

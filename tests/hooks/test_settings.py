@@ -9,7 +9,7 @@ import pytest
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.hooks.capillary import CapillaryHook, CapillarySettings
-from tests.conftest import LOGIN, PASSWORD, PASSWORD_MD5
+from tests.helpers import LOGIN, PASSWORD, PASSWORD_MD5
 
 HOST = "https://eu.api.capillarytech.com"
 

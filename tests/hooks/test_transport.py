@@ -18,11 +18,10 @@ import pytest
 from airflow_capillary_audit.exceptions import CapillaryConnectionError
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
-from tests.conftest import FAST_EXTRAS, LOGIN, PASSWORD
-from tests.reliability.test_transport import self_signed_certificate
+from tests.helpers import FAST_EXTRAS, LOGIN, PASSWORD, self_signed_certificate
 
 
-def use_connection(monkeypatch, host: str, port: int | None = None, **extra) -> CapillaryHook:
+def use_host(monkeypatch, host: str, port: int | None = None, **extra) -> CapillaryHook:
     conn = {
         "conn_type": "capillary",
         "host": host,
@@ -143,7 +142,7 @@ def test_verify_wins_over_requests_ca_bundle(https_api, monkeypatch, bundle, ver
     paths: dict[str, Path] = {"right": right, "wrong": wrong}
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(paths[bundle]))
     extra = {} if verify is None else {"verify": verify if isinstance(verify, bool) else str(paths[verify])}
-    hook = use_connection(monkeypatch, api.url, **extra)
+    hook = use_host(monkeypatch, api.url, **extra)
 
     if trusted:
         assert hook.get_audit_logs("e")["data"] == api.dataset.records("e")
@@ -164,7 +163,7 @@ def test_http_proxy_and_no_proxy_are_honoured(stand_in, monkeypatch, bypass):
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
         if bypass:
             monkeypatch.setenv("NO_PROXY", "example.com,127.0.0.1")
-        hook = use_connection(monkeypatch, stand_in.url)
+        hook = use_host(monkeypatch, stand_in.url)
 
         assert hook.get_audit_logs("e")["data"] == stand_in.dataset.records("e")
 
@@ -180,7 +179,7 @@ def test_https_proxy_and_no_proxy_are_honoured(https_api, monkeypatch, bypass):
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         if bypass:
             monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        hook = use_connection(monkeypatch, api.url, verify=str(ca))
+        hook = use_host(monkeypatch, api.url, verify=str(ca))
 
         assert hook.get_audit_logs("e")["data"] == api.dataset.records("e")
 
@@ -193,23 +192,15 @@ def test_https_proxy_and_no_proxy_are_honoured(https_api, monkeypatch, bypass):
 
 
 def test_the_port_field_is_used_when_the_host_has_none(stand_in, monkeypatch):
-    hook = use_connection(monkeypatch, "http://127.0.0.1", port=stand_in.port)
+    hook = use_host(monkeypatch, "http://127.0.0.1", port=stand_in.port)
 
     assert hook.get_audit_logs("e")["data"] == stand_in.dataset.records("e")
     assert hook.settings.base_url == stand_in.url
     assert len(stand_in.requests) == 1
 
 
-@pytest.fixture
-def refusing_port():
-    """Return a loopback port that refuses connections: bound, never listening, so nobody else gets it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
 def test_a_host_with_its_own_port_keeps_it(stand_in, monkeypatch, refusing_port):
-    hook = use_connection(monkeypatch, stand_in.url, port=refusing_port)
+    hook = use_host(monkeypatch, stand_in.url, port=refusing_port)
 
     assert hook.get_audit_logs("e")["data"] == stand_in.dataset.records("e")
     assert hook.settings.base_url == stand_in.url
@@ -217,7 +208,7 @@ def test_a_host_with_its_own_port_keeps_it(stand_in, monkeypatch, refusing_port)
 
 
 def test_a_bare_host_takes_the_port_field(monkeypatch):
-    hook = use_connection(monkeypatch, "eu.api.capillarytech.com", port=8443)
+    hook = use_host(monkeypatch, "eu.api.capillarytech.com", port=8443)
     assert hook.settings.base_url == "https://eu.api.capillarytech.com:8443"
 
 
@@ -225,7 +216,7 @@ def test_plain_http_to_a_cluster_host_is_sent_when_allowed(stand_in, monkeypatch
     # The proxy delivers a request for any host to the stand-in, so no DNS or outside network is needed.
     with ForwardProxy(upstream=("127.0.0.1", stand_in.port)) as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
-        hook = use_connection(monkeypatch, "http://eu.api.capillarytech.com", allow_insecure_http=True)
+        hook = use_host(monkeypatch, "http://eu.api.capillarytech.com", allow_insecure_http=True)
 
         assert hook.get_audit_logs("e")["data"] == stand_in.dataset.records("e")
 
@@ -254,7 +245,7 @@ def test_plain_http_to_an_address_off_loopback_is_sent_when_allowed(monkeypatch)
     except OSError:
         pytest.skip(f"cannot listen on {address}")
     try:
-        hook = use_connection(monkeypatch, f"http://{address}", port=api.port, allow_insecure_http=True)
+        hook = use_host(monkeypatch, f"http://{address}", port=api.port, allow_insecure_http=True)
 
         assert hook.get_audit_logs("e")["data"] == api.dataset.records("e")
         assert len(api.requests) == 1
@@ -299,7 +290,7 @@ def test_a_broken_connection_is_named_by_its_cause(monkeypatch, fault, cause):
 
     with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as api:
         api.set_faults([Fault(**fault)])
-        hook = use_connection(monkeypatch, api.url, max_retries=1)
+        hook = use_host(monkeypatch, api.url, max_retries=1)
 
         with pytest.raises(CapillaryConnectionError) as caught:
             hook.get_audit_logs("e")
@@ -311,7 +302,7 @@ def test_a_broken_connection_is_named_by_its_cause(monkeypatch, fault, cause):
 def test_tls_spoken_to_a_plain_http_port_is_named_and_retried(monkeypatch):
     with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as api:
         url = api.url.replace("http://", "https://")
-        hook = use_connection(monkeypatch, url, max_retries=1)
+        hook = use_host(monkeypatch, url, max_retries=1)
 
         with pytest.raises(CapillaryConnectionError) as caught:
             hook.get_audit_logs("e")
@@ -323,7 +314,7 @@ def test_tls_spoken_to_a_plain_http_port_is_named_and_retried(monkeypatch):
 def test_a_cause_without_a_known_name_is_named_by_its_type(monkeypatch):
     broken = RawReply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
     try:
-        hook = use_connection(monkeypatch, f"http://127.0.0.1:{broken.port}", max_retries=0)
+        hook = use_host(monkeypatch, f"http://127.0.0.1:{broken.port}", max_retries=0)
         with pytest.raises(CapillaryConnectionError) as caught:
             hook.get_audit_logs("e")
     finally:

@@ -13,7 +13,17 @@ import pytest
 from airflow_capillary_audit.formats import event_file_name, event_name_from_file
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import Fault
-from tests.conftest import expected_rows
+from tests.helpers import (
+    AIRFLOW_HOME,
+    LOGIN,
+    PASSWORD,
+    DagBag,
+    connection_json,
+    expected_rows,
+    files_in,
+    logged,
+    write_dag_files_to_db,
+)
 
 pytestmark = pytest.mark.airflow
 
@@ -50,10 +60,6 @@ def read_back(path: Path, output_format: str) -> list:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
-
-
-def files_in(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
 
 
 def test_rows_to_xcom_equal_what_capillary_served(capillary_conn, run_dag):
@@ -307,7 +313,6 @@ def test_event_names_never_leave_the_destination(capillary_conn, airflow_db, tmp
 
 def test_naive_times_use_the_connections_timezone(stand_in, monkeypatch, airflow_db):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
-    from tests.conftest import connection_json
 
     monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata"))
     rows = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES).execute({})
@@ -320,7 +325,6 @@ def test_naive_times_use_the_connections_timezone(stand_in, monkeypatch, airflow
 
 
 def test_example_dags_load_without_errors(airflow_db):
-    from tests.conftest import DagBag
 
     folder = Path(__file__).resolve().parents[2] / "dags_examples"
     bag = DagBag(dag_folder=str(folder))
@@ -337,7 +341,6 @@ def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
     import shutil
 
     from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
-    from tests.conftest import _AIRFLOW_HOME, LOGIN, PASSWORD, connection_json
 
     # The demo's data density (scripts/demo.py), so that one day holds rows.
     dataset = Dataset(seed=42, records_per_event=(20, 40), history_per_record=(0, 10))
@@ -345,14 +348,13 @@ def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url))
 
     for name in ("capillary_audit_daily.py", "capillary_audit_consumer.py"):
-        shutil.copy(Path(__file__).resolve().parents[2] / "dags_examples" / name, _AIRFLOW_HOME / "dags" / name)
+        shutil.copy(Path(__file__).resolve().parents[2] / "dags_examples" / name, AIRFLOW_HOME / "dags" / name)
     monkeypatch.setenv("CAPILLARY_AUDIT_BASE", str(tmp_path))
-    from tests.conftest import DagBag, write_dag_files_to_db
 
-    bag = DagBag(dag_folder=str(_AIRFLOW_HOME / "dags" / "capillary_audit_daily.py"))
+    bag = DagBag(dag_folder=str(AIRFLOW_HOME / "dags" / "capillary_audit_daily.py"))
     dag = bag.get_dag("capillary_audit_daily")
     write_dag_files_to_db(
-        _AIRFLOW_HOME / "dags" / "capillary_audit_daily.py", _AIRFLOW_HOME / "dags" / "capillary_audit_consumer.py"
+        AIRFLOW_HOME / "dags" / "capillary_audit_daily.py", AIRFLOW_HOME / "dags" / "capillary_audit_consumer.py"
     )
     try:
         dag_run = dag.test()
@@ -518,11 +520,6 @@ def test_max_xcom_rows_is_the_most_rows_pushed(capillary_conn, airflow_db):
         one_over.execute({})
 
 
-def logged(capfd, caplog) -> str:
-    out, err = capfd.readouterr()
-    return out + err + caplog.text
-
-
 # Two unreadable changedOn values, one readable time, and a record without history.
 UNREADABLE_RECORDS = [
     audit_log("a", [{"value": "x", "changedOn": "N/A"}, {"value": "y", "changedOn": "2026-03-01T08:00:00Z"}]),
@@ -648,7 +645,6 @@ def test_an_object_store_folder_with_a_trailing_slash_names_each_file_once(capil
 
 def test_files_read_naive_times_in_the_connections_timezone(stand_in, monkeypatch, airflow_db, tmp_path):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
-    from tests.conftest import connection_json
 
     monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata"))
     CapillaryAuditLogsOperator(task_id="t", event_names=NAMES, destination=str(tmp_path)).execute({})
@@ -721,7 +717,6 @@ def test_records_that_lack_documented_fields_are_named_in_a_warning(capillary_co
 
 def test_unflattened_records_read_naive_times_in_the_connections_timezone(stand_in, monkeypatch, airflow_db):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
-    from tests.conftest import connection_json
 
     monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata"))
     # 03:00 in Kolkata is 21:30 UTC the day before: inside the window only when read in Kolkata.

@@ -24,7 +24,7 @@ import pytest
 from airflow_capillary_audit.exceptions import CapillaryError
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sinks import MANIFEST_NAME, TEMP_PREFIX
-from tests.conftest import expected_rows
+from tests.helpers import expected_rows
 
 pytestmark = pytest.mark.airflow
 

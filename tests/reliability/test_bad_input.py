@@ -14,7 +14,7 @@ from airflow import __version__ as _airflow_version
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.formats import event_file_name
-from tests.reliability.conftest import FAST_RETRIES, LOGIN, PASSWORD, expected_rows, fetch_to, jsonl_rows
+from tests.helpers import FAST_RETRIES, LOGIN, PASSWORD, event_rows, fetch_to, jsonl_rows
 
 pytestmark = pytest.mark.airflow
 
@@ -284,7 +284,7 @@ def test_unknown_extras_are_warned_not_fatal(api, monkeypatch, airflow_db, tmp_p
 
     summary = fetch_to(tmp_path, ["PointsRedeemed"])
 
-    rows = expected_rows(api.dataset, "PointsRedeemed")
+    rows = event_rows(api.dataset, "PointsRedeemed")
     assert summary["rows"] == {"PointsRedeemed": len(rows)}
     assert jsonl_rows(tmp_path / event_file_name("PointsRedeemed", "jsonl")) == rows
     out, err = capfd.readouterr()
@@ -306,5 +306,5 @@ def test_path_like_names_are_legal_and_stay_inside_the_folder(api, monkeypatch, 
     file_name = event_file_name(name, "jsonl")
     assert "/" not in file_name and not file_name.startswith(".")
     assert sorted(p.name for p in use.iterdir()) == sorted([file_name, "_manifest.json"])
-    assert jsonl_rows(use / file_name) == expected_rows(api.dataset, name)
+    assert jsonl_rows(use / file_name) == event_rows(api.dataset, name)
     assert summary["files"] == [f"file://{use}/{file_name}"]

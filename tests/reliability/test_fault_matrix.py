@@ -15,11 +15,11 @@ import pytest
 from airflow_capillary_audit.exceptions import CapillaryError
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sandbox import Fault
-from tests.reliability.conftest import (
+from tests.helpers import (
     FAST_RETRIES,
     MANIFEST,
     data_files,
-    expected_rows,
+    event_rows,
     fetch_to,
     hidden_files,
     jsonl_rows,
@@ -75,7 +75,7 @@ def baseline(api, folder, names=NAMES) -> dict[str, bytes]:
     files = data_files(folder)
     assert sorted(files) == sorted(event_file_name(name, "jsonl") for name in names)
     for name in names:
-        assert jsonl_rows(folder / event_file_name(name, "jsonl")) == expected_rows(api.dataset, name)
+        assert jsonl_rows(folder / event_file_name(name, "jsonl")) == event_rows(api.dataset, name)
     return files
 
 
@@ -206,6 +206,6 @@ def test_an_exhausted_budget_fails_the_dag_run(api, monkeypatch, run_dag, tmp_pa
     assert sorted(data_files(folder)) == sorted(event_file_name(n, "jsonl") for n in NAMES if n != VICTIM)
     for name in NAMES:
         if name != VICTIM:
-            assert jsonl_rows(folder / event_file_name(name, "jsonl")) == expected_rows(api.dataset, name)
+            assert jsonl_rows(folder / event_file_name(name, "jsonl")) == event_rows(api.dataset, name)
     assert manifest_of(folder) is None
     assert hidden_files(folder) == []

@@ -13,12 +13,12 @@ import pytest
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
 from airflow_capillary_audit.sinks import TEMP_PREFIX
-from tests.reliability.conftest import (
+from tests.helpers import (
     LOGIN,
     MANIFEST,
     PASSWORD,
     data_files,
-    expected_rows,
+    event_rows,
     fetch_to,
     hidden_files,
     jsonl_rows,
@@ -95,7 +95,7 @@ def test_a_reader_of_the_folder_never_sees_a_partial_file(monkeypatch, airflow_d
     for name in BIG_NAMES:
         rows = jsonl_rows(folder / event_file_name(name, "jsonl"))
         assert len(rows) == 60_000
-        assert rows == expected_rows(BIG, name)
+        assert rows == event_rows(BIG, name)
 
 
 DAG = """
@@ -127,7 +127,7 @@ def test_the_manifest_describes_the_files_it_lists(api, monkeypatch, run_dag, tm
         assert entry["bytes"] == len(content) == os.path.getsize(folder / entry["file"])
         assert entry["sha256"] == hashlib.sha256(content).hexdigest()
         assert entry["records"] == len(api.dataset.records(entry["event_name"]))
-        assert entry["rows"] == len(expected_rows(api.dataset, entry["event_name"]))
+        assert entry["rows"] == len(event_rows(api.dataset, entry["event_name"]))
     assert manifest["total_rows"] == sum(e["rows"] for e in manifest["events"]) == xcom("fetch")["total_rows"]
     # fetched_at: an ISO 8601 time in UTC, taken while the task ran.
     fetched_at = datetime.fromisoformat(manifest["fetched_at"])

@@ -8,17 +8,17 @@ import pytest
 
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
-from tests.conftest import expected_rows as all_expected_rows
-from tests.reliability.conftest import (
+from tests.helpers import (
     LOGIN,
     PASSWORD,
     data_files,
-    expected_rows,
+    event_rows,
     hidden_files,
     jsonl_rows,
     manifest_of,
     use_capillary,
 )
+from tests.helpers import expected_rows as all_expected_rows
 
 pytestmark = pytest.mark.airflow
 
@@ -127,7 +127,7 @@ def test_a_rerun_replaces_a_failed_runs_leftovers(api, monkeypatch, run_dag, tmp
     assert manifest_of(folder) is None and hidden_files(folder) == []
     for name in NAMES:
         if name != BROKEN:
-            assert jsonl_rows(folder / event_file_name(name, "jsonl")) == expected_rows(api.dataset, name)
+            assert jsonl_rows(folder / event_file_name(name, "jsonl")) == event_rows(api.dataset, name)
 
     api.set_faults([])
     rerun, xcom = run_dag(source, dag_id="isolation_rerun", logical_date=day)
@@ -135,12 +135,12 @@ def test_a_rerun_replaces_a_failed_runs_leftovers(api, monkeypatch, run_dag, tmp
     assert rerun.state == "success" and rerun.logical_date == failed.logical_date
     assert sorted(data_files(folder)) == sorted(event_file_name(n, "jsonl") for n in NAMES)
     for name in NAMES:
-        assert jsonl_rows(folder / event_file_name(name, "jsonl")) == expected_rows(api.dataset, name)
+        assert jsonl_rows(folder / event_file_name(name, "jsonl")) == event_rows(api.dataset, name)
     manifest = manifest_of(folder)
     assert [e["event_name"] for e in manifest["events"]] == NAMES
     assert (
         manifest["total_rows"]
         == xcom("fetch")["total_rows"]
-        == sum(len(expected_rows(api.dataset, n)) for n in NAMES)
+        == sum(len(event_rows(api.dataset, n)) for n in NAMES)
     )
     assert hidden_files(folder) == []

@@ -9,8 +9,8 @@ import pytest
 
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sandbox import Fault
-from tests.reliability.conftest import (
-    expected_rows,
+from tests.helpers import (
+    event_rows,
     fetch_to,
     hidden_files,
     jsonl_rows,
@@ -63,7 +63,7 @@ def test_a_thousand_events_at_20_percent_faults(api, monkeypatch, airflow_db, tm
     lost = duplicated = 0
     for entry in manifest["events"]:
         name = entry["event_name"]
-        expected = expected_rows(api.dataset, name)
+        expected = event_rows(api.dataset, name)
         written = jsonl_rows(tmp_path / event_file_name(name, "jsonl"))
         assert entry["rows"] == len(expected)
         assert entry["records"] == len(api.dataset.records(name))
@@ -76,6 +76,6 @@ def test_a_thousand_events_at_20_percent_faults(api, monkeypatch, airflow_db, tm
     assert (
         manifest["total_rows"]
         == summary["total_rows"]
-        == sum(len(expected_rows(api.dataset, n)) for n in names)
+        == sum(len(event_rows(api.dataset, n)) for n in names)
     )
     assert hidden_files(tmp_path) == []

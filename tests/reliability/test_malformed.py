@@ -24,13 +24,14 @@ import pytest
 from airflow_capillary_audit.exceptions import CapillaryError
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sandbox import Fault
-from tests.reliability.conftest import (
+from tests.helpers import (
     FAST_RETRIES,
     data_files,
-    expected_rows,
+    event_rows,
     fetch_to,
     hidden_files,
     jsonl_rows,
+    logged,
     manifest_of,
     use_capillary,
 )
@@ -51,11 +52,6 @@ REFUSED = {
 }
 
 
-def logged(capfd, caplog) -> str:
-    out, err = capfd.readouterr()
-    return out + err + caplog.text
-
-
 @pytest.mark.parametrize("kind", list(REFUSED))
 def test_a_wrong_shape_is_a_clear_error_without_retry(api, monkeypatch, airflow_db, tmp_path, kind):
     use_capillary(monkeypatch, api.url)
@@ -73,7 +69,7 @@ def test_a_wrong_shape_is_a_clear_error_without_retry(api, monkeypatch, airflow_
     assert "Cannot write" not in message
     assert [r.event_name for r in api.requests].count(BAD) == 1
     assert list(data_files(tmp_path)) == [event_file_name(GOOD, "jsonl")]
-    assert jsonl_rows(tmp_path / event_file_name(GOOD, "jsonl")) == expected_rows(api.dataset, GOOD)
+    assert jsonl_rows(tmp_path / event_file_name(GOOD, "jsonl")) == event_rows(api.dataset, GOOD)
     assert manifest_of(tmp_path) is None and hidden_files(tmp_path) == []
 
 
@@ -99,8 +95,8 @@ def test_data_null_is_read_as_no_audit_logs_with_a_warning(
 
     summary = fetch_to(tmp_path, [GOOD, BAD])
 
-    assert summary["rows"] == {GOOD: len(expected_rows(api.dataset, GOOD)), BAD: 0}
-    assert jsonl_rows(tmp_path / event_file_name(GOOD, "jsonl")) == expected_rows(api.dataset, GOOD)
+    assert summary["rows"] == {GOOD: len(event_rows(api.dataset, GOOD)), BAD: 0}
+    assert jsonl_rows(tmp_path / event_file_name(GOOD, "jsonl")) == event_rows(api.dataset, GOOD)
     assert (tmp_path / event_file_name(BAD, "jsonl")).read_bytes() == b""
     assert f"Capillary answered data=null for event {BAD!r}; reading it as no audit logs" in logged(capfd, caplog)
 
@@ -151,7 +147,7 @@ def test_a_50_mb_body_is_read_whole(api, monkeypatch, airflow_db, tmp_path):
     )
     assert summary["total_rows"] == sum(max(1, len(r["valueHistory"])) for r in records)
     assert manifest_of(tmp_path)["events"][0]["records"] == len(records)
-    expected = expected_rows(api.dataset, BAD)
+    expected = event_rows(api.dataset, BAD)
     with written.open(encoding="utf-8") as lines:
         first = [json.loads(line) for line in itertools.islice(lines, len(expected))]
     assert first == expected

@@ -16,7 +16,7 @@ import pytest
 
 from airflow_capillary_audit.exceptions import CapillaryError
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
-from tests.reliability.conftest import FAST_RETRIES, LOGIN, PASSWORD, use_capillary
+from tests.helpers import AIRFLOW_HOME, FAST_RETRIES, LOGIN, PASSWORD, in_process_api_client, use_capillary
 
 pytestmark = pytest.mark.airflow
 
@@ -85,7 +85,6 @@ def inline_executor():
         def _process_workloads(self, workloads) -> None:
             from airflow.sdk.execution_time import supervisor
 
-            from tests.conftest import _AIRFLOW_HOME, in_process_api_client
 
             # Airflow before 3.3 calls the worker's entry point supervise().
             supervise_task = getattr(supervisor, "supervise_task", None) or supervisor.supervise
@@ -100,7 +99,7 @@ def inline_executor():
                     dag_rel_path=workload.dag_rel_path,
                     token=workload.token,
                     client=in_process_api_client(
-                        _AIRFLOW_HOME / "dags" / workload.dag_rel_path, workload.ti.dag_id
+                        AIRFLOW_HOME / "dags" / workload.dag_rel_path, workload.ti.dag_id
                     ),
                     log_path=workload.log_path,
                 )

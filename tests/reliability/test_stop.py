@@ -15,7 +15,7 @@ import pytest
 from airflow_capillary_audit.exceptions import CapillaryError
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sandbox import Fault
-from tests.reliability.conftest import data_files, fetch_to, hidden_files, manifest_of, use_capillary
+from tests.helpers import data_files, fetch_to, hidden_files, manifest_of, use_capillary
 
 pytestmark = pytest.mark.airflow
 

@@ -3,53 +3,24 @@ no event name that writes outside the destination folder."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import ssl
-from pathlib import Path
 
 import pytest
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryError
 from airflow_capillary_audit.formats import event_file_name, event_name_from_file
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
-from tests.reliability.conftest import LOGIN, PASSWORD, expected_rows, fetch_to, jsonl_rows, use_capillary
+from tests.helpers import (
+    LOGIN,
+    PASSWORD,
+    event_rows,
+    fetch_to,
+    jsonl_rows,
+    self_signed_certificate,
+    use_capillary,
+)
 
 pytestmark = pytest.mark.airflow
-
-
-def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
-    """Write a self-signed certificate for 127.0.0.1 and its key; return their paths."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "capillary stand-in")])
-    now = dt.datetime.now(dt.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "stand-in.pem", folder / "stand-in.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture
@@ -86,7 +57,7 @@ def test_tls_works_with_verify_set_to_the_ca_file(https_api, monkeypatch, airflo
 
     fetch_to(tmp_path, ["PointsRedeemed"])
 
-    assert jsonl_rows(tmp_path / event_file_name("PointsRedeemed", "jsonl")) == expected_rows(
+    assert jsonl_rows(tmp_path / event_file_name("PointsRedeemed", "jsonl")) == event_rows(
         api.dataset, "PointsRedeemed"
     )
     assert len(api.requests) == 1
@@ -182,5 +153,5 @@ def test_no_event_name_writes_outside_the_destination(api, monkeypatch, airflow_
         file_name = event_file_name(name, "jsonl")
         assert file_name in files and not file_name.startswith((".", "_"))
         assert event_name_from_file(file_name) == (name, "jsonl")
-        assert jsonl_rows(folder / file_name) == expected_rows(api.dataset, name)
-    assert summary["total_rows"] == sum(len(expected_rows(api.dataset, n)) for n in ESCAPES)
+        assert jsonl_rows(folder / file_name) == event_rows(api.dataset, name)
+    assert summary["total_rows"] == sum(len(event_rows(api.dataset, n)) for n in ESCAPES)

@@ -26,7 +26,7 @@ import pytest
 
 from airflow_capillary_audit.get_provider_info import CONN_FIELDS, CONN_TYPE
 from airflow_capillary_audit.hooks.capillary import AUDIT_LOGS_PATH, CONNECTION_TEST_EVENT
-from tests.conftest import LOGIN, PASSWORD
+from tests.helpers import LOGIN, PASSWORD
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

@@ -1,0 +1,278 @@
+"""
+What the tests share: the stand-in's till, connections, Airflow version switches, reading results back.
+
+``tests/conftest.py`` points Airflow at a private home before anything imports Airflow, so this
+module may import it at the top.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timezone
+from pathlib import Path
+from typing import Any
+
+from airflow import __version__ as AIRFLOW_VERSION
+from packaging.version import Version
+
+from airflow_capillary_audit.hooks.capillary import CapillaryHook
+from airflow_capillary_audit.sandbox import Dataset
+
+# This session's Airflow home, set by conftest before Airflow was first imported.
+AIRFLOW_HOME = Path(os.environ["AIRFLOW_HOME"])
+MANIFEST = "_manifest.json"
+
+# The tests' switches between Airflow versions, all in this block (the package's are in _compat.py).
+AIRFLOW_3_0 = Version(AIRFLOW_VERSION).release[:2] == (3, 0)
+
+try:  # Airflow 3.2 moved the DagBag; tests import it from here
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:
+    from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
+
+
+def airflow_filesystems() -> dict:
+    """Return the registry of schemes Airflow's object storage can write to."""
+    if AIRFLOW_3_0:
+        from airflow.io import _register_filesystems
+    else:
+        from airflow.sdk.io.fs import _register_filesystems
+    return _register_filesystems()
+
+
+def airflow_redact(value: object) -> object:
+    """Redact ``value`` with the secrets masker that ``mask_secret`` registers with."""
+    if AIRFLOW_3_0:
+        from airflow.sdk.execution_time.secrets_masker import redact
+    else:
+        from airflow.sdk._shared.secrets_masker import redact
+    return redact(value)
+
+
+def in_process_api_client(dag_file: Path, dag_id: str):
+    """
+    Return the Task SDK client that ``dag.test()`` uses: the execution API served inside this process.
+
+    Airflow 3.0's in-process API has no DAG bag of its own, so it is handed the DAG the task belongs to.
+    """
+    from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor
+
+    if not AIRFLOW_3_0:
+        return InProcessTestSupervisor._api_client()
+    dag = DagBag(dag_folder=str(dag_file), include_examples=False).get_dag(dag_id)
+    return InProcessTestSupervisor._api_client(dag)
+
+
+def write_dag_files_to_db(*paths: Path) -> None:
+    """
+    Parse DAG files and write their DAGs to the metadata DB, as the DAG processor does.
+
+    Only Airflow 3.0 needs it: its ``dag.test()`` does not write the DAG, so the DAG's outlet assets stay
+    inactive and the task fails (apache/airflow#51644). From 3.1 on, ``dag.test()`` writes it itself.
+    """
+    if not AIRFLOW_3_0:
+        return
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+
+    DagBundlesManager().sync_bundles_to_db()
+    for path in paths:
+        bag = DagBag(dag_folder=str(path), include_examples=False, bundle_path=AIRFLOW_HOME / "dags")
+        assert not bag.import_errors, bag.import_errors
+        bag.sync_to_db("dags-folder", None)
+
+
+LOGIN = "store.server"
+PASSWORD = "server123"
+PASSWORD_MD5 = "8a16a6b70505eb1f1ff7cdc0cd5559a7"
+# Fast back-off so retry tests take fractions of a second.
+FAST_EXTRAS = {"timeout": 2, "max_retries": 3, "retry_initial_wait": 0.01, "retry_max_wait": 2}
+# The reliability tests' retries: room for an HTTP-date Retry-After of 1 s, which rounds up to 2 s.
+FAST_RETRIES = {**FAST_EXTRAS, "retry_max_wait": 3}
+
+
+def connection_json(url: str, **extra: object) -> str:
+    """Return a ``capillary`` connection as Airflow's JSON connection format."""
+    return json.dumps(
+        {"conn_type": "capillary", "host": url, "login": LOGIN, "password": PASSWORD, "extra": extra}
+    )
+
+
+
+
+def use_connection(monkeypatch, url: str, conn_id: str = "capillary_default", **extra: Any) -> CapillaryHook:
+    """Point a ``capillary`` connection at ``url`` with fast retries (``extra`` overrides); return its hook."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", connection_json(url, **{**FAST_EXTRAS, **extra}))
+    return CapillaryHook(conn_id)
+
+
+def use_capillary(monkeypatch, url: str, conn_id: str = "capillary_default", **extra: Any) -> None:
+    """Point a ``capillary`` connection at ``url`` with the reliability tests' retries (``extra`` overrides)."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", connection_json(url, **{**FAST_RETRIES, **extra}))
+
+
+def logged(capfd, caplog) -> str:
+    """Return everything logged so far: Airflow's structured logs go to the process's stdout."""
+    out, err = capfd.readouterr()
+    return out + err + caplog.text
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """Give a loopback port that refuses connections: bound, never listening, so nobody else gets it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """Write a self-signed certificate for 127.0.0.1 and its key; return their paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "capillary stand-in")])
+    now = dt.datetime.now(dt.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "stand-in.pem", folder / "stand-in.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to, or when its ``sleep`` is called."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 6))
+        self.now += seconds
+
+
+def read_xcom(dag_run, task_id: str, map_index: int = -1):
+    """Read a task's return value from the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    query = XComModel.get_many(
+        run_id=dag_run.run_id,
+        key="return_value",
+        dag_ids=dag_run.dag_id,
+        task_ids=task_id,
+        map_indexes=map_index,
+    )
+    with create_session() as session:
+        row = session.scalars(query).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def expected_rows(dataset, names, since=None, until=None) -> list[dict]:
+    """Build the rows independently from the stand-in's own record of what it generated."""
+    windowed = since is not None or until is not None
+    rows = []
+    for name in names:
+        for record, instants in zip(dataset.records(name), dataset.instants(name)):
+            base = {
+                "event_name": name,
+                "id": record["id"],
+                "org_id": record["orgId"],
+                "updated_type": record["updatedType"],
+                "request_id": record["requestId"],
+            }
+            if not record["valueHistory"]:
+                if not windowed:
+                    rows.append({**base, "value": None, "changed_on": None, "changed_on_raw": None})
+                continue
+            for entry, instant in zip(record["valueHistory"], instants):
+                if windowed and (
+                    instant is None
+                    or (since is not None and instant < since)
+                    or (until is not None and instant >= until)
+                ):
+                    continue
+                rows.append(
+                    {
+                        **base,
+                        "value": entry["value"],
+                        "changed_on": instant.astimezone(timezone.utc).isoformat() if instant else None,
+                        "changed_on_raw": str(entry["changedOn"]),
+                    }
+                )
+    return rows
+
+
+def fetch_to(folder: Path, event_names: Any, **arguments: Any) -> Any:
+    """Run the operator once, outside a DAG, writing into ``folder``; return its summary."""
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    operator = CapillaryAuditLogsOperator(
+        task_id="fetch", event_names=event_names, destination=str(folder), **arguments
+    )
+    return operator.execute({})
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    """Return every file directly in ``folder``, name -> bytes (empty when the folder is missing)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()} if folder.exists() else {}
+
+
+def data_files(folder: Path) -> dict[str, bytes]:
+    """Return the event files in ``folder`` (no manifest, no hidden file), name -> bytes."""
+    if not folder.exists():
+        return {}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith((".", "_manifest"))
+    }
+
+
+def hidden_files(folder: Path) -> list[str]:
+    """Return what a write could leave behind: temporary (dot) files anywhere under ``folder``."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*")) if folder.exists() else []
+
+
+def manifest_of(folder: Path) -> dict[str, Any] | None:
+    """Return the folder's manifest, or None when there is none."""
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def event_rows(dataset: Dataset, name: str) -> list[dict[str, Any]]:
+    """Build one event's flat rows from what the stand-in generated, without the package's code."""
+    return expected_rows(dataset, [name])
+
+
+def jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON Lines file back."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
