@@ -18,9 +18,35 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone, tzinfo
-from typing import Any
+from typing import Any, TypedDict
 
 UTC = timezone.utc
+
+
+class ValueHistoryEntry(TypedDict, total=False):
+    """One change of an audit log record: the value it took, and when."""
+
+    value: Any
+    changedOn: str | int | float
+
+
+class AuditLog(TypedDict, total=False):
+    """One record of ``data``, as Capillary documents it; a record may lack any field."""
+
+    id: str
+    orgId: int
+    eventName: str
+    updatedType: str
+    requestId: str
+    valueHistory: list[ValueHistoryEntry]
+
+
+class AuditLogsBody(TypedDict):
+    """What :meth:`CapillaryHook.get_audit_logs` returns: the records, and Capillary's warnings."""
+
+    data: list[AuditLog]
+    warnings: list[Any]
+    errors: list[Any]
 
 ROW_COLUMNS: tuple[str, ...] = (
     "event_name",
