@@ -36,7 +36,13 @@ class CapillaryConfigError(CapillaryError, ValueError):
 
 
 class CapillaryRequestError(CapillaryError):
-    """Raised when a request to Capillary fails; carries what Capillary said about it."""
+    """
+    Raised when a request to Capillary fails; carries what Capillary said and what the retry policy needs.
+
+    ``retryable`` failures are tried again (``reason`` says why in the retry log line); ``retry_after``
+    is the server's ``Retry-After`` in seconds; ``hold_all`` pauses every worker of the hook, not only
+    the one that met it. ``attempts`` is filled in once the policy gives up.
+    """
 
     def __init__(
         self,
@@ -47,28 +53,26 @@ class CapillaryRequestError(CapillaryError):
         request_id: str | None = None,
         errors: Sequence[dict[str, Any]] = (),
         attempts: int | None = None,
+        retryable: bool = False,
+        reason: str | None = None,
+        retry_after: float | None = None,
+        hold_all: bool = False,
     ) -> None:
+        super().__init__(message)
         self.summary = message
         self.event_name = event_name
         self.status = status
         self.request_id = request_id
         self.errors = list(errors)
         self.attempts = attempts
-        super().__init__(self._describe(message))
+        self.retryable = retryable
+        self.reason = reason or message
+        self.retry_after = retry_after
+        # A rate limit or a server's Retry-After concerns every worker, not only this one.
+        self.hold_all = hold_all or retry_after is not None
 
-    def after(self, attempts: int, event_name: str | None = None) -> CapillaryRequestError:
-        """Return the same error, saying how many attempts were made (and for which event)."""
-        return type(self)(
-            self.summary,
-            event_name=self.event_name if event_name is None else event_name,
-            status=self.status,
-            request_id=self.request_id,
-            errors=self.errors,
-            attempts=attempts,
-        )
-
-    def _describe(self, message: str) -> str:
-        parts = [message]
+    def __str__(self) -> str:
+        parts = [self.summary]
         if self.event_name is not None:
             parts.append(f"event name {self.event_name!r}")
         if self.status is not None:
@@ -80,6 +84,10 @@ class CapillaryRequestError(CapillaryError):
         if self.request_id:
             parts.append(f"X-Cap-Requestid {self.request_id}")
         return " | ".join(parts)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword arguments survive a pickle (a process pool, a result backend) with the message.
+        return (_rebuild, (type(self), self.summary, self.__dict__.copy()))
 
 
 class CapillaryAuthError(CapillaryRequestError):
@@ -124,3 +132,9 @@ def _format_error(entry: Any) -> str:
     code = entry.get("code")
     message = entry.get("message")
     return f"code {code}: {message}" if code is not None else str(message)
+
+
+def _rebuild(cls: type[CapillaryRequestError], summary: str, state: dict[str, Any]) -> CapillaryRequestError:
+    error = cls(summary)
+    error.__dict__.update(state)
+    return error

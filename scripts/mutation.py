@@ -191,7 +191,7 @@ class Equivalent:
     used: bool = field(default=False)
 
 
-def read_equivalents(path: Path) -> list[Equivalent]:
+def read_equivalents(path: Path) -> list[Equivalent]:  # noqa: PLR0912 - one branch per kind of line
     """
     Read the equivalents file: blocks of ``## <module>.<function>``, ``-``/``+`` lines, ``why:``.
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
+import pickle
 
 from airflow_capillary_audit.exceptions import (
     CapillaryAuthError,
+    CapillaryRateLimitError,
     CapillaryRequestError,
     CapillaryServerError,
 )
@@ -44,18 +45,28 @@ def test_one_attempt_is_singular_and_missing_parts_are_left_out():
     assert str(CapillaryRequestError("refused")) == "refused"
 
 
-@pytest.mark.parametrize(("event_name", "expected"), [(None, "first"), ("second", "second")])
-def test_after_adds_the_attempts_and_keeps_the_rest(event_name, expected):
-    error = CapillaryAuthError("denied", event_name="first", status=401, request_id="r", errors=[{"code": 1}])
+def test_the_message_follows_what_the_retry_loop_fills_in_later():
+    error = CapillaryAuthError("denied", status=401, request_id="r", errors=[{"code": 1}])
 
-    again = error.after(2, event_name)
+    error.attempts, error.event_name = 2, "Points"
 
-    assert type(again) is CapillaryAuthError
-    assert (again.summary, again.event_name, again.status, again.request_id, again.errors, again.attempts) == (
-        "denied",
-        expected,
-        401,
-        "r",
-        [{"code": 1}],
-        2,
+    assert str(error) == "denied | event name 'Points' | HTTP 401 | Capillary errors: code 1: None | after 2 attempts | X-Cap-Requestid r"
+
+
+def test_an_error_survives_a_pickle_whole():
+    error = CapillaryRateLimitError(
+        "limited", event_name="e", status=429, retryable=True, reason="rate limited (429)", retry_after=2.0
     )
+    error.attempts = 3
+
+    again = pickle.loads(pickle.dumps(error))
+
+    assert type(again) is CapillaryRateLimitError
+    assert str(again) == str(error)
+    assert again.__dict__ == error.__dict__
+
+
+def test_a_retry_after_holds_every_worker_even_on_a_5xx():
+    assert CapillaryServerError("busy", retry_after=1.0).hold_all
+    assert not CapillaryServerError("busy").hold_all
+    assert CapillaryServerError("busy").reason == "busy"

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from airflow_capillary_audit.get_provider_info import CONN_FIELDS, get_provider_info
+from airflow_capillary_audit.connection import CONN_FIELDS
+from airflow_capillary_audit.get_provider_info import get_provider_info
 from tests.helpers import FAST_EXTRAS, connection_json
 
 
@@ -92,7 +93,7 @@ def test_provider_info_points_at_this_package():
     import importlib
     from importlib.metadata import version
 
-    from airflow_capillary_audit.get_provider_info import UI_FIELD_BEHAVIOUR
+    from airflow_capillary_audit.connection import UI_FIELD_BEHAVIOUR
     from airflow_capillary_audit.hooks.capillary import CapillaryHook
 
     info = get_provider_info()
@@ -128,7 +129,7 @@ def test_provider_info_points_at_this_package():
 
 def test_the_forms_defaults_are_the_hooks_defaults():
     """A default shown in the form must be what the hook does when the extra is left out."""
-    from airflow_capillary_audit.hooks.capillary import CapillarySettings
+    from airflow_capillary_audit.connection import CapillarySettings
 
     defaults = CapillarySettings(base_url="https://x", login="l", password="p")
     for name, field in CONN_FIELDS.items():
@@ -140,7 +141,7 @@ def test_the_forms_defaults_are_the_hooks_defaults():
 
 
 def test_hook_classmethods_give_the_whole_form_behaviour():
-    from airflow_capillary_audit.get_provider_info import UI_FIELD_BEHAVIOUR
+    from airflow_capillary_audit.connection import UI_FIELD_BEHAVIOUR
     from airflow_capillary_audit.hooks.capillary import CapillaryHook
 
     assert CapillaryHook.get_ui_field_behaviour() == {

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
 from airflow_capillary_audit.exceptions import CapillaryConnectionError, CapillaryServerError
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
@@ -135,6 +136,7 @@ def test_a_refused_connection_is_retried_to_the_budget(monkeypatch, refusing_por
 
     assert caught.value.attempts == 3
     assert "Connection refused" in str(caught.value)
+    assert isinstance(caught.value.__cause__, requests.ConnectionError)
     assert len(hook.waits) == 2
     out, err = capfd.readouterr()
     text = out + err + caplog.text

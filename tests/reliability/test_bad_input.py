@@ -257,7 +257,7 @@ def test_every_field_a_user_sets_has_a_bad_input_case():
     """A new extra or operator argument fails here until the table above tries a bad value of it."""
     import inspect
 
-    from airflow_capillary_audit.get_provider_info import CONN_FIELDS
+    from airflow_capillary_audit.connection import CONN_FIELDS
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
     cases = [getattr(case, "values", case) for case in BAD_INPUT]

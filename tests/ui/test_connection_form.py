@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from airflow_capillary_audit.get_provider_info import CONN_FIELDS, CONN_TYPE
+from airflow_capillary_audit.connection import CONN_FIELDS, CONN_TYPE
 from airflow_capillary_audit.hooks.capillary import AUDIT_LOGS_PATH, CONNECTION_TEST_EVENT
 from tests.helpers import LOGIN, PASSWORD
 

@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
+from airflow_capillary_audit.connection import CapillarySettings
 from airflow_capillary_audit.exceptions import CapillaryConfigError
-from airflow_capillary_audit.hooks.capillary import CapillaryHook, CapillarySettings
+from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from tests.helpers import LOGIN, PASSWORD, PASSWORD_MD5
 
 HOST = "https://eu.api.capillarytech.com"
@@ -170,3 +171,12 @@ def test_extra_that_is_not_an_object_is_refused():
     with pytest.raises(CapillaryConfigError) as caught:
         CapillarySettings.from_connection(conn)
     assert str(caught.value) == "Connection 'c': extra must be a JSON object"
+
+
+def test_settings_show_a_till_id_but_never_an_oauth_key():
+    basic = CapillarySettings(base_url="https://eu.api.capillarytech.com", login="store.server", password="p")
+    oauth = CapillarySettings(base_url="https://x", login="client-key", password="s", auth_type="oauth")
+    assert repr(basic) == (
+        "CapillarySettings(base_url='https://eu.api.capillarytech.com', login='store.server', password=<masked>)"
+    )
+    assert repr(oauth) == "CapillarySettings(base_url='https://x', login=<masked>, password=<masked>)"

@@ -1,0 +1,133 @@
+"""The request pacer: even spacing at a per-minute rate across threads, holds, stops."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from airflow_capillary_audit.pacing import PacerStopped, RequestPacer
+from tests.helpers import FakeClock
+
+
+def test_pacer_without_rate_never_waits():
+    clock = FakeClock()
+    pacer = RequestPacer(None, clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        assert pacer.acquire() == 0
+    assert clock.slept == []
+
+
+def test_a_stopped_pacer_hands_out_no_slot():
+    stop = threading.Event()
+    pacer = RequestPacer(600, stop=stop)
+    pacer.acquire()
+    stop.set()
+    with pytest.raises(PacerStopped, match="^the pacer was stopped; no further slot is handed out$"):
+        pacer.acquire()
+
+
+def test_a_pacer_with_a_stop_event_still_wakes_for_its_slot():
+    pacer = RequestPacer(6000, stop=threading.Event())  # one slot each 10 ms
+    pacer.acquire()
+    waiter = threading.Thread(target=pacer.acquire, daemon=True)
+    waiter.start()
+    waiter.join(timeout=5)
+    assert not waiter.is_alive()
+
+
+def test_pacer_spaces_slots_evenly():
+    clock = FakeClock()
+    pacer = RequestPacer(600, clock=clock, sleep=clock.sleep)
+    granted = []
+    for _ in range(4):
+        pacer.acquire()
+        granted.append(clock.now)
+    assert clock.slept == [0.1, 0.1, 0.1]
+    assert [round(b - a, 6) for a, b in zip(granted, granted[1:])] == [0.1, 0.1, 0.1]
+
+
+class SharedFakeClock:
+    """A fake clock for several threads; each thread can ask which time it read last."""
+
+    def __init__(self):
+        self.now = 100.0
+        self._lock = threading.Lock()
+        self._last = threading.local()
+
+    def __call__(self):
+        with self._lock:
+            self._last.value = self.now
+            return self.now
+
+    def sleep(self, seconds):
+        with self._lock:
+            self.now += seconds
+
+    @property
+    def last_read(self):
+        return self._last.value
+
+
+def test_pacer_spaces_slots_evenly_across_threads():
+    clock = SharedFakeClock()
+    pacer = RequestPacer(600, clock=clock, sleep=clock.sleep)
+
+    def take_slots(_):
+        granted = []
+        for _ in range(5):
+            pacer.acquire()
+            granted.append(clock.last_read)  # the time the slot was handed out at
+        return granted
+
+    with ThreadPoolExecutor(6) as pool:
+        granted = sorted(t for slots in pool.map(take_slots, range(6)) for t in slots)
+
+    assert len(granted) == 30
+    assert [round(b - a, 9) for a, b in zip(granted, granted[1:])] == [0.1] * 29
+    assert clock.now == pytest.approx(100 + 2.9)
+
+
+def test_pacer_late_wake_up_does_not_bunch_with_the_next_slot():
+    clock = FakeClock()
+
+    def oversleep(seconds):  # a loaded machine wakes the thread 0.35 s late, once
+        clock.sleep(seconds + (0.35 if len(clock.slept) == 0 else 0))
+
+    pacer = RequestPacer(600, clock=clock, sleep=oversleep)
+    granted = []
+    for _ in range(3):
+        pacer.acquire()
+        granted.append(clock.now)
+    assert min(round(b - a, 6) for a, b in zip(granted, granted[1:])) >= 0.1
+
+
+def test_pacer_hold_during_a_wait_pushes_the_waiter_back():
+    clock = FakeClock()
+
+    def sleep_then_429(seconds):  # another worker gets a 429 while this one waits for its slot
+        clock.sleep(seconds)
+        if len(clock.slept) == 1:
+            pacer.hold(2)
+
+    pacer = RequestPacer(600, clock=clock, sleep=sleep_then_429)
+    pacer.acquire()
+    assert pacer.acquire() == pytest.approx(2.1)
+
+
+def test_pacer_without_rate_does_not_wait_but_holds():
+    clock = FakeClock()
+    pacer = RequestPacer(None, clock=clock, sleep=clock.sleep)
+    pacer.acquire()
+    pacer.hold(2.5)
+    pacer.acquire()
+    assert clock.slept == [2.5]
+
+
+def test_pacer_hold_never_shortens_a_later_slot():
+    clock = FakeClock()
+    pacer = RequestPacer(6, clock=clock, sleep=clock.sleep)  # one each 10 s
+    pacer.acquire()
+    pacer.hold(1)
+    assert pacer.acquire() == 10
