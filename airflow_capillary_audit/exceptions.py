@@ -15,8 +15,10 @@ Every error a caller of this package can meet.
         ├── CapillaryCancelledError ......... the task was stopped (timeout, kill) before a request ran
         └── CapillaryWriteError ............. the storage sink could not write a run's files
 
-Every request error names the event, the HTTP status, Capillary's error codes and messages and the
-``X-Cap-Requestid`` header, which is what Capillary support asks for.
+Every request error names the event, the HTTP status, Capillary's error codes and messages, the
+attempts made and the ``X-Cap-Requestid`` header, which is what Capillary support asks for. It also
+carries what the retry policy decides on (``retryable``, ``retry_after``, ``hold_all``), and the
+transport's exception, when there is one, as its ``__cause__``.
 """
 
 from __future__ import annotations
