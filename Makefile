@@ -53,8 +53,9 @@ ui-test: venv
 
 # The production path on 127.0.0.1: PostgreSQL, Redis, moto, the stand-in, Airflow with Celery (two
 # workers). The first run installs what is missing: Debian packages (as root) and .venv-system/.
+# The code is the package scripts/system_test/, run from the repository's root.
 system-test:
-	$(PYTHON) scripts/system_test.py
+	$(PYTHON) -m scripts.system_test
 
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
