@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo test lint venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-pure clean
+.PHONY: venv demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-pure clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy airflow_capillary_audit
 
+# The package as users get it (scripts/dist_check.py): sdist and wheel built into dist/ and passed by
+# `twine check`; the wheel holds the license, get_provider_info.py and py.typed, and no tests/; the
+# wheel alone, installed with Airflow into a clean virtual environment, is listed by
+# `airflow providers list`. About a minute, most of it installing Airflow from pip's cache.
+dist-check: venv
+	$(BIN)/python -m pip install --quiet -e '.[dist]'
+	$(BIN)/python scripts/dist_check.py
+
 venv-airflow:
 	@test -n "$(AIRFLOW)" || { echo "usage: make $@ AIRFLOW=3.0.6" >&2; exit 2; }
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
@@ -53,8 +61,9 @@ ui-test: venv
 
 # The production path on 127.0.0.1: PostgreSQL, Redis, moto, the stand-in, Airflow with Celery (two
 # workers). The first run installs what is missing: Debian packages (as root) and .venv-system/.
+# The code is the package scripts/system_test/, run from the repository's root.
 system-test:
-	$(PYTHON) scripts/system_test.py
+	$(PYTHON) -m scripts.system_test
 
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
@@ -81,4 +90,4 @@ mutation-pure: mutation-venv
 	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile pure $(MUTMUT_ARGS)
 
 clean:
-	rm -rf .demo .pytest_cache build *.egg-info .venv-airflow-*
+	rm -rf .demo .pytest_cache build dist *.egg-info .venv-airflow-*

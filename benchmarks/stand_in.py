@@ -3,7 +3,8 @@ Serve the Capillary stand-in in a process of its own, and report what it receive
 
 A server in the benchmark's own process would compete with the client for the GIL, so the
 figures would measure the two together. Run as ``python -m benchmarks.stand_in``; the parent uses
-:class:`StandInProcess`.
+:class:`StandInProcess`. The command line is the stand-in's own (``python -m
+airflow_capillary_audit.sandbox``), with two options added: ``--warm`` and ``--report-file``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, RateLimit
+from airflow_capillary_audit.sandbox.__main__ import build_parser, build_stand_in
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGIN = "store.server"
@@ -38,25 +39,9 @@ def event_names(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{index:04d}" for index in range(count)]
 
 
-def dataset(records_per_event: int | None, history_per_record: int | None) -> Dataset:
-    """Return the stand-in's data: fixed sizes when given, the sandbox's default spread otherwise."""
-    options: dict[str, Any] = {}
-    if records_per_event is not None:
-        options["records_per_event"] = (records_per_event, records_per_event)
-    if history_per_record is not None:
-        options["history_per_record"] = (history_per_record, history_per_record)
-    return Dataset(seed=SEED, end=DATA_END, **options)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.stand_in")
-    parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument("--rate-limit", type=int, help="requests per --rate-window seconds")
-    parser.add_argument("--rate-window", type=float, default=60.0)
-    parser.add_argument("--rate-algorithm", default="fixed")
-    parser.add_argument("--rate-burst", type=int)
-    parser.add_argument("--records-per-event", type=int)
-    parser.add_argument("--history-per-record", type=int)
+    parser = build_parser()
+    parser.prog = "python -m benchmarks.stand_in"
     parser.add_argument(
         "--warm",
         action="append",
@@ -64,7 +49,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PREFIX:COUNT",
         help="generate these events' bodies before reporting ready",
     )
-    parser.add_argument("--ready-file", required=True)
     parser.add_argument("--report-file", required=True)
     return parser
 
@@ -72,22 +56,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGTERM, then write the statuses and arrival times of every request received."""
     args = _parser().parse_args(argv)
-    data = dataset(args.records_per_event, args.history_per_record)
+    stand_in = build_stand_in(args, data_end=DATA_END)
     for spec in args.warm:
         prefix, _, count = spec.rpartition(":")
         for name in event_names(prefix, int(count)):
-            data.body(name)
-    rate_limit = None
-    if args.rate_limit is not None:
-        rate_limit = RateLimit(
-            limit=args.rate_limit,
-            window=args.rate_window,
-            algorithm=args.rate_algorithm,
-            burst=args.rate_burst,
-        )
-    stand_in = CapillaryStandIn(
-        users={LOGIN: PASSWORD}, dataset=data, latency=args.latency, rate_limit=rate_limit
-    )
+            stand_in.dataset.body(name)
     stand_in.serve_until_signalled(args.ready_file, announce=False)
     received = stand_in.requests
     report = {
@@ -99,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class StandInProcess:
-    """Start ``python -m benchmarks.stand_in`` with the given options; ``stop()`` returns its report."""
+    """Start ``python -m benchmarks.stand_in`` with the given options; ``stop()`` returns its report.
+
+    Each option is the stand-in's command-line option of that name (``rate_limit=600`` is
+    ``--rate-limit 600``; a list repeats it); the port, seed and user are the benchmarks' own.
+    """
 
     def __init__(self, env: dict[str, str], **options: Any) -> None:
         self._env = env
@@ -114,6 +91,12 @@ class StandInProcess:
             sys.executable,
             "-m",
             "benchmarks.stand_in",
+            "--port",
+            "0",
+            "--seed",
+            str(SEED),
+            "--user",
+            f"{LOGIN}:{PASSWORD}",
             "--ready-file",
             str(ready),
             "--report-file",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
 from airflow_capillary_audit.sandbox.data import Dataset
 from airflow_capillary_audit.sandbox.faults import FAULT_KINDS, RATE_LIMIT_ALGORITHMS, Fault, RateLimit
@@ -39,7 +40,8 @@ def _fault(text: str) -> Fault:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command line's parser; ``benchmarks.stand_in`` adds its own options to it."""
     parser = argparse.ArgumentParser(
         prog="python -m airflow_capillary_audit.sandbox",
         description="Serve a local stand-in of Capillary's audit-log API (GET /v2/events/audit_logs).",
@@ -83,9 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until SIGINT or SIGTERM, then return 0."""
-    args = _parser().parse_args(argv)
+def build_stand_in(args: argparse.Namespace, *, data_end: datetime | None = None) -> CapillaryStandIn:
+    """Return the stand-in that parsed command-line arguments describe, not yet started.
+
+    :param data_end: ``Dataset``'s ``end``, the end of the generated instants; by default the next UTC
+        midnight. The benchmarks fix it, so that the bytes served do not depend on the day.
+    """
     seed: int | str = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
     events = [name.strip() for name in args.events.split(",") if name.strip()] if args.events else None
     rate_limit = None
@@ -97,13 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             burst=args.rate_burst,
             retry_after=None if args.retry_after == "none" else args.retry_after,
         )
-    stand_in = CapillaryStandIn(
+    return CapillaryStandIn(
         users=dict(args.user) if args.user else DEFAULT_USERS,
         dataset=Dataset(
             seed=seed,
             event_names=events,
             records_per_event=args.records_per_event,
             history_per_record=args.history_per_record,
+            end=data_end,
             unparseable_rate=args.unparseable_rate,
         ),
         host=args.host,
@@ -116,7 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         oauth_ttl_seconds=args.oauth_ttl,
         basic_auth_enabled=not args.no_basic_auth,
     )
-    stand_in.serve_until_signalled(args.ready_file)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGINT or SIGTERM, then return 0."""
+    args = build_parser().parse_args(argv)
+    build_stand_in(args).serve_until_signalled(args.ready_file)
     return 0
 
 

@@ -1,0 +1,385 @@
+"""Run both example DAGs through the REST API, check what they wrote and logged, print the figures.
+
+Every expected row comes from the stand-in's own record of what it generated (``Dataset``), never
+from the provider's code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from types import ModuleType
+from typing import Any
+
+from scripts.system_test.cluster import Cluster
+from scripts.system_test.common import (
+    BUCKET,
+    DAILY_DAG,
+    LOGIN,
+    MAPPED_DAG,
+    PASSWORD,
+    ROOT,
+    TASK_ID,
+    WORKER_HOSTS,
+    SystemTestError,
+    step,
+)
+from scripts.system_test.services import Services
+
+# --- The mapped DAG ---------------------------------------------------------------------------------
+
+
+def run_mapped_dag(cluster: Cluster, services: Services) -> dict[str, Any]:
+    """Trigger the mapped DAG for yesterday's interval and check the bucket, manifests and workers."""
+    dag_file = load_dag_file("capillary_audit_mapped_s3.py")
+    groups: list[list[str]] = dag_file.EVENT_GROUPS
+    run_id, run, elapsed = _trigger_mapped_dag(cluster)
+    since, until = parse_time(run["data_interval_start"]), parse_time(run["data_interval_end"])
+    tis = [ti for ti in cluster.task_instances(MAPPED_DAG, run_id) if ti["task_id"] == TASK_ID]
+    if sorted(ti["map_index"] for ti in tis) != list(range(len(groups))):
+        raise SystemTestError(
+            f"expected map indexes 0..{len(groups) - 1}, got {[ti['map_index'] for ti in tis]}"
+        )
+    per_worker = Counter(ti["hostname"] for ti in tis)
+    print(f"Run {run_id}: {run['state']} in {elapsed:.1f} s; instances per worker: {dict(per_worker)}")
+    if set(per_worker) != set(WORKER_HOSTS):
+        raise SystemTestError(
+            f"the mapped instances ran on {dict(per_worker)}, not on both {WORKER_HOSTS}"
+        )
+    total = _check_bucket(services, groups, run_id, since, until)
+    return {
+        "runs": [(MAPPED_DAG, run_id)],
+        "elapsed": elapsed,
+        "rows": total,
+        "events": sum(len(group) for group in groups),
+        "instances": len(tis),
+        "per_worker": per_worker,
+    }
+
+
+def _trigger_mapped_dag(cluster: Cluster) -> tuple[str, dict[str, Any], float]:
+    """Trigger the run a schedule would make today; return its id, its final state, its seconds."""
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    # The interval a scheduled run of "0 2 * * *" covers: yesterday 02:00 to today 02:00.
+    start, end = today - timedelta(days=1) + timedelta(hours=2), today + timedelta(hours=2)
+    run_id = f"system_test__{start:%Y-%m-%d}"
+    step(f"Triggering {MAPPED_DAG} through the REST API for {start.isoformat()} .. {end.isoformat()}")
+    cluster.api.call("PATCH", f"/dags/{MAPPED_DAG}", json={"is_paused": False})
+    started = time.monotonic()
+    cluster.api.call(
+        "POST",
+        f"/dags/{MAPPED_DAG}/dagRuns",
+        json={
+            "dag_run_id": run_id,
+            "logical_date": start.isoformat(),
+            "data_interval_start": start.isoformat(),
+            "data_interval_end": end.isoformat(),
+        },
+    )
+    [run] = cluster.wait_for_runs(MAPPED_DAG, [run_id])
+    return run_id, run, time.monotonic() - started
+
+
+def _check_bucket(
+    services: Services, groups: list[list[str]], run_id: str, since: datetime, until: datetime
+) -> int:
+    """Check the run's objects: each event's rows once, exactly, and a complete manifest per group."""
+    dataset = services.dataset()
+    prefix = f"capillary/{since:%Y-%m-%d}/"
+    objects = services.list_objects(prefix)
+    if any(key.rsplit("/", 1)[1].startswith(".") for key in objects):
+        raise SystemTestError(f"temporary objects left in s3://{BUCKET}/{prefix}: {sorted(objects)}")
+    event_objects = {
+        key: _event_of(key.rsplit("/", 1)[1]) for key in objects if not key.rsplit("/", 1)[1].startswith("_")
+    }
+    all_events = [name for group in groups for name in group]
+    if Counter(event_objects.values()) != Counter(all_events):
+        raise SystemTestError(
+            f"objects {sorted(event_objects.values())} are not one per event of {all_events}"
+        )
+    rows_per_event: dict[str, int] = {}
+    for key, event_name in event_objects.items():
+        got = [json.loads(line) for line in objects[key].decode().splitlines()]
+        want = expected_rows(dataset, [event_name], since, until)
+        if got != want:
+            raise SystemTestError(
+                f"s3://{BUCKET}/{key}: {len(got)} rows differ from the stand-in's {len(want)} rows of "
+                f"event {event_name!r} in the window"
+            )
+        rows_per_event[event_name] = len(got)
+    by_key = {key.rsplit("/", 1)[1]: body for key, body in objects.items()}
+    manifest_names = sorted(name for name in by_key if name.startswith("_"))
+    wanted_manifests = sorted(f"_manifest.map-{index}.json" for index in range(len(groups)))
+    if manifest_names != wanted_manifests:
+        raise SystemTestError(f"manifests {manifest_names}, expected {wanted_manifests}")
+    for index, group in enumerate(groups):
+        manifest = json.loads(by_key[f"_manifest.map-{index}.json"])
+        check_manifest(
+            manifest, group, by_key, run_id, since, until, f"s3://{BUCKET}/{prefix}", map_index=index
+        )
+    total = sum(rows_per_event.values())
+    print(
+        f"s3://{BUCKET}/{prefix}: {len(event_objects)} objects, {total} rows, each event once, "
+        f"{len(manifest_names)} complete manifests"
+    )
+    return total
+
+
+# --- The daily DAG ----------------------------------------------------------------------------------
+
+
+def run_daily_backfill(cluster: Cluster, services: Services) -> dict[str, Any]:
+    """Backfill the daily DAG over three days; check the windows are disjoint and cover every change."""
+    dag_file = load_dag_file("capillary_audit_daily.py")
+    event_names: list[str] = list(dag_file.dag.params["event_names"])
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    first, last = today - timedelta(days=3), today - timedelta(days=1)
+    backfill, runs, elapsed = _backfill(cluster, first, last)
+    windows = sorted(
+        (parse_time(run["data_interval_start"]), parse_time(run["data_interval_end"])) for run in runs
+    )
+    wanted = [(first + timedelta(days=n), first + timedelta(days=n + 1)) for n in range(3)]
+    if windows != wanted:
+        raise SystemTestError(f"backfill {backfill['id']} made windows {windows}, expected {wanted}")
+    in_order = sorted(runs, key=lambda r: r["data_interval_start"])
+    total = _check_daily_files(cluster, services, in_order, windows, event_names)
+    run_ids = [run["dag_run_id"] for run in runs]
+    per_worker = Counter(
+        ti["hostname"] for run_id in run_ids for ti in cluster.task_instances(DAILY_DAG, run_id)
+    )
+    print(
+        f"Backfill {backfill['id']}: 3 runs in {elapsed:.1f} s, {total} rows in 3 disjoint windows "
+        f"that together hold every change of the 3 days; instances per worker: {dict(per_worker)}"
+    )
+    return {
+        "runs": [(DAILY_DAG, run_id) for run_id in run_ids],
+        "elapsed": elapsed,
+        "rows": total,
+        "per_worker": per_worker,
+    }
+
+
+def _backfill(
+    cluster: Cluster, first: datetime, last: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+    """Backfill the daily DAG from ``first`` to ``last``; return the backfill, its runs, its seconds."""
+    step(f"Backfilling {DAILY_DAG} through the REST API over {first:%Y-%m-%d} .. {last:%Y-%m-%d}")
+    cluster.api.call("PATCH", f"/dags/{DAILY_DAG}", json={"is_paused": False})
+    started = time.monotonic()
+    backfill = cluster.api.call(
+        "POST",
+        "/backfills",
+        json={
+            "dag_id": DAILY_DAG,
+            "from_date": first.isoformat(),
+            "to_date": last.isoformat(),
+            "max_active_runs": 3,
+        },
+    )
+    runs = cluster.api.call("GET", f"/dags/{DAILY_DAG}/dagRuns")["dag_runs"]
+    run_ids = [run["dag_run_id"] for run in runs if run["run_type"] == "backfill"]
+    runs = cluster.wait_for_runs(DAILY_DAG, run_ids)
+    return backfill, runs, time.monotonic() - started
+
+
+def _check_daily_files(
+    cluster: Cluster,
+    services: Services,
+    runs: list[dict[str, Any]],
+    windows: list[tuple[datetime, datetime]],
+    event_names: list[str],
+) -> int:
+    """Check each window's folder against the stand-in, and that the windows share no row and miss none."""
+    dataset = services.dataset()
+    every_row: Counter[str] = Counter()
+    for run, (since, until) in zip(runs, windows):
+        folder = cluster.daily_output / f"{since:%Y-%m-%d}"
+        files = {path.name: path.read_bytes() for path in folder.iterdir()}
+        if any(name.startswith(".") for name in files):
+            raise SystemTestError(f"temporary files left in {folder}: {sorted(files)}")
+        check_manifest(
+            json.loads(files["_manifest.json"]),
+            event_names,
+            files,
+            run["dag_run_id"],
+            since,
+            until,
+            str(folder),
+            map_index=-1,
+        )
+        window_rows: list[str] = []
+        for event_name in event_names:
+            [name] = [n for n in files if not n.startswith("_") and _event_of(n) == event_name]
+            got = [json.loads(line) for line in files[name].decode().splitlines()]
+            if got != expected_rows(dataset, [event_name], since, until):
+                raise SystemTestError(f"{folder / name}: rows differ from the stand-in's in the window")
+            window_rows += [json.dumps(row, sort_keys=True) for row in got]
+        if len(set(window_rows)) != len(window_rows):
+            raise SystemTestError(f"window {since:%Y-%m-%d} holds a row twice")
+        every_row.update(window_rows)
+    overlaps = {row for row, count in every_row.items() if count > 1}
+    if overlaps:
+        raise SystemTestError(
+            f"{len(overlaps)} rows are in more than one window, e.g. {next(iter(overlaps))}"
+        )
+    # The windows are the three whole days, as checked before.
+    first, end = windows[0][0], windows[-1][1]
+    whole = Counter(
+        json.dumps(row, sort_keys=True) for row in expected_rows(dataset, event_names, first, end)
+    )
+    if every_row != whole:
+        raise SystemTestError(
+            f"the three windows hold {sum(every_row.values())} rows; the changes in "
+            f"{first:%Y-%m-%d} .. {end - timedelta(days=1):%Y-%m-%d} are {sum(whole.values())} rows"
+        )
+    return sum(every_row.values())
+
+
+# --- The workers' logs ------------------------------------------------------------------------------
+
+
+def check_logs(cluster: Cluster, services: Services, runs: list[tuple[str, str]]) -> None:
+    """Check that the workers' task logs exist, say what they did, and hold no secret."""
+    step("Checking the workers' logs for secrets")
+    md5 = hashlib.md5(PASSWORD.encode()).hexdigest()
+    token = base64.b64encode(f"{LOGIN}:{md5}".encode()).decode()
+    needles = {
+        "the password": PASSWORD,
+        "its MD5": md5,
+        "the Basic token": token,
+        "the AWS secret key": services.aws_secret,
+    }
+    task_logs = []
+    for dag_id, run_id in runs:
+        found = sorted(
+            (cluster.airflow_home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}").rglob("*.log")
+        )
+        if not found:
+            raise SystemTestError(f"no task log for {dag_id} {run_id}")
+        for path in found:
+            if "Wrote " not in path.read_text(errors="replace"):
+                raise SystemTestError(f"{path} does not hold the operator's 'Wrote ...' line")
+        task_logs += found
+    worker_logs = [cluster.processes.log(f"worker-{n}") for n in range(1, len(WORKER_HOSTS) + 1)]
+    for path in task_logs + worker_logs:
+        text = path.read_text(errors="replace")
+        for what, secret in needles.items():
+            if secret in text:
+                raise SystemTestError(f"{path} holds {what}")
+    print(
+        f"{len(task_logs)} task logs and {len(worker_logs)} worker logs: no password, MD5, Basic token "
+        "or AWS secret key"
+    )
+
+
+# --- The figures ------------------------------------------------------------------------------------
+
+
+def print_figures(
+    total: float, phases: dict[str, float], mapped: dict[str, Any], daily: dict[str, Any]
+) -> None:
+    """Print the run's figures: where the time went, rows, instances per worker."""
+    step("Figures")
+    print(f"  total run time                      {total:6.1f} s")
+    for name, seconds in phases.items():
+        print(f"    {name:<34}{seconds:6.1f} s")
+    print(
+        f"  mapped run (trigger to success)     {mapped['elapsed']:6.1f} s: {mapped['instances']} mapped "
+        f"instances, {mapped['events']} events, {mapped['rows']} rows"
+    )
+    print(f"    instances per worker              {format_counts(mapped['per_worker'])}")
+    print(f"  daily backfill, 3 days              {daily['elapsed']:6.1f} s: 3 runs, {daily['rows']} rows")
+    print(f"    instances per worker              {format_counts(daily['per_worker'])}")
+
+
+def format_counts(counts: Counter[str]) -> str:
+    """Format a count per host name, sorted by name."""
+    return ", ".join(f"{host}: {count}" for host, count in sorted(counts.items()))
+
+
+# --- What the files should hold ---------------------------------------------------------------------
+
+
+def load_dag_file(name: str) -> ModuleType:
+    """Import an example DAG file, to read its event names as the DAG defines them."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), ROOT / "dags_examples" / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def expected_rows(dataset: Any, names: list[str], since: datetime, until: datetime) -> list[dict[str, Any]]:
+    """Build the rows of a window from the stand-in's own record of what it generated."""
+    rows = []
+    for name in names:
+        for record, instants in zip(dataset.records(name), dataset.instants(name)):
+            for entry, instant in zip(record["valueHistory"], instants):
+                if instant is None or not since <= instant < until:
+                    continue
+                rows.append(
+                    {
+                        "event_name": name,
+                        "id": record["id"],
+                        "org_id": record["orgId"],
+                        "updated_type": record["updatedType"],
+                        "request_id": record["requestId"],
+                        "value": entry["value"],
+                        "changed_on": instant.astimezone(timezone.utc).isoformat(),
+                        "changed_on_raw": str(entry["changedOn"]),
+                    }
+                )
+    return rows
+
+
+def check_manifest(
+    manifest: dict[str, Any],
+    event_names: list[str],
+    files: dict[str, bytes],
+    run_id: str,
+    since: datetime,
+    until: datetime,
+    where: str,
+    map_index: int,
+) -> None:
+    """Check that a manifest lists every event of its share, with each file's true rows, size and hash."""
+    problems = []
+    if [entry["event_name"] for entry in manifest["events"]] != event_names:
+        problems.append(f"events {[e['event_name'] for e in manifest['events']]} != {event_names}")
+    for entry in manifest["events"]:
+        body = files.get(entry["file"])
+        if body is None:
+            problems.append(f"{entry['file']} is listed but missing")
+            continue
+        if entry["bytes"] != len(body) or entry["sha256"] != hashlib.sha256(body).hexdigest():
+            problems.append(f"{entry['file']}: size or SHA-256 differs from the file")
+        if entry["rows"] != len(body.decode().splitlines()):
+            problems.append(
+                f"{entry['file']}: {entry['rows']} rows listed, {len(body.decode().splitlines())} in the file"
+            )
+    if manifest["total_rows"] != sum(entry["rows"] for entry in manifest["events"]):
+        problems.append("total_rows is not the sum of the events' rows")
+    if manifest["run_id"] != run_id or manifest["map_index"] != map_index:
+        problems.append(
+            f"run {manifest['run_id']!r} map index {manifest['map_index']}, expected {run_id!r} {map_index}"
+        )
+    if parse_time(manifest["changed_since"]) != since or parse_time(manifest["changed_until"]) != until:
+        problems.append(f"window {manifest['changed_since']} .. {manifest['changed_until']} is not the run's")
+    if problems:
+        raise SystemTestError(f"manifest in {where} (map index {map_index}): " + "; ".join(problems))
+
+
+def _event_of(file_name: str) -> str:
+    from airflow_capillary_audit.formats import event_name_from_file
+
+    return event_name_from_file(file_name)[0]
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO 8601 time from the REST API or a manifest into an aware UTC datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)

@@ -1,0 +1,48 @@
+"""What every part of the system test shares: the repository, the test's fixed data, errors, output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTED_AT_VARIABLE = "CAPILLARY_SYSTEM_TEST_STARTED_AT"
+# Every process this script starts carries this variable, so a stray child can be found by it.
+MARKER_VARIABLE = "CAPILLARY_SYSTEM_TEST_ID"
+
+MAPPED_DAG = "capillary_audit_mapped_s3"
+DAILY_DAG = "capillary_audit_daily"
+TASK_ID = "fetch_audit_logs"
+LOGIN, PASSWORD = "store.server", "server123"
+# The stand-in's data: a few hundred records per event, up to 20 changes each, over the last 30 days.
+SEED = 42
+RECORDS_PER_EVENT = (300, 600)
+HISTORY_PER_RECORD = (0, 20)
+BUCKET = "capillary-system-test"
+WORKER_HOSTS = ("capillary-worker-1", "capillary-worker-2")
+# Two slots per worker, three mapped instances: with Airflow's late acks (prefetch = concurrency) one
+# worker holds at most two tasks, so the third must go to the other.
+WORKER_CONCURRENCY = 2
+START_TIMEOUT = 180.0
+RUN_TIMEOUT = 300.0
+
+
+class SystemTestError(Exception):
+    """A check failed or a service misbehaved; the message says which and where to look."""
+
+
+class Interrupted(BaseException):
+    """A signal asked the test to stop; raised so that every ``finally`` still runs."""
+
+
+def step(message: str) -> None:
+    """Print the heading of the next step."""
+    print(f"\n==> {message}", flush=True)
+
+
+def tail(path: Path, lines: int) -> str:
+    """Return the last lines of a text file, indented."""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return "    (no log)"
+    return "\n".join(f"    {line}" for line in text)
