@@ -45,7 +45,7 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     },
     "timeout": {
         "label": "Timeout (seconds)",
-        "description": "Connect and read timeout of one request.",
+        "description": "Most seconds one request may take, from sending it to the last byte of the answer.",
         "schema": {"type": ["number", "null"], "default": 30, "exclusiveMinimum": 0},
     },
     "max_retries": {

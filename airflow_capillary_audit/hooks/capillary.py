@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import requests
 import tenacity
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from airflow_capillary_audit import __version__
@@ -271,8 +272,14 @@ class CapillaryHook(BaseHook):
     def _send(
         self, session: requests.Session, method: str, path: str, event_name: str | None, **kwargs: Any
     ) -> Answer:
-        """Make one HTTP exchange and read its answer; turn transport failures into typed errors."""
+        """
+        Make one HTTP exchange and read its answer; turn transport failures into typed errors.
+
+        ``timeout`` bounds the whole exchange, from sending to the body's last byte, not each socket
+        read: a body that trickles in is cut off at the deadline, and a stop is seen between reads.
+        """
         settings = self.settings
+        deadline = time.monotonic() + settings.timeout
         try:
             # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
             response = session.request(
@@ -281,11 +288,14 @@ class CapillaryHook(BaseHook):
                 timeout=settings.timeout,
                 verify=settings.verify,
                 allow_redirects=False,
+                stream=True,
                 **kwargs,
             )
+            with response:
+                content = _read_body(response, deadline, self._stopped, event_name)
             # The token the request carried: a refused one is forgotten, unless renewed meanwhile.
             sent_token = response.request.headers.get(OAUTH_TOKEN_HEADER)
-            answer = read_answer(response.status_code, response.headers, response.content, sent_token)
+            answer = read_answer(response.status_code, response.headers, content, sent_token)
         except requests.Timeout as err:
             raise CapillaryTimeoutError(
                 f"No answer within {settings.timeout:g} s",
@@ -307,6 +317,57 @@ class _NoAuth(requests.auth.AuthBase):
 
 
 _NO_AUTH = _NoAuth()
+# The most read from the socket at once: one chunk of a body.
+_CHUNK_BYTES = 1 << 20
+
+
+def _read_body(
+    response: requests.Response, deadline: float, stopped: threading.Event, event_name: str | None
+) -> bytes:
+    """
+    Read a streamed body whole, one socket read at a time, until EOF, the deadline or a stop.
+
+    urllib3's errors are raised as requests raises them when it reads a body itself, except that a
+    read timeout is a timeout (requests calls it a connection error).
+    """
+    try:
+        return _read_chunks(response.raw, deadline, stopped, event_name)
+    except urllib3.exceptions.TimeoutError as err:
+        raise requests.exceptions.ReadTimeout(err) from err
+    except urllib3.exceptions.ProtocolError as err:
+        raise requests.exceptions.ChunkedEncodingError(err) from err
+    except urllib3.exceptions.SSLError as err:
+        raise requests.exceptions.SSLError(err) from err
+
+
+def _read_chunks(
+    raw: urllib3.BaseHTTPResponse, deadline: float, stopped: threading.Event, event_name: str | None
+) -> bytes:
+    """Return the body's pieces joined: each socket read (or HTTP chunk) as it arrives."""
+    connection = getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+
+    def pieces() -> Iterator[bytes]:
+        if raw.chunked:
+            yield from raw.read_chunked(decode_content=True)
+            return
+        while chunk := raw.read1(_CHUNK_BYTES, decode_content=True):
+            yield chunk
+
+    chunks: list[bytes] = []
+    source = pieces()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise requests.exceptions.ReadTimeout("the body did not arrive whole within the timeout")
+        if stopped.is_set():
+            raise CapillaryCancelledError(f"Request for event {event_name!r} stopped: the task was stopped")
+        if sock is not None:
+            sock.settimeout(left)
+        chunk = next(source, None)
+        if chunk is None:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _connection_error(err: Exception, base_url: str, event_name: str | None) -> CapillaryConnectionError:

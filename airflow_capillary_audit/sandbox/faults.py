@@ -32,6 +32,7 @@ FAULT_KINDS = (
     "not_json_200",
     "slow",
     "hang",
+    "trickle",
     "errors_in_body",
     "warnings_in_body",
     "json_list",
@@ -50,6 +51,7 @@ RATE_LIMIT_ALGORITHMS = ("fixed", "sliding", "leaky")
 
 DEFAULT_SLOW_SECONDS = 5.0
 DEFAULT_HANG_SECONDS = 30.0
+DEFAULT_TRICKLE_BYTES_PER_SECOND = 20.0
 DEFAULT_HUGE_BODY_SIZE = 50 * 1024 * 1024
 # Absorbs float error, so a client spacing requests exactly at the allowed rate is never refused.
 _EPSILON = 1e-9
@@ -90,6 +92,8 @@ class Fault:
     ``slow``                  waits ``seconds`` (default 5), then answers normally
     ``hang``                  answers nothing; closes after ``seconds`` (default 30) or when the stand-in
                               stops
+    ``trickle``               200 with the normal headers, then the body at ``bytes_per_second``
+                              (default 20) in small pieces: every read is quick, the whole is slow
     ``errors_in_body``        200 with ``data: []`` and an ``errors[]`` entry (code 8084)
     ``warnings_in_body``      200 with the normal data and one ``warnings[]`` entry (code 8090)
     ``json_list``             200 whose body is a JSON array
@@ -115,6 +119,7 @@ class Fault:
     body: bytes | None = None
     endpoint: str = "audit_logs"
     status: int = 200
+    bytes_per_second: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -129,6 +134,8 @@ class Fault:
             raise ValueError(f"retry_after must be one of {RETRY_AFTER_STYLES}")
         if self.kind == "redirect" and not self.location:
             raise ValueError("a redirect fault needs a location")
+        if self.bytes_per_second is not None and self.bytes_per_second <= 0:
+            raise ValueError("bytes_per_second must be positive")
         if self.kind == "body" and self.body is None:
             raise ValueError("a body fault needs a body")
         if isinstance(self.body, str):

@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 from airflow_capillary_audit.sandbox.data import Dataset, encode_json
 from airflow_capillary_audit.sandbox.faults import (
     DEFAULT_HANG_SECONDS,
+    DEFAULT_TRICKLE_BYTES_PER_SECOND,
     DEFAULT_HUGE_BODY_SIZE,
     DEFAULT_SLOW_SECONDS,
     Fault,
@@ -125,9 +126,11 @@ class _Reply:
     content_type: str | None = JSON_CONTENT_TYPE
     headers: dict[str, str] = field(default_factory=dict)
     fault: str | None = None
-    # "full", or how a fault cuts the exchange short: "reset", "truncated", "hang".
+    # "full", or how a fault cuts the exchange short or draws it out: "reset", "truncated", "hang",
+    # "trickle".
     delivery: str = "full"
     delay: float = 0.0
+    bytes_per_second: float = 0.0
 
 
 def md5_hex(text: str) -> str:
@@ -499,6 +502,9 @@ class CapillaryStandIn:
             return self._too_many_requests(fault.retry_after, wait, "Too many requests", kind)
         if kind in ("reset", "truncated"):
             return _Reply(200, self.dataset.body(event_name), delivery=kind)
+        if kind == "trickle":
+            pace = fault.bytes_per_second or DEFAULT_TRICKLE_BYTES_PER_SECOND
+            return _Reply(200, self.dataset.body(event_name), delivery=kind, bytes_per_second=pace)
         if kind == "hang":
             return _Reply(
                 0, delivery="hang", delay=fault.seconds if fault.seconds is not None else DEFAULT_HANG_SECONDS
@@ -722,6 +728,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.body[: len(reply.body) // 2])
             self.server.stand_in._stopping.wait(_RESET_PAUSE_SECONDS)
             self._reset()
+        elif reply.delivery == "trickle":
+            self._trickle(reply.body, reply.bytes_per_second)
+
+    def _trickle(self, body: bytes, bytes_per_second: float) -> None:
+        """Send ``body`` a few bytes at a time, ten pieces a second, until sent or the stand-in stops."""
+        stopping = self.server.stand_in._stopping
+        piece = max(1, round(bytes_per_second / 10))
+        for start in range(0, len(body), piece):
+            if stopping.wait(piece / bytes_per_second):
+                break
+            try:
+                self.wfile.write(body[start : start + piece])
+                self.wfile.flush()
+            except OSError:  # the client gave up: nothing more to send
+                break
+        self.close_connection = True
 
     def _reset(self) -> None:
         """Abort the connection with a TCP reset instead of an orderly close."""

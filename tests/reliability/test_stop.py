@@ -144,3 +144,60 @@ def test_an_execution_timeout_ends_the_back_off_and_runs_no_queued_event(api, mo
     assert sorted(r.event_name for r in api.requests) == sorted(names[:WORKERS])
     assert took < RUN_WITHIN, f"the run took {took:.1f} s: it waited out a back-off"
     assert data_files(folder) == {} and manifest_of(folder) is None and hidden_files(folder) == []
+
+
+# A body of about 2 KB at 20 bytes a second takes 100 s; each socket read is quick all the same.
+TRICKLE = Fault("trickle", bytes_per_second=20)
+TRICKLED_NAMES = ["stop event 38", "stop event 29"]
+# Well under the bodies' 100 s, with room for a loaded machine's DAG parsing and task start.
+TRICKLED_RUN_WITHIN = 45.0
+
+
+def test_a_body_that_trickles_in_is_cut_off_at_the_timeout(api, monkeypatch, airflow_db, tmp_path):
+    from airflow_capillary_audit.exceptions import CapillaryTimeoutError
+    from airflow_capillary_audit.hooks.capillary import CapillaryHook
+
+    assert all(len(api.dataset.body(name)) > 1500 for name in TRICKLED_NAMES)
+    use_capillary(monkeypatch, api.url, timeout=1, max_retries=0)
+    api.set_faults([TRICKLE])
+
+    started = time.monotonic()
+    with pytest.raises(CapillaryTimeoutError, match="No answer within 1 s") as caught:
+        CapillaryHook().get_audit_logs(TRICKLED_NAMES[0])
+
+    assert time.monotonic() - started < STOP_WITHIN
+    assert caught.value.attempts == 1
+
+
+def test_a_stop_ends_a_body_that_trickles_in(api, monkeypatch, airflow_db, tmp_path):
+    from airflow_capillary_audit.exceptions import CapillaryCancelledError
+    from airflow_capillary_audit.hooks.capillary import CapillaryHook
+
+    use_capillary(monkeypatch, api.url, timeout=300, max_retries=0)
+    api.set_faults([TRICKLE])
+    hook = CapillaryHook()
+    stopper = threading.Timer(1.0, hook.stop)
+    stopper.start()
+
+    started = time.monotonic()
+    with pytest.raises(CapillaryCancelledError, match="stopped"):
+        hook.get_audit_logs(TRICKLED_NAMES[0])
+
+    assert time.monotonic() - started < STOP_WITHIN
+    stopper.join()
+
+
+def test_an_execution_timeout_ends_a_body_that_trickles_in(api, monkeypatch, run_dag, tmp_path):
+    use_capillary(monkeypatch, api.url, timeout=5)
+    api.set_faults([TRICKLE])
+    folder = tmp_path / "out"
+    source = DAG.format(names=TRICKLED_NAMES, folder=str(folder), workers=WORKERS, timeout=2)
+
+    started = time.monotonic()
+    dag_run, xcom = run_dag(source)
+    took = time.monotonic() - started
+
+    assert dag_run.state == "failed"
+    # execution_timeout (2 s) plus the exchange's timeout (5 s) at most, not the 100 s of the bodies.
+    assert took < TRICKLED_RUN_WITHIN, f"the run took {took:.1f} s: it waited for the bodies"
+    assert data_files(folder) == {} and manifest_of(folder) is None and hidden_files(folder) == []

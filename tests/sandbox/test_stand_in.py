@@ -498,6 +498,32 @@ def test_slow_fault_trips_a_short_client_timeout(stand_in):
     assert stand_in.requests[-1].fault == "slow"
 
 
+def test_trickle_fault_sends_the_whole_body_slowly_in_small_pieces(stand_in):
+    body = stand_in.dataset.body("points_update")
+    stand_in.set_faults([Fault("trickle", bytes_per_second=2000, times=1)])
+    connection = http.client.HTTPConnection(stand_in.host, stand_in.port, timeout=5)
+    connection.request("GET", f"{PATH}?format=json&eventName=points_update", headers=AUTH)
+    response = connection.getresponse()
+    started = time.monotonic()
+    pieces = []
+    while piece := response.read1(65536):
+        pieces.append(piece)
+    took = time.monotonic() - started
+    connection.close()
+
+    assert response.status == 200 and response.getheader("Content-Length") == str(len(body))
+    assert b"".join(pieces) == body
+    # 200 bytes every 0.1 s: many reads, and about len / 2000 seconds in all.
+    assert len(pieces) >= len(body) // 200 - 1
+    assert took >= 0.8 * len(body) / 2000
+    assert stand_in.requests[-1].fault == "trickle"
+
+
+def test_a_trickle_needs_a_positive_pace():
+    with pytest.raises(ValueError, match="bytes_per_second must be positive"):
+        Fault("trickle", bytes_per_second=0)
+
+
 def test_hang_fault_is_released_by_stop():
     stand_in = CapillaryStandIn(users=USERS, faults=[Fault("hang", seconds=60)]).start()
     outcome: list[BaseException | requests.Response] = []
