@@ -194,7 +194,7 @@ def test_an_execution_timeout_ends_a_body_that_trickles_in(api, monkeypatch, run
     source = DAG.format(names=TRICKLED_NAMES, folder=str(folder), workers=WORKERS, timeout=2)
 
     started = time.monotonic()
-    dag_run, xcom = run_dag(source)
+    dag_run, _ = run_dag(source)
     took = time.monotonic() - started
 
     assert dag_run.state == "failed"
