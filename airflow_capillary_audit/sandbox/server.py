@@ -38,9 +38,9 @@ from urllib.parse import parse_qs, urlsplit
 from airflow_capillary_audit.sandbox.data import Dataset, encode_json
 from airflow_capillary_audit.sandbox.faults import (
     DEFAULT_HANG_SECONDS,
-    DEFAULT_TRICKLE_BYTES_PER_SECOND,
     DEFAULT_HUGE_BODY_SIZE,
     DEFAULT_SLOW_SECONDS,
+    DEFAULT_TRICKLE_BYTES_PER_SECOND,
     Fault,
     FaultPicker,
     RateLimit,
