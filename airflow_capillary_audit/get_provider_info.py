@@ -103,7 +103,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider's metadata for Airflow's providers manager."""
-    from airflow_capillary_audit import __version__
+    from airflow_capillary_audit import __version__  # noqa: PLC0415 - harmless: the package is already imported
 
     return {
         "package-name": "airflow-capillary-audit",

@@ -206,9 +206,9 @@ class CapillaryHook(BaseHook):
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
         """Return the extras as form widgets (Airflow before 3.2, where Flask-AppBuilder is present)."""
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-        from flask_babel import lazy_gettext
-        from wtforms import BooleanField, StringField
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget  # noqa: PLC0415 - webserver only, before Airflow 3.2
+        from flask_babel import lazy_gettext  # noqa: PLC0415 - webserver only, before Airflow 3.2
+        from wtforms import BooleanField, StringField  # noqa: PLC0415 - webserver only, before Airflow 3.2
 
         widgets: dict[str, Any] = {}
         for name, field in CONN_FIELDS.items():
@@ -649,7 +649,7 @@ def _jitter(random_bytes: Callable[[int], bytes] = os.urandom) -> float:
 def _fast_loads() -> Any:
     """Return msgspec's JSON decoder (Airflow 3 installs msgspec), or None without it."""
     try:
-        from msgspec.json import Decoder
+        from msgspec.json import Decoder  # noqa: PLC0415 - optional; called once, at import, below
     except ImportError:
         return None
     return Decoder().decode
