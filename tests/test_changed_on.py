@@ -21,6 +21,7 @@ from airflow_capillary_audit.changed_on import (
     read_iso_pattern,
     validate_window,
 )
+from tests.helpers import NOT_PURE, modules_imported_by
 
 UTC = timezone.utc
 KOLKATA = ZoneInfo("Asia/Kolkata")
@@ -432,3 +433,9 @@ def test_a_naive_window_is_read_checked_and_stripped_of_its_zone() -> None:
         naive_window(None, "soon")
     with pytest.raises(ValueError, match=r"^changed_since \(2026-11-25T00:00:00\+00:00\) is after changed_until"):
         naive_window("2026-11-25", "2026-11-24")
+
+
+
+def test_reading_times_imports_nothing_from_airflow() -> None:
+    added = modules_imported_by("airflow_capillary_audit.changed_on")
+    assert sorted(n for n in added if n.split(".")[0] in NOT_PURE) == []

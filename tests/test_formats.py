@@ -20,6 +20,7 @@ from airflow_capillary_audit.formats import (
     write_rows,
 )
 from airflow_capillary_audit.records import ROW_COLUMNS, iter_rows
+from tests.helpers import NOT_PURE, modules_imported_by
 
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -552,3 +553,9 @@ def test_parquet_is_snappy_compressed() -> None:
         for column in range(metadata.num_columns)
     }
     assert compressions == {"SNAPPY"}
+
+
+
+def test_writing_formats_imports_nothing_from_airflow() -> None:
+    added = modules_imported_by("airflow_capillary_audit.formats")
+    assert sorted(n for n in added if n.split(".")[0] in NOT_PURE) == []

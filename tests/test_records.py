@@ -18,6 +18,7 @@ from airflow_capillary_audit.records import (
     filter_records,
     iter_rows,
 )
+from tests.helpers import NOT_PURE, modules_imported_by
 
 UTC = timezone.utc
 KOLKATA = ZoneInfo("Asia/Kolkata")
@@ -534,3 +535,9 @@ def test_a_rendered_list_error_says_how_to_fix_the_template() -> None:
         "event_names: \"['a', 'b']\" is a list rendered as text by a Jinja template; set "
         "render_template_as_native_obj=True on the DAG, or pass the list itself"
     )
+
+
+
+def test_shaping_imports_nothing_from_airflow() -> None:
+    added = modules_imported_by("airflow_capillary_audit.records")
+    assert sorted(n for n in added if n.split(".")[0] in NOT_PURE) == []
