@@ -17,17 +17,17 @@ __all__ = ["BaseHook", "BaseOperator", "ObjectStoragePath", "has_fs", "mask_secr
 def __getattr__(name: str) -> Any:
     # Object storage pulls in fsspec and universal-pathlib: only the task that writes pays for it.
     if name == "ObjectStoragePath":
-        from airflow.sdk import ObjectStoragePath
+        from airflow.sdk import ObjectStoragePath  # noqa: PLC0415 - pulls in fsspec and universal-pathlib
 
         return ObjectStoragePath
     if name == "has_fs":
         try:
-            from airflow.sdk.io.fs import has_fs
+            from airflow.sdk.io.fs import has_fs  # noqa: PLC0415 - pulls in fsspec
         except ImportError:  # Airflow 3.0: the filesystem registry is still in core
-            from airflow.io import has_fs  # type: ignore[attr-defined,no-redef]
+            from airflow.io import has_fs  # type: ignore[attr-defined,no-redef]  # noqa: PLC0415 - pulls in fsspec
         return has_fs
     if name == "mask_secret":
-        from airflow.sdk.log import mask_secret
+        from airflow.sdk.log import mask_secret  # noqa: PLC0415 - airflow.sdk leaves its log module unloaded on 3.0
 
         return mask_secret
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

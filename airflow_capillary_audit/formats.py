@@ -18,11 +18,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain, islice
 from operator import itemgetter
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from urllib.parse import quote, unquote
 
 if TYPE_CHECKING:
     import pyarrow
+
+try:
+    from msgspec.json import Encoder as _MsgspecEncoder
+except ImportError:  # msgspec is optional (Airflow installs it): JSON is then written by the standard library
+    _MsgspecEncoder = None  # type: ignore[assignment,misc]
 
 OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "parquet")
 
@@ -54,6 +59,23 @@ _encode_json_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), 
 
 class ParquetUnavailableError(ImportError):
     """Raised when Parquet output is asked for and pyarrow is not installed."""
+
+
+class BinaryWriter(Protocol):
+    """What :func:`write_rows` writes into: a binary file open for writing, or a :class:`HashingWriter`."""
+
+    def write(self, data: bytes, /) -> int:
+        """Write ``data``; return how many bytes were taken."""
+
+    def flush(self) -> None:
+        """Push buffered bytes on."""
+
+    def writable(self) -> bool:
+        """Say whether the object can be written to."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the object is closed."""
 
 
 def _suffix(output_format: str) -> str:
@@ -171,7 +193,7 @@ class HashingWriter:
 def write_rows(
     output_format: str,
     rows: Iterable[Mapping[str, Any]],
-    fileobj: BinaryIO,
+    fileobj: BinaryWriter,
     *,
     columns: Sequence[str] | None = None,
 ) -> int:
@@ -244,14 +266,19 @@ def _ascii_if_needed(line: str, row: Any) -> str:
     return line
 
 
-def _flat_json_lines(batch: list[Any]) -> bytes | None:
+def flat_json_lines(batch: list[Any]) -> bytes | None:
     """
     Encode flat rows of text, integers, booleans and nulls as JSON Lines with msgspec, if installed.
 
     For such rows, keyed by text, msgspec writes the same bytes as the standard library, several
-    times faster; it writes floats differently and NaN as null, so other rows return None.
+    times faster; it writes floats differently and NaN as null, so other rows return None, and
+    :func:`write_rows` encodes them with the standard library instead.
+
+    :param batch: the rows, dicts.
+    :return: one line per row, each ending in ``\n``; None when msgspec is not installed or a row
+        is not flat, not a dict keyed by text, or holds text UTF-8 cannot hold.
     """
-    encode_lines = _msgspec_encode_lines()
+    encode_lines = msgspec_encode_lines()
     if encode_lines is None:
         return None
     try:
@@ -269,28 +296,25 @@ def _flat_json_lines(batch: list[Any]) -> bytes | None:
 
 
 @functools.cache
-def _msgspec_encode_lines() -> Callable[[list[Any]], bytes] | None:
-    try:
-        from msgspec.json import Encoder
-    except ImportError:
-        return None
-    return Encoder().encode_lines
+def msgspec_encode_lines() -> Callable[[list[Any]], bytes] | None:
+    """Return msgspec's JSON Lines encoder, which :func:`flat_json_lines` uses, or None without msgspec."""
+    return None if _MsgspecEncoder is None else _MsgspecEncoder().encode_lines
 
 
-def _write_jsonl(rows: Iterable[Any], fileobj: BinaryIO) -> int:
+def _write_jsonl(rows: Iterable[Any], fileobj: BinaryWriter) -> int:
     count = 0
     for batch in _batches(rows, _TEXT_BATCH_ROWS):
-        data = _flat_json_lines(batch)
+        data = flat_json_lines(batch)
         fileobj.write(_utf8(list(map(_encode_json, batch)), batch, "\n", "\n") if data is None else data)
         count += len(batch)
     return count
 
 
-def _write_json(rows: Iterable[Any], fileobj: BinaryIO) -> int:
+def _write_json(rows: Iterable[Any], fileobj: BinaryWriter) -> int:
     count = 0
     for batch in _batches(rows, _TEXT_BATCH_ROWS):
         fileobj.write(b",\n" if count else b"[")
-        data = _flat_json_lines(batch)
+        data = flat_json_lines(batch)
         if data is None:
             fileobj.write(_utf8(list(map(_encode_json, batch)), batch, ",\n", ""))
         else:
@@ -342,7 +366,7 @@ def _refuse_nested(values: list[tuple[Any, ...]], columns: Sequence[str], output
                     )
 
 
-def _write_csv(rows: Iterable[Mapping[str, Any]], fileobj: BinaryIO, columns: Sequence[str]) -> int:
+def _write_csv(rows: Iterable[Mapping[str, Any]], fileobj: BinaryWriter, columns: Sequence[str]) -> int:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(columns)
@@ -362,8 +386,8 @@ def _write_csv(rows: Iterable[Mapping[str, Any]], fileobj: BinaryIO, columns: Se
 
 def _import_pyarrow() -> tuple[Any, Any]:
     try:
-        import pyarrow
-        import pyarrow.parquet
+        import pyarrow  # noqa: PLC0415 - optional, and only Parquet output needs it
+        import pyarrow.parquet  # noqa: PLC0415 - optional, and only Parquet output needs it
     except ImportError as error:
         raise ParquetUnavailableError(PARQUET_INSTALL_HINT) from error
     return pyarrow, pyarrow.parquet
@@ -401,7 +425,7 @@ def _parquet_array(pa: Any, values: list[Any], column: str, data_type: pyarrow.D
             raise ValueError(f"output_format 'parquet' cannot store column {column!r}: {error}") from None
 
 
-def _write_parquet(rows: Iterable[Mapping[str, Any]], fileobj: BinaryIO, columns: Sequence[str]) -> int:
+def _write_parquet(rows: Iterable[Mapping[str, Any]], fileobj: BinaryWriter, columns: Sequence[str]) -> int:
     pa, pq = _import_pyarrow()
     schema = pa.schema(
         [

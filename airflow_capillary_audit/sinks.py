@@ -6,11 +6,14 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+# Object storage is read from _compat when a folder is used: it pulls in fsspec and universal-pathlib.
+from airflow_capillary_audit import _compat
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryError, CapillaryWriteError
 from airflow_capillary_audit.formats import HashingWriter
 
@@ -46,6 +49,45 @@ class WrittenFile:
     sha256: str
 
 
+@dataclass(frozen=True)
+class EventFile:
+    """One event's entry in the manifest: its name, the file written, and the records it came from."""
+
+    event_name: str
+    file: WrittenFile
+    records: int
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """
+    The run a manifest describes, in the manifest's order: the task instance, when, and what it asked.
+
+    :param map_index: the mapped instance's index, -1 (or None) when the task is not mapped; mapped
+        instances each write a manifest of their own, see :func:`manifest_name`.
+    :param fetched_at: when the run's requests were done, in UTC.
+    """
+
+    dag_id: str | None
+    task_id: str | None
+    run_id: str | None
+    map_index: int | None
+    fetched_at: datetime
+    capillary_conn_id: str
+    output_format: str
+    flatten: bool
+    changed_since: datetime | None
+    changed_until: datetime | None
+
+
+@dataclass(frozen=True)
+class LineageName:
+    """A file as OpenLineage names a dataset: the store (``file``, ``s3://bucket``) and the path in it."""
+
+    namespace: str
+    name: str
+
+
 class FolderSink:
     """
     Commit files into one destination folder: write to a temporary name, then move into place.
@@ -71,9 +113,7 @@ class FolderSink:
     def root(self) -> ObjectStoragePath:
         """Return the folder as Airflow's object-storage path."""
         if self._root is None:
-            from airflow_capillary_audit._compat import ObjectStoragePath
-
-            self._root = ObjectStoragePath(self.uri, conn_id=self.conn_id)
+            self._root = _compat.ObjectStoragePath(self.uri, conn_id=self.conn_id)
         return self._root
 
     def check(self) -> None:
@@ -84,10 +124,8 @@ class FolderSink:
                 f"destination {self.uri!r}: scheme {scheme!r} cannot be written to; use a local path, "
                 "file://, s3://, gs:// or another object store Airflow supports"
             )
-        from airflow_capillary_audit._compat import has_fs
-
         # Airflow writes through the filesystems its providers register, not every fsspec protocol.
-        if not has_fs(scheme):
+        if not _compat.has_fs(scheme):
             provider = STORE_PROVIDERS.get(scheme)
             hint = f"install {provider} where tasks run" if provider else "use a local path, file://, s3://, gs://"
             raise CapillaryConfigError(
@@ -144,15 +182,62 @@ class FolderSink:
         except Exception as err:
             raise CapillaryWriteError(f"Cannot remove {self.root / name}: {err}") from err
 
-    def write_manifest(self, manifest: dict[str, Any], manifest_name: str = MANIFEST_NAME) -> WrittenFile:
-        """Write the manifest, last: its presence says every file of the run is in place."""
+    def write_manifest(self, run: RunInfo, events: Sequence[EventFile]) -> WrittenFile:
+        """
+        Write the run's manifest, last: its presence says every file of the run is in place.
+
+        It is indented UTF-8 JSON named by :func:`manifest_name`; :func:`manifest_document` gives its keys.
+        """
+        manifest = manifest_document(run, events)
         body = (json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=False) + "\n").encode()
 
         def write_body(out: HashingWriter) -> int:
             out.write(body)
             return 0
 
-        return self.write(manifest_name, write_body)
+        return self.write(manifest_name(run.map_index), write_body)
+
+
+def manifest_name(map_index: int | None) -> str:
+    """Return the manifest's file name: mapped instances share a folder, each marks its own share complete."""
+    if map_index is None or map_index < 0:
+        return MANIFEST_NAME
+    return MANIFEST_NAME.replace(".json", f".map-{map_index}.json")
+
+
+def manifest_document(run: RunInfo, events: Sequence[EventFile]) -> dict[str, Any]:
+    """
+    Return the manifest of a run as a JSON-ready dict, keys in the order they are written.
+
+    ``manifest_version`` (1), the fields of :class:`RunInfo` (times as ISO 8601 strings),
+    ``total_rows``, and ``events``: for each event its name, file name, rows, records, bytes and
+    SHA-256, in the order the events were asked for.
+    """
+    return {
+        "manifest_version": 1,
+        "dag_id": run.dag_id,
+        "task_id": run.task_id,
+        "run_id": run.run_id,
+        "map_index": run.map_index,
+        "fetched_at": run.fetched_at.isoformat(),
+        "capillary_conn_id": run.capillary_conn_id,
+        "output_format": run.output_format,
+        "flatten": run.flatten,
+        "changed_since": run.changed_since.isoformat() if run.changed_since else None,
+        "changed_until": run.changed_until.isoformat() if run.changed_until else None,
+        "total_rows": sum(event.file.rows for event in events),
+        "events": [
+            {
+                "event_name": event.event_name,
+                "file": event.file.name,
+                "rows": event.file.rows,
+                "records": event.records,
+                "bytes": event.file.bytes,
+                "sha256": event.file.sha256,
+            }
+            for event in events
+        ],
+    }
 
 
 def static_folder_uri(destination: str) -> str | None:
@@ -177,12 +262,12 @@ def static_folder_uri(destination: str) -> str | None:
     return uri
 
 
-def lineage_name(uri: str) -> tuple[str, str]:
-    """Return OpenLineage's namespace and name of a file: ``("file", path)`` or ``("s3://bucket", key)``."""
+def lineage_name(uri: str) -> LineageName:
+    """Return how OpenLineage names a file: ``file`` and its path, or ``s3://bucket`` and its key."""
     parts = urlsplit(uri)
     if parts.scheme == "file":
-        return "file", parts.path
-    return f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/")
+        return LineageName("file", parts.path)
+    return LineageName(f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/"))
 
 
 def _folder_uri(destination: str) -> str:

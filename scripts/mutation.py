@@ -49,12 +49,13 @@ PROFILES = {
     "package": Profile(modules=()),
     # The modules that import nothing from Airflow, each under its own unit tests only.
     "pure": Profile(
-        modules=("records.py", "formats.py", "pacing.py", "auth.py"),
+        modules=("records.py", "changed_on.py", "formats.py", "pacing.py", "auth.py"),
         tests=(
             "tests/test_records.py",
-            "tests/test_records_py310.py",
+            "tests/test_changed_on.py",
             "tests/test_formats.py",
-            "tests/test_units.py",
+            "tests/test_auth.py",
+            "tests/test_pacing.py",
             "tests/hooks/test_oauth.py",
         ),
     ),

@@ -12,6 +12,8 @@ import ipaddress
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timezone
@@ -276,3 +278,24 @@ def event_rows(dataset: Dataset, name: str) -> list[dict[str, Any]]:
 def jsonl_rows(path: Path) -> list[dict[str, Any]]:
     """Read a JSON Lines file back."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# What a pure module must not load: Airflow, and what only the hook, the sink or Parquet output need.
+NOT_PURE = frozenset({"airflow", "pendulum", "requests", "pyarrow", "fsspec", "upath"})
+
+
+def modules_imported_by(module: str, *, after: str = "") -> set[str]:
+    """
+    Return the names of the modules a fresh interpreter loads to import ``module``.
+
+    :param after: a module imported first, whose own imports are not counted (e.g. ``airflow.sdk``).
+    """
+    code = (
+        "import sys\n"
+        + (f"import {after}\n" if after else "")
+        + "before = set(sys.modules)\n"
+        + f"import {module}\n"
+        + "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(result.stdout.split())

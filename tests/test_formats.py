@@ -16,9 +16,11 @@ from airflow_capillary_audit.formats import (
     ParquetUnavailableError,
     event_file_name,
     event_name_from_file,
+    flat_json_lines,
     write_rows,
 )
 from airflow_capillary_audit.records import ROW_COLUMNS, iter_rows
+from tests.helpers import NOT_PURE, modules_imported_by
 
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -240,9 +242,10 @@ def test_msgspec_writes_the_bytes_the_standard_library_writes(
         {"value": "\x85 \u2028 \u2029 end", "changed_on": None},
         *({"event_name": f"e{i}", "value": str(i)} for i in range(2_500)),  # several batches
     ]
-    assert formats._flat_json_lines(rows[:10]) is not None  # the fast path is the one compared
+    assert flat_json_lines(rows[:10]) is not None  # the fast path is the one compared
     fast = write(output_format, rows, columns=None)
-    monkeypatch.setattr(formats, "_msgspec_encode_lines", lambda: None)
+    monkeypatch.setattr(formats, "msgspec_encode_lines", lambda: None)
+    assert flat_json_lines(rows[:10]) is None
     assert fast == write(output_format, rows, columns=None)
 
 
@@ -252,7 +255,7 @@ def test_msgspec_writes_the_bytes_the_standard_library_writes(
 )
 def test_rows_msgspec_would_write_differently_take_the_standard_path(row: dict) -> None:
     pytest.importorskip("msgspec")
-    assert formats._flat_json_lines([{"value": "ok"}, row]) is None
+    assert flat_json_lines([{"value": "ok"}, row]) is None
 
 
 def test_unknown_format() -> None:
@@ -550,3 +553,9 @@ def test_parquet_is_snappy_compressed() -> None:
         for column in range(metadata.num_columns)
     }
     assert compressions == {"SNAPPY"}
+
+
+
+def test_writing_formats_imports_nothing_from_airflow() -> None:
+    added = modules_imported_by("airflow_capillary_audit.formats")
+    assert sorted(n for n in added if n.split(".")[0] in NOT_PURE) == []

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from datetime import datetime, timezone
 
 import pytest
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryWriteError
-from airflow_capillary_audit.sinks import FolderSink
+from airflow_capillary_audit.sinks import (
+    EventFile,
+    FolderSink,
+    LineageName,
+    RunInfo,
+    WrittenFile,
+    lineage_name,
+    manifest_document,
+    manifest_name,
+    static_folder_uri,
+)
+
+RUN = RunInfo(
+    dag_id="capillary_audit_daily",
+    task_id="fetch",
+    run_id="manual__é",
+    map_index=-1,
+    fetched_at=datetime(2026, 11, 25, 1, 2, 3, 456789, tzinfo=timezone.utc),
+    capillary_conn_id="capillary_default",
+    output_format="jsonl",
+    flatten=True,
+    changed_since=datetime(2026, 11, 24, tzinfo=timezone.utc),
+    changed_until=None,
+)
+EVENTS = [
+    EventFile("Café", WrittenFile("Caf%C3%A9.jsonl", "file:///x/Caf%C3%A9.jsonl", 3, 120, "a" * 64), records=2),
+    EventFile("Visit ☕", WrittenFile("Visit%20%E2%98%95.jsonl", "file:///x/V.jsonl", 0, 0, "b" * 64), records=1),
+]
 
 
 def test_prepare_creates_no_bucket_on_an_object_store(memory_store):
@@ -64,13 +93,12 @@ def test_a_failed_rewrite_keeps_the_file_it_would_have_replaced(memory_store):
 
 def test_the_manifest_is_written_whole_and_described(memory_store):
     sink = FolderSink("memory://audit-bucket/capillary")
-    manifest = {"events": [{"event_name": "Café Visit ☕", "rows": 3}], "total_rows": 3}
 
-    written = sink.write_manifest(manifest)
+    written = sink.write_manifest(RUN, EVENTS)
 
     data = memory_store.cat("/audit-bucket/capillary/_manifest.json")
-    assert json.loads(data) == manifest
-    assert "Café Visit ☕".encode() in data  # readable UTF-8, not \u escapes
+    assert json.loads(data) == manifest_document(RUN, EVENTS)
+    assert "Visit ☕".encode() in data  # readable UTF-8, not \u escapes
     assert (written.name, written.bytes, written.sha256) == (
         "_manifest.json",
         len(data),
@@ -111,16 +139,68 @@ def test_removing_what_is_not_a_file_fails_naming_it(tmp_path):
     sink.remove("absent.jsonl")  # nothing to remove is not an error
 
 
-def test_the_manifest_is_indented_json_in_the_order_given(tmp_path):
-    manifest = {"manifest_version": 1, "run_id": "manual__é", "events": [{"event_name": "Café"}]}
-
-    FolderSink(str(tmp_path)).write_manifest(manifest, "_manifest.json")
+def test_the_manifest_is_indented_json_in_a_fixed_order(tmp_path):
+    FolderSink(str(tmp_path)).write_manifest(RUN, EVENTS)
 
     text = (tmp_path / "_manifest.json").read_text(encoding="utf-8")
     assert text == (
-        '{\n  "manifest_version": 1,\n  "run_id": "manual__é",\n  "events": [\n    {\n'
-        '      "event_name": "Café"\n    }\n  ]\n}\n'
+        "{\n"
+        '  "manifest_version": 1,\n'
+        '  "dag_id": "capillary_audit_daily",\n'
+        '  "task_id": "fetch",\n'
+        '  "run_id": "manual__é",\n'
+        '  "map_index": -1,\n'
+        '  "fetched_at": "2026-11-25T01:02:03.456789+00:00",\n'
+        '  "capillary_conn_id": "capillary_default",\n'
+        '  "output_format": "jsonl",\n'
+        '  "flatten": true,\n'
+        '  "changed_since": "2026-11-24T00:00:00+00:00",\n'
+        '  "changed_until": null,\n'
+        '  "total_rows": 3,\n'
+        '  "events": [\n'
+        "    {\n"
+        '      "event_name": "Café",\n'
+        '      "file": "Caf%C3%A9.jsonl",\n'
+        '      "rows": 3,\n'
+        '      "records": 2,\n'
+        '      "bytes": 120,\n'
+        f'      "sha256": "{"a" * 64}"\n'
+        "    },\n"
+        "    {\n"
+        '      "event_name": "Visit ☕",\n'
+        '      "file": "Visit%20%E2%98%95.jsonl",\n'
+        '      "rows": 0,\n'
+        '      "records": 1,\n'
+        '      "bytes": 0,\n'
+        f'      "sha256": "{"b" * 64}"\n'
+        "    }\n"
+        "  ]\n"
+        "}\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("map_index", "name"),
+    [(None, "_manifest.json"), (-1, "_manifest.json"), (0, "_manifest.map-0.json"), (12, "_manifest.map-12.json")],
+)
+def test_each_mapped_instance_names_its_own_manifest(map_index, name):
+    assert manifest_name(map_index) == name
+
+
+def test_a_mapped_instance_writes_its_own_manifest(tmp_path):
+    run = dataclasses.replace(RUN, map_index=3, changed_since=None)
+
+    written = FolderSink(str(tmp_path)).write_manifest(run, [])
+
+    assert written.name == "_manifest.map-3.json"
+    manifest = json.loads((tmp_path / "_manifest.map-3.json").read_text(encoding="utf-8"))
+    assert (manifest["map_index"], manifest["changed_since"], manifest["total_rows"], manifest["events"]) == (
+        3,
+        None,
+        0,
+        [],
+    )
+    assert not (tmp_path / "_manifest.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -132,9 +212,7 @@ def test_the_manifest_is_indented_json_in_the_order_given(tmp_path):
     ],
 )
 def test_lineage_names_a_file_by_store_and_key(uri, expected):
-    from airflow_capillary_audit.sinks import lineage_name
-
-    assert lineage_name(uri) == expected
+    assert lineage_name(uri) == LineageName(*expected)
 
 
 @pytest.mark.parametrize(
@@ -153,6 +231,4 @@ def test_lineage_names_a_file_by_store_and_key(uri, expected):
     ],
 )
 def test_the_fixed_folder_of_a_templated_destination(destination, expected):
-    from airflow_capillary_audit.sinks import static_folder_uri
-
     assert static_folder_uri(destination) == expected

@@ -2,22 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import tzinfo
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from urllib.parse import quote
+
+import pendulum
+from airflow.sdk import Asset
 
 from airflow_capillary_audit._compat import BaseOperator
+from airflow_capillary_audit.changed_on import parse_window_bound, validate_window
+from airflow_capillary_audit.exceptions import (
+    CapillaryAuthError,
+    CapillaryConfigError,
+    CapillaryError,
+    CapillaryResponseError,
+)
+from airflow_capillary_audit.formats import OUTPUT_FORMATS, HashingWriter, event_file_name, write_rows
+from airflow_capillary_audit.records import (
+    RECORD_FIELDS,
+    ROW_COLUMNS,
+    AuditLogsBody,
+    FlattenStats,
+    RecordShapeError,
+    event_names_from,
+    filter_records,
+    iter_rows,
+)
+from airflow_capillary_audit.sinks import (
+    EventFile,
+    FolderSink,
+    RunInfo,
+    WrittenFile,
+    lineage_name,
+    manifest_name,
+    static_folder_uri,
+)
 
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
     from airflow_capillary_audit.hooks.capillary import CapillaryHook
-    from airflow_capillary_audit.records import FlattenStats
-    from airflow_capillary_audit.sinks import FolderSink, WrittenFile
 
-OUTPUT_FORMATS = ("jsonl", "json", "csv", "parquet")
+_Result = TypeVar("_Result")
+_Shaped = TypeVar("_Shaped")
+
+
+class FolderSummary(TypedDict):
+    """What a run with ``destination`` returns: where its files are, and how many rows each holds."""
+
+    destination: str
+    manifest: str
+    files: list[str]
+    rows: dict[str, int]
+    total_rows: int
 
 
 class CapillaryAuditLogsOperator(BaseOperator):
@@ -88,13 +131,11 @@ class CapillaryAuditLogsOperator(BaseOperator):
         self.output_format = output_format
         self.max_xcom_rows = max_xcom_rows
         self.max_active_requests = max_active_requests
-        self._lineage: tuple[str, list[str], list[str]] | None = None
+        self._lineage: _Lineage | None = None
         self._hook: CapillaryHook | None = None
         self._check_static_arguments()
 
     def _check_static_arguments(self) -> None:
-        from airflow_capillary_audit.exceptions import CapillaryConfigError
-
         if self.output_format not in OUTPUT_FORMATS:
             raise CapillaryConfigError(
                 f"output_format {self.output_format!r} is not supported; "
@@ -112,21 +153,21 @@ class CapillaryAuditLogsOperator(BaseOperator):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CapillaryConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
 
-    def execute(self, context: Context) -> Any:
-        from airflow_capillary_audit.hooks.capillary import CapillaryHook
+    def execute(self, context: Context) -> list[dict[str, Any]] | FolderSummary:
+        from airflow_capillary_audit.hooks.capillary import CapillaryHook  # noqa: PLC0415 - it imports requests (~70 ms)
 
         plan = self._plan()
         hook = CapillaryHook(self.capillary_conn_id, pool_size=max(16, self.max_active_requests))
-        timezone = hook.settings.tzinfo  # checks the connection before any request
+        default_tz = hook.settings.tzinfo  # checks the connection before any request
         hook.get_conn()
         self._hook = hook
         try:
             if plan.sink is None:
-                rows = self._to_xcom(hook, plan, timezone)
-                self._lineage = (hook.settings.base_url, plan.event_names, [])
+                rows = self._to_xcom(hook, plan, default_tz)
+                self._lineage = _Lineage(hook.settings.base_url, plan.event_names, [])
                 return rows
-            summary = self._to_destination(hook, plan, timezone, context)
-            self._lineage = (hook.settings.base_url, plan.event_names, summary["files"])
+            summary = self._to_destination(hook, plan, default_tz, context)
+            self._lineage = _Lineage(hook.settings.base_url, plan.event_names, summary["files"])
             self._record_asset_event(context, summary)
             return summary
         finally:
@@ -137,7 +178,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         if self._hook is not None:
             self._hook.stop()
 
-    def _record_asset_event(self, context: Context, summary: dict[str, Any]) -> None:
+    def _record_asset_event(self, context: Context, summary: FolderSummary) -> None:
         """Describe this run's folder on the outlet asset's event, for consumers scheduled on it."""
         outlet_events = context.get("outlet_events")
         if outlet_events is None:
@@ -152,31 +193,25 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 "run_id": context.get("run_id"),
             }
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage[Any, Any]:
         """Report one input per event (Capillary's endpoint with the event name) and the files written."""
-        from urllib.parse import quote
+        from airflow.providers.common.compat.openlineage.facet import Dataset  # noqa: PLC0415 - optional, heavy
+        from airflow.providers.openlineage.extractors import OperatorLineage  # noqa: PLC0415 - optional, heavy
 
-        from airflow.providers.common.compat.openlineage.facet import Dataset
-        from airflow.providers.openlineage.extractors import OperatorLineage
-
-        from airflow_capillary_audit.hooks.capillary import AUDIT_LOGS_PATH
-        from airflow_capillary_audit.sinks import lineage_name
+        from airflow_capillary_audit.hooks.capillary import AUDIT_LOGS_PATH  # noqa: PLC0415 - imports requests
 
         if self._lineage is None:
             return OperatorLineage()
-        base_url, event_names, files = self._lineage
+        lineage = self._lineage
         inputs = [
-            Dataset(namespace=base_url, name=f"{AUDIT_LOGS_PATH}?eventName={quote(name, safe='')}")
-            for name in event_names
+            Dataset(namespace=lineage.base_url, name=f"{AUDIT_LOGS_PATH}?eventName={quote(name, safe='')}")
+            for name in lineage.event_names
         ]
-        outputs = [Dataset(namespace=ns, name=name) for ns, name in map(lineage_name, files)]
+        outputs = [Dataset(namespace=f.namespace, name=f.name) for f in map(lineage_name, lineage.files)]
         return OperatorLineage(inputs=inputs, outputs=outputs)
 
     def _plan(self) -> _Plan:
         """Check every rendered argument and name every file, before any request is sent."""
-        from airflow_capillary_audit.exceptions import CapillaryConfigError
-        from airflow_capillary_audit.records import event_names_from, parse_window_bound, validate_window
-
         try:
             names = event_names_from(self.event_names)
             since = parse_window_bound(self.changed_since, "changed_since")
@@ -187,9 +222,6 @@ class CapillaryAuditLogsOperator(BaseOperator):
         sink = None
         file_names: dict[str, str] = {}
         if self.destination is not None:
-            from airflow_capillary_audit.formats import event_file_name
-            from airflow_capillary_audit.sinks import FolderSink
-
             sink = FolderSink(self.destination, self.destination_conn_id)
             try:
                 file_names = {name: event_file_name(name, self.output_format) for name in names}
@@ -199,22 +231,23 @@ class CapillaryAuditLogsOperator(BaseOperator):
         return _Plan(names, since, until, sink, file_names)
 
     def _fetch_all(
-        self, hook: CapillaryHook, plan: _Plan, handle: Any, discard: Any = None
-    ) -> dict[str, Any]:
+        self,
+        hook: CapillaryHook,
+        plan: _Plan,
+        handle: Callable[[str, AuditLogsBody], _Result],
+        discard: Callable[[str], None] | None = None,
+    ) -> dict[str, _Result]:
         """
         Run ``handle(event_name, body)`` for every event on the pool; fail naming every failed event.
 
         ``discard(event_name)`` is called for each event without a result, so nothing of an earlier
         run stands beside this run's files as if it were current.
         """
-        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-        from airflow_capillary_audit.exceptions import CapillaryAuthError, CapillaryError
-
-        def job(name: str) -> Any:
+        def job(name: str) -> _Result:
             return handle(name, hook.get_audit_logs(name))
 
-        results: dict[str, Any] = {}
+        results: dict[str, _Result] = {}
         failures: dict[str, BaseException] = {}
         pool = ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="capillary")
         try:
@@ -255,34 +288,31 @@ class CapillaryAuditLogsOperator(BaseOperator):
             )
         return results
 
-    def _shape(self, name: str, body: dict[str, Any], plan: _Plan, timezone: Any, stats: FlattenStats) -> Any:
+    def _shape(
+        self, name: str, body: AuditLogsBody, plan: _Plan, default_tz: tzinfo, stats: FlattenStats
+    ) -> Iterable[dict[str, Any]]:
         """Return the event's rows (or narrowed records) as an iterator or list."""
-        from airflow_capillary_audit.records import filter_records, iter_rows
-
         if self.flatten:
             return iter_rows(
-                name, body["data"], default_tz=timezone, since=plan.since, until=plan.until, stats=stats
+                name, body["data"], default_tz=default_tz, since=plan.since, until=plan.until, stats=stats
             )
         return filter_records(
             body["data"],
-            default_tz=timezone,
+            default_tz=default_tz,
             since=plan.since,
             until=plan.until,
             stats=stats,
             event_name=name,
         )
 
-    def _to_xcom(self, hook: CapillaryHook, plan: _Plan, timezone: Any) -> list[Any]:
-        from airflow_capillary_audit.exceptions import CapillaryConfigError
-        from airflow_capillary_audit.records import FlattenStats
-
-        def handle(name: str, body: dict[str, Any]) -> tuple[list[Any], FlattenStats]:
+    def _to_xcom(self, hook: CapillaryHook, plan: _Plan, default_tz: tzinfo) -> list[dict[str, Any]]:
+        def handle(name: str, body: AuditLogsBody) -> tuple[list[dict[str, Any]], FlattenStats]:
             stats = FlattenStats()
-            rows = self._checked(name, lambda: list(self._shape(name, body, plan, timezone, stats)))
+            rows = self._checked(name, lambda: list(self._shape(name, body, plan, default_tz, stats)))
             return rows, stats
 
         results = self._fetch_all(hook, plan, handle)
-        out: list[Any] = []
+        out: list[dict[str, Any]] = []
         for name in plan.event_names:
             rows, stats = results[name]
             self._report(name, stats, len(rows), "XCom", plan)
@@ -295,29 +325,25 @@ class CapillaryAuditLogsOperator(BaseOperator):
         return out
 
     def _to_destination(
-        self, hook: CapillaryHook, plan: _Plan, timezone: Any, context: Context
-    ) -> dict[str, Any]:
-        import pendulum
-
-        from airflow_capillary_audit.formats import write_rows
-        from airflow_capillary_audit.records import ROW_COLUMNS, FlattenStats
-
+        self, hook: CapillaryHook, plan: _Plan, default_tz: tzinfo, context: Context
+    ) -> FolderSummary:
         sink = plan.sink
         assert sink is not None
-        manifest_name = _manifest_name(context)
-        sink.prepare(manifest_name)
+        ti = context.get("ti")
+        map_index = getattr(ti, "map_index", -1)
+        sink.prepare(manifest_name(map_index))
         columns = ROW_COLUMNS if self.flatten else None
 
-        def handle(name: str, body: dict[str, Any]) -> tuple[WrittenFile, FlattenStats]:
+        def handle(name: str, body: AuditLogsBody) -> tuple[WrittenFile, FlattenStats]:
             stats = FlattenStats()
 
-            def write_body(out: Any) -> int:
+            def write_body(out: HashingWriter) -> int:
                 def shape_and_write() -> int:
                     # Unflattened records are checked when shaped, flattened ones as they are written.
-                    rows = self._shape(name, body, plan, timezone, stats)
+                    rows = self._shape(name, body, plan, default_tz, stats)
                     return write_rows(self.output_format, rows, out, columns=columns)
 
-                return int(self._checked(name, shape_and_write))
+                return self._checked(name, shape_and_write)
 
             written = sink.write(plan.file_names[name], write_body)
             return written, stats
@@ -327,48 +353,32 @@ class CapillaryAuditLogsOperator(BaseOperator):
         for name in plan.event_names:
             written, stats = results[name]
             self._report(name, stats, written.rows, written.uri, plan)
-            events.append(
-                {
-                    "event_name": name,
-                    "file": written.name,
-                    "rows": written.rows,
-                    "records": stats.records,
-                    "bytes": written.bytes,
-                    "sha256": written.sha256,
-                }
-            )
-        total = sum(e["rows"] for e in events)
-        ti = context.get("ti")
-        manifest = {
-            "manifest_version": 1,
-            "dag_id": getattr(ti, "dag_id", None),
-            "task_id": getattr(ti, "task_id", self.task_id),
-            "run_id": context.get("run_id"),
-            "map_index": getattr(ti, "map_index", -1),
-            "fetched_at": pendulum.now("UTC").isoformat(),
-            "capillary_conn_id": self.capillary_conn_id,
-            "output_format": self.output_format,
-            "flatten": self.flatten,
-            "changed_since": plan.since.isoformat() if plan.since else None,
-            "changed_until": plan.until.isoformat() if plan.until else None,
-            "total_rows": total,
-            "events": events,
-        }
-        written_manifest = sink.write_manifest(manifest, manifest_name)
+            events.append(EventFile(event_name=name, file=written, records=stats.records))
+        run = RunInfo(
+            dag_id=getattr(ti, "dag_id", None),
+            task_id=getattr(ti, "task_id", self.task_id),
+            run_id=context.get("run_id"),
+            map_index=map_index,
+            fetched_at=pendulum.now("UTC"),
+            capillary_conn_id=self.capillary_conn_id,
+            output_format=self.output_format,
+            flatten=self.flatten,
+            changed_since=plan.since,
+            changed_until=plan.until,
+        )
+        written_manifest = sink.write_manifest(run, events)
+        total = sum(event.file.rows for event in events)
         self.log.info("Wrote %d rows for %d event(s); manifest %s", total, len(events), written_manifest.uri)
         return {
             "destination": sink.uri,
             "manifest": written_manifest.uri,
-            "files": [sink.uri.rstrip("/") + "/" + e["file"] for e in events],
-            "rows": {e["event_name"]: e["rows"] for e in events},
+            "files": [sink.uri.rstrip("/") + "/" + event.file.name for event in events],
+            "rows": {event.event_name: event.file.rows for event in events},
             "total_rows": total,
         }
 
-    def _checked(self, name: str, shape: Any) -> Any:
+    def _checked(self, name: str, shape: Callable[[], _Shaped]) -> _Shaped:
         """Run ``shape``; turn a malformed record into a response error naming the event."""
-        from airflow_capillary_audit.exceptions import CapillaryResponseError
-        from airflow_capillary_audit.records import RecordShapeError
-
         try:
             return shape()
         except RecordShapeError as err:
@@ -377,8 +387,6 @@ class CapillaryAuditLogsOperator(BaseOperator):
             ) from None
 
     def _report(self, name: str, stats: FlattenStats, count: int, where: str, plan: _Plan) -> None:
-        from airflow_capillary_audit.records import RECORD_FIELDS
-
         # A window also leaves out the records without any history, which have no entry to read.
         windowed = plan.since is not None or plan.until is not None
         entries_without_time = stats.excluded_no_time - (stats.empty_history if windowed else 0)
@@ -417,31 +425,23 @@ class _Plan:
     file_names: dict[str, str]
 
 
+@dataclass(frozen=True)
+class _Lineage:
+    """What the last run read (Capillary's URL, the event names) and wrote (file URIs), for OpenLineage."""
+
+    base_url: str
+    event_names: list[str]
+    files: list[str]
+
+
 def _describe(error: BaseException) -> str:
     """Return an error's message; one of ours explains itself, anything else also gets its type."""
-    from airflow_capillary_audit.exceptions import CapillaryError
-
     return str(error) if isinstance(error, CapillaryError) else f"{type(error).__name__}: {error}"
 
 
-def _destination_asset(destination: str) -> Any:
+def _destination_asset(destination: str) -> Asset | None:
     """Return the Asset for the fixed folder a destination lies under, or ``None``."""
-    from airflow_capillary_audit.sinks import static_folder_uri
-
     uri = static_folder_uri(destination) if isinstance(destination, str) else None
     if uri is None:
         return None
-    from airflow.sdk import Asset
-
     return Asset(uri=uri)
-
-
-def _manifest_name(context: Context) -> str:
-    from airflow_capillary_audit.sinks import MANIFEST_NAME
-
-    ti = context.get("ti")
-    map_index = getattr(ti, "map_index", -1)
-    if map_index is None or map_index < 0:
-        return MANIFEST_NAME
-    # Mapped instances share a folder; each marks its own share complete.
-    return MANIFEST_NAME.replace(".json", f".map-{map_index}.json")

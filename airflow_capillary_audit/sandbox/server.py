@@ -260,7 +260,7 @@ class CapillaryStandIn:
     def serve_until_signalled(self, ready_file: str | None = None, *, announce: bool = True) -> None:
         """Start, print the URL (with ``announce``) and write it to ``ready_file``, serve until SIGINT or
         SIGTERM, then stop."""
-        import signal
+        import signal  # noqa: PLC0415 - only the stand-in's command line waits for signals
 
         stop = threading.Event()
         signal.signal(signal.SIGINT, lambda signum, frame: stop.set())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_capillary_audit.formats import event_file_name
+from tests.helpers import modules_imported_by
 
 pytestmark = pytest.mark.airflow
 
@@ -105,17 +106,6 @@ def test_openlineage_without_destination_has_no_outputs(capillary_conn, airflow_
 
 
 def test_importing_the_operator_adds_no_heavy_module_to_airflow_sdk():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\n"
-        "import airflow.sdk\n"
-        "before = set(sys.modules)\n"
-        "import airflow_capillary_audit.operators.audit_logs\n"
-        "added = set(sys.modules) - before\n"
-        "heavy = ('pyarrow', 'openlineage', 'wtforms', 'requests', 'urllib3', 'tenacity', 'fsspec', 'upath')\n"
-        "print(','.join(sorted(n for n in added if n.split('.')[0] in heavy or 'openlineage' in n)))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == ""
+    added = modules_imported_by("airflow_capillary_audit.operators.audit_logs", after="airflow.sdk")
+    heavy = {"pyarrow", "openlineage", "wtforms", "requests", "urllib3", "tenacity", "fsspec", "upath"}
+    assert sorted(n for n in added if n.split(".")[0] in heavy or "openlineage" in n) == []
