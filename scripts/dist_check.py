@@ -4,7 +4,7 @@ Check the package as users get it: ``python scripts/dist_check.py`` (``make dist
 1. Build the sdist and the wheel into ``dist/`` with ``python -m build`` (the wheel from the sdist),
    and pass both through ``twine check --strict``.
 2. Check what they hold: the wheel has the license, ``get_provider_info.py`` and ``py.typed``, and
-   nothing outside the package (no ``tests/``); the sdist has the license.
+   nothing outside the package (no ``tests/``); the sdist has the license and no ``tests/``.
 3. Install the wheel, not the working tree, into a clean virtual environment (Airflow comes with it,
    through pip's cache), and check that Airflow lists the provider from that environment, with a
    throw-away ``AIRFLOW_HOME``.
@@ -93,12 +93,14 @@ def check_wheel(wheel: Path) -> None:
 
 
 def check_sdist(sdist: Path) -> None:
-    """Check that the sdist holds the license at its root."""
+    """Check that the sdist holds the license at its root, and no half of the test suite."""
     with tarfile.open(sdist) as archive:
         names = archive.getnames()
     top = names[0].split("/")[0]
     if f"{top}/LICENSE" not in names:
         raise DistCheckError(f"{sdist.name}: no {top}/LICENSE")
+    if any(name.startswith(f"{top}/tests/") for name in names):
+        raise DistCheckError(f"{sdist.name}: holds tests/ (see MANIFEST.in)")
     print(f"{sdist.name}: {len(names)} entries, with {top}/LICENSE")
 
 
