@@ -272,6 +272,9 @@ class CapillaryAuditLogsOperator(BaseOperator):
             # A timeout or kill lands here: end the retries and waits, run no queued event.
             hook.stop()
             pool.shutdown(wait=True, cancel_futures=True)
+            # An earlier run's file of an event this run did not finish must not pass for this run's.
+            done = {futures[f] for f in futures if f.done() and not f.cancelled() and f.exception() is None}
+            self._discard_quietly(discard, [n for n in plan.event_names if n not in done])
             raise
         pool.shutdown(wait=True)
         if failures:
@@ -287,6 +290,16 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 "marked complete:\n" + "\n".join(lines)
             )
         return results
+
+    def _discard_quietly(self, discard: Callable[[str], None] | None, event_names: list[str]) -> None:
+        """Discard what a stopped run did not finish, without hiding the stop behind a cleanup error."""
+        if discard is None:
+            return
+        for name in event_names:
+            try:
+                discard(name)
+            except Exception as err:  # noqa: BLE001 - the stop is the error to raise; this one is logged
+                self.log.warning("Could not remove the earlier file of event %r: %s", name, err)
 
     def _shape(
         self, name: str, body: AuditLogsBody, plan: _Plan, default_tz: tzinfo, stats: FlattenStats

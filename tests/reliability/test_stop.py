@@ -201,3 +201,25 @@ def test_an_execution_timeout_ends_a_body_that_trickles_in(api, monkeypatch, run
     # execution_timeout (2 s) plus the exchange's timeout (5 s) at most, not the 100 s of the bodies.
     assert took < TRICKLED_RUN_WITHIN, f"the run took {took:.1f} s: it waited for the bodies"
     assert data_files(folder) == {} and manifest_of(folder) is None and hidden_files(folder) == []
+
+
+def test_a_stop_leaves_only_files_this_run_wrote_whole(api, monkeypatch, run_dag, tmp_path):
+    fast, hanging = ["stop event 01", "stop event 03"], ["stop event 02", "stop event 04"]
+    names = [fast[0], hanging[0], fast[1], hanging[1]]
+    folder = tmp_path / "out"
+    # Each exchange ends within 3 s, after the 2 s execution_timeout, so the hanging ones are in flight.
+    use_capillary(monkeypatch, api.url, timeout=3)
+    source = DAG.format(names=names, folder=str(folder), workers=len(names), timeout=2)
+    first, _ = run_dag(source)
+    assert first.state == "success"
+    earlier = data_files(folder)
+    assert sorted(earlier) == sorted(event_file_name(name, "jsonl") for name in names)
+    api.set_faults([Fault("hang", seconds=60, event_names=hanging)])
+
+    second, _ = run_dag(source)
+
+    assert second.state == "failed"
+    # The earlier run's files of the events this run did not finish are gone; no manifest is left.
+    kept = {event_file_name(name, "jsonl") for name in fast}
+    assert data_files(folder) == {name: body for name, body in earlier.items() if name in kept}
+    assert manifest_of(folder) is None and hidden_files(folder) == []
