@@ -13,7 +13,8 @@ Every error a caller of this package can meet.
         │   ├── CapillaryConnectionError .... connection refused / reset after every retry
         │   └── CapillaryResponseError ...... the answer is not the JSON promised, or has errors[]
         ├── CapillaryCancelledError ......... the task was stopped (timeout, kill) before a request ran
-        └── CapillaryWriteError ............. the storage sink could not write a run's files
+        ├── CapillaryWriteError ............. the storage sink could not write a run's files
+        └── CapillaryEventsError ............ one or more events of a run failed; carries each one's error
 
 Every request error names the event, the HTTP status, Capillary's error codes and messages, the
 attempts made and the ``X-Cap-Requestid`` header, which is what Capillary support asks for. It also
@@ -126,6 +127,34 @@ class CapillaryCancelledError(CapillaryError):
 
 class CapillaryWriteError(CapillaryError):
     """Raised when the storage sink cannot write or commit a run's files."""
+
+
+class CapillaryEventsError(CapillaryError):
+    """
+    Raised when events of a run failed: ``failures`` maps each failed event name to its own error.
+
+    The message has one line per failed event with the error's type and everything it carries.
+    ``not_fetched`` names the events left out after an authentication failure. A failure callback
+    tells kinds apart by the errors' types, e.g. ``any(isinstance(e, CapillaryAuthError) for e in
+    error.failures.values())``.
+    """
+
+    def __init__(
+        self, event_names: Sequence[str], failures: dict[str, BaseException], not_fetched: Sequence[str] = ()
+    ) -> None:
+        self.event_names = list(event_names)
+        self.failures = dict(failures)
+        self.not_fetched = list(not_fetched)
+        lines = [f"  - {name!r}: {type(error).__name__}: {error}" for name, error in self.failures.items()]
+        if self.not_fetched:
+            lines.append(f"  - not fetched after an authentication failure: {len(self.not_fetched)} event(s)")
+        super().__init__(
+            f"{len(self.failures)} of {len(self.event_names)} event(s) failed; nothing of this run is "
+            "marked complete:\n" + "\n".join(lines)
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.event_names, self.failures, self.not_fetched))
 
 
 def _format_error(entry: Any) -> str:

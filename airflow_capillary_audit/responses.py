@@ -42,6 +42,8 @@ class Answer:
     size: int
     decode_error: str | None = None
     sent_token: str | None = None
+    # How many attempts the request took to get this answer; set by the retry loop.
+    attempts: int | None = None
 
     @property
     def errors(self) -> list[Any]:
@@ -60,6 +62,7 @@ class Answer:
             "status": self.status,
             "request_id": self.request_id,
             "errors": self.errors,
+            "attempts": self.attempts,
         }
         if event_name is not None:
             details["event_name"] = event_name
@@ -68,6 +71,17 @@ class Answer:
     def has_error_code(self, code: int) -> bool:
         """Tell whether ``errors[]`` holds an entry with Capillary's ``code``."""
         return any(isinstance(e, dict) and str(e.get("code")) == str(code) for e in self.errors)
+
+
+@dataclass(frozen=True)
+class AuditLogs:
+    """One event's audit logs, with what names the answer they came in: status, request id, attempts."""
+
+    event_name: str
+    body: AuditLogsBody
+    status: int
+    request_id: str | None
+    attempts: int | None
 
 
 def _fast_loads() -> Callable[[bytes], Any] | None:
@@ -143,6 +157,12 @@ def raise_for_status(answer: Answer, event_name: str, policy: RetryPolicy) -> No
             reason=f"body is not JSON ({kind}, {answer.size} bytes)",
             **details,
         )
+
+
+def audit_logs(answer: Answer, event_name: str, log: RetryLog) -> AuditLogs:
+    """Return an event's audit logs from a 2xx answer, with the answer's status, request id and attempts."""
+    body = audit_logs_body(answer, event_name, log)
+    return AuditLogs(event_name, body, answer.status, answer.request_id, answer.attempts)
 
 
 def audit_logs_body(answer: Answer, event_name: str, log: RetryLog) -> AuditLogsBody:

@@ -70,3 +70,20 @@ def test_a_retry_after_holds_every_worker_even_on_a_5xx():
     assert CapillaryServerError("busy", retry_after=1.0).hold_all
     assert not CapillaryServerError("busy").hold_all
     assert CapillaryServerError("busy").reason == "busy"
+
+
+def test_a_run_failure_carries_each_events_error_and_survives_a_pickle():
+    from airflow_capillary_audit.exceptions import CapillaryEventsError
+
+    timeout = CapillaryServerError("Capillary answered HTTP 503", event_name="b", status=503, attempts=2)
+    error = CapillaryEventsError(["a", "b", "c"], {"b": timeout}, not_fetched=["c"])
+
+    assert str(error).splitlines() == [
+        "1 of 3 event(s) failed; nothing of this run is marked complete:",
+        "  - 'b': CapillaryServerError: Capillary answered HTTP 503 | event name 'b' | HTTP 503 | after 2 attempts",
+        "  - not fetched after an authentication failure: 1 event(s)",
+    ]
+    again = pickle.loads(pickle.dumps(error))
+    assert str(again) == str(error)
+    assert (again.event_names, again.not_fetched, list(again.failures)) == (["a", "b", "c"], ["c"], ["b"])
+    assert str(again.failures["b"]) == str(timeout)

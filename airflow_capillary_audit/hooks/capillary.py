@@ -6,6 +6,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import requests
@@ -41,7 +42,8 @@ from airflow_capillary_audit.pacing import PacerStopped, RequestPacer
 from airflow_capillary_audit.records import AuditLogsBody
 from airflow_capillary_audit.responses import (
     Answer,
-    audit_logs_body,
+    AuditLogs,
+    audit_logs,
     oauth_token,
     raise_for_status,
     read_answer,
@@ -141,10 +143,19 @@ class CapillaryHook(BaseHook):
         :return: ``{"data": [...], "warnings": [...], "errors": []}``; ``errors`` is always empty,
             since a body with errors raises :class:`CapillaryResponseError`.
         """
+        return self.fetch_audit_logs(event_name).body
+
+    def fetch_audit_logs(self, event_name: str) -> AuditLogs:
+        """
+        Fetch every audit log of one behavioural event, with the status, request id and attempts of
+        the answer they came in, which an error about the records can then name.
+
+        :param event_name: the event's name, as configured in Capillary.
+        """
         if not isinstance(event_name, str) or not event_name.strip():
             raise CapillaryConfigError(f"event_name must be a non-blank string, got {event_name!r}")
         answer = self._get(AUDIT_LOGS_PATH, {"format": "json", "eventName": event_name}, event_name)
-        return audit_logs_body(answer, event_name, self.log)
+        return audit_logs(answer, event_name, self.log)
 
     def test_connection(self) -> tuple[bool, str]:
         """Prove the credentials work with one request; say what failed otherwise."""
@@ -190,11 +201,12 @@ class CapillaryHook(BaseHook):
             reraise=True,
         )
         try:
-            return retrying(self._attempt, session, pacer, policy, path, params, event_name)
+            answer = retrying(self._attempt, session, pacer, policy, path, params, event_name)
         except CapillaryRequestError as failure:
             failure.attempts = retrying.statistics.get("attempt_number", 1)
             failure.event_name = event_name
             raise
+        return replace(answer, attempts=retrying.statistics.get("attempt_number", 1))
 
     def _attempt(
         self,

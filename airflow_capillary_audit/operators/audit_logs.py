@@ -17,14 +17,13 @@ from airflow_capillary_audit.changed_on import parse_window_bound, validate_wind
 from airflow_capillary_audit.exceptions import (
     CapillaryAuthError,
     CapillaryConfigError,
-    CapillaryError,
+    CapillaryEventsError,
     CapillaryResponseError,
 )
 from airflow_capillary_audit.formats import OUTPUT_FORMATS, HashingWriter, event_file_name, write_rows
 from airflow_capillary_audit.records import (
     RECORD_FIELDS,
     ROW_COLUMNS,
-    AuditLogsBody,
     FlattenStats,
     RecordShapeError,
     event_names_from,
@@ -48,6 +47,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_capillary_audit.hooks.capillary import CapillaryHook
+    from airflow_capillary_audit.responses import AuditLogs
 
 _Result = TypeVar("_Result")
 _Shaped = TypeVar("_Shaped")
@@ -234,18 +234,18 @@ class CapillaryAuditLogsOperator(BaseOperator):
         self,
         hook: CapillaryHook,
         plan: _Plan,
-        handle: Callable[[str, AuditLogsBody], _Result],
+        handle: Callable[[str, AuditLogs], _Result],
         discard: Callable[[str], None] | None = None,
     ) -> dict[str, _Result]:
         """
-        Run ``handle(event_name, body)`` for every event on the pool; fail naming every failed event.
+        Run ``handle(event_name, audit_logs)`` for every event on the pool; fail naming every failed event.
 
         ``discard(event_name)`` is called for each event without a result, so nothing of an earlier
         run stands beside this run's files as if it were current.
         """
 
         def job(name: str) -> _Result:
-            return handle(name, hook.get_audit_logs(name))
+            return handle(name, hook.fetch_audit_logs(name))
 
         results: dict[str, _Result] = {}
         failures: dict[str, BaseException] = {}
@@ -273,8 +273,8 @@ class CapillaryAuditLogsOperator(BaseOperator):
             hook.stop()
             pool.shutdown(wait=True, cancel_futures=True)
             # An earlier run's file of an event this run did not finish must not pass for this run's.
-            done = {futures[f] for f in futures if f.done() and not f.cancelled() and f.exception() is None}
-            self._discard_quietly(discard, [n for n in plan.event_names if n not in done])
+            ended = {futures[f] for f in futures if f.done() and not f.cancelled() and f.exception() is None}
+            self._discard_quietly(discard, [n for n in plan.event_names if n not in ended])
             raise
         pool.shutdown(wait=True)
         if failures:
@@ -282,13 +282,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
             if discard is not None:
                 for name in [*failures, *skipped]:
                     discard(name)
-            lines = [f"  - {name!r}: {_describe(error)}" for name, error in failures.items()]
-            if skipped:
-                lines.append(f"  - not fetched after an authentication failure: {len(skipped)} event(s)")
-            raise CapillaryError(
-                f"{len(failures)} of {len(plan.event_names)} event(s) failed; nothing of this run is "
-                "marked complete:\n" + "\n".join(lines)
-            )
+            raise CapillaryEventsError(plan.event_names, failures, skipped)
         return results
 
     def _discard_quietly(self, discard: Callable[[str], None] | None, event_names: list[str]) -> None:
@@ -302,15 +296,20 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 self.log.warning("Could not remove the earlier file of event %r: %s", name, err)
 
     def _shape(
-        self, name: str, body: AuditLogsBody, plan: _Plan, default_tz: tzinfo, stats: FlattenStats
+        self, name: str, fetched: AuditLogs, plan: _Plan, default_tz: tzinfo, stats: FlattenStats
     ) -> Iterable[dict[str, Any]]:
         """Return the event's rows (or narrowed records) as an iterator or list."""
         if self.flatten:
             return iter_rows(
-                name, body["data"], default_tz=default_tz, since=plan.since, until=plan.until, stats=stats
+                name,
+                fetched.body["data"],
+                default_tz=default_tz,
+                since=plan.since,
+                until=plan.until,
+                stats=stats,
             )
         return filter_records(
-            body["data"],
+            fetched.body["data"],
             default_tz=default_tz,
             since=plan.since,
             until=plan.until,
@@ -319,9 +318,9 @@ class CapillaryAuditLogsOperator(BaseOperator):
         )
 
     def _to_xcom(self, hook: CapillaryHook, plan: _Plan, default_tz: tzinfo) -> list[dict[str, Any]]:
-        def handle(name: str, body: AuditLogsBody) -> tuple[list[dict[str, Any]], FlattenStats]:
+        def handle(name: str, fetched: AuditLogs) -> tuple[list[dict[str, Any]], FlattenStats]:
             stats = FlattenStats()
-            rows = self._checked(name, lambda: list(self._shape(name, body, plan, default_tz, stats)))
+            rows = self._checked(fetched, lambda: list(self._shape(name, fetched, plan, default_tz, stats)))
             return rows, stats
 
         results = self._fetch_all(hook, plan, handle)
@@ -347,16 +346,16 @@ class CapillaryAuditLogsOperator(BaseOperator):
         sink.prepare(manifest_name(map_index))
         columns = ROW_COLUMNS if self.flatten else None
 
-        def handle(name: str, body: AuditLogsBody) -> tuple[WrittenFile, FlattenStats]:
+        def handle(name: str, fetched: AuditLogs) -> tuple[WrittenFile, FlattenStats]:
             stats = FlattenStats()
 
             def write_body(out: HashingWriter) -> int:
                 def shape_and_write() -> int:
                     # Unflattened records are checked when shaped, flattened ones as they are written.
-                    rows = self._shape(name, body, plan, default_tz, stats)
+                    rows = self._shape(name, fetched, plan, default_tz, stats)
                     return write_rows(self.output_format, rows, out, columns=columns)
 
-                return self._checked(name, shape_and_write)
+                return self._checked(fetched, shape_and_write)
 
             written = sink.write(plan.file_names[name], write_body)
             return written, stats
@@ -390,14 +389,18 @@ class CapillaryAuditLogsOperator(BaseOperator):
             "total_rows": total,
         }
 
-    def _checked(self, name: str, shape: Callable[[], _Shaped]) -> _Shaped:
-        """Run ``shape``; turn a malformed record into a response error naming the event."""
+    def _checked(self, fetched: AuditLogs, shape: Callable[[], _Shaped]) -> _Shaped:
+        """Run ``shape``; turn a malformed record into a response error naming the event and its answer."""
         try:
             return shape()
         except RecordShapeError as err:
             raise CapillaryResponseError(
-                f"Capillary's audit logs are malformed: {err}", event_name=name
-            ) from None
+                f"Capillary's audit logs are malformed: {err}",
+                event_name=fetched.event_name,
+                status=fetched.status,
+                request_id=fetched.request_id,
+                attempts=fetched.attempts,
+            ) from err
 
     def _report(self, name: str, stats: FlattenStats, count: int, where: str, plan: _Plan) -> None:
         # A window also leaves out the records without any history, which have no entry to read.
@@ -445,11 +448,6 @@ class _Lineage:
     base_url: str
     event_names: list[str]
     files: list[str]
-
-
-def _describe(error: BaseException) -> str:
-    """Return an error's message; one of ours explains itself, anything else also gets its type."""
-    return str(error) if isinstance(error, CapillaryError) else f"{type(error).__name__}: {error}"
 
 
 def _destination_asset(destination: str) -> Asset | None:

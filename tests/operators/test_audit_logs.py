@@ -22,6 +22,7 @@ from tests.helpers import (
     expected_rows,
     files_in,
     logged,
+    use_connection,
     write_dag_files_to_db,
 )
 
@@ -745,9 +746,19 @@ def test_the_failure_lists_one_event_per_line(capillary_conn, airflow_db):
 
     lines = str(caught.value).splitlines()
     assert lines[0] == "2 of 3 event(s) failed; nothing of this run is marked complete:"
-    assert lines[1].startswith("  - 'b': Capillary rejected the request | event name 'b' | HTTP 404 | ")
-    assert lines[2].startswith("  - 'c': Capillary rejected the request | event name 'c' | HTTP 400 | ")
+    assert lines[1].startswith(
+        "  - 'b': CapillaryBadRequestError: Capillary rejected the request | event name 'b' | HTTP 404 | "
+    )
+    assert lines[2].startswith(
+        "  - 'c': CapillaryBadRequestError: Capillary rejected the request | event name 'c' | HTTP 400 | "
+    )
+    assert "after 1 attempt | X-Cap-Requestid " in lines[1]
     assert len(lines) == 3
+    # A failure callback reads each event's own error, whole and typed.
+    assert type(caught.value).__name__ == "CapillaryEventsError"
+    assert sorted(caught.value.failures) == ["b", "c"]
+    assert [caught.value.failures[n].status for n in ("b", "c")] == [404, 400]
+    assert caught.value.event_names == ["a", "b", "c"] and caught.value.not_fetched == []
 
 
 def test_the_documented_defaults():
@@ -784,3 +795,88 @@ def test_many_workers_keep_their_connections_open(capillary_conn, airflow_db, ca
 
     assert rows == expected_rows(capillary_conn.dataset, names)
     assert "Connection pool is full" not in caplog.text
+
+
+# Each kind of failure a callback may need to tell apart, and the error type that carries it.
+FAILURE_KINDS = [
+    (Fault("http_401"), "CapillaryAuthError", 401),
+    (Fault("rate_limited", retry_after=None), "CapillaryRateLimitError", 429),
+    (Fault("http_503"), "CapillaryServerError", 503),
+    (Fault("hang", seconds=5), "CapillaryTimeoutError", None),
+    (Fault("not_json_200"), "CapillaryResponseError", 200),
+    (Fault("errors_in_body"), "CapillaryResponseError", 200),
+    (Fault("history_not_list"), "CapillaryResponseError", 200),
+]
+
+
+@pytest.mark.parametrize(("fault", "kind", "status"), FAILURE_KINDS, ids=lambda v: getattr(v, "kind", v))
+def test_each_failed_event_is_named_with_its_error_type_status_attempts_and_request_id(
+    stand_in, monkeypatch, airflow_db, fault, kind, status
+):
+    from airflow_capillary_audit.exceptions import CapillaryEventsError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    use_connection(monkeypatch, stand_in.url, timeout=0.5, max_retries=1, retry_max_wait=0.05)
+    stand_in.set_faults([Fault(**{**fault.__dict__, "event_names": ["bad"]})])
+
+    with pytest.raises(CapillaryEventsError) as caught:
+        CapillaryAuditLogsOperator(task_id="t", event_names=["good", "bad"]).execute({})
+
+    error = caught.value.failures["bad"]
+    assert list(caught.value.failures) == ["bad"]
+    assert type(error).__name__ == kind
+    assert (error.event_name, error.status) == ("bad", status)
+    attempts = 1 if kind == "CapillaryAuthError" or fault.kind in ("errors_in_body", "history_not_list") else 2
+    assert error.attempts == attempts
+    answered = [r for r in stand_in.requests if r.event_name == "bad" and r.status is not None]
+    assert error.request_id == (answered[-1].request_id if answered else None)
+    line = str(caught.value).splitlines()[1]
+    assert line.startswith(f"  - 'bad': {kind}: ")
+    assert f"after {attempts} attempt" in line
+    if answered:
+        assert f"HTTP {status}" in line and f"X-Cap-Requestid {error.request_id}" in line
+
+
+CALLBACK_DAG = """
+import json
+
+import pendulum
+from airflow.sdk import DAG
+from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+
+def record(context):
+    error = context["exception"]
+    kinds = {{name: type(failure).__name__ for name, failure in error.failures.items()}}
+    with open({out!r}, "w") as out:
+        json.dump({{"type": type(error).__name__, "kinds": kinds}}, out)
+
+
+with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+    CapillaryAuditLogsOperator(task_id="fetch", event_names={names!r}, on_failure_callback=record)
+"""
+
+
+def test_a_failure_callback_tells_the_kinds_of_failure_apart(stand_in, monkeypatch, run_dag, tmp_path):
+    use_connection(monkeypatch, stand_in.url, max_retries=0)
+    stand_in.set_faults(
+        [
+            Fault("http_503", event_names=["server"]),
+            Fault("not_json_200", event_names=["response"]),
+            Fault("rate_limited", retry_after=None, event_names=["limited"]),
+        ]
+    )
+    out = tmp_path / "callback.json"
+    names = ["fine", "server", "response", "limited"]
+
+    dag_run, _ = run_dag(CALLBACK_DAG.format(out=str(out), names=names))
+
+    assert dag_run.state == "failed"
+    assert json.loads(out.read_text()) == {
+        "type": "CapillaryEventsError",
+        "kinds": {
+            "server": "CapillaryServerError",
+            "response": "CapillaryResponseError",
+            "limited": "CapillaryRateLimitError",
+        },
+    }
