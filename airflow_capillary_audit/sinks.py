@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 # Object storage is read from _compat when a folder is used: it pulls in fsspec and universal-pathlib.
 from airflow_capillary_audit import _compat
@@ -20,7 +20,8 @@ from airflow_capillary_audit.formats import HashingWriter
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-MANIFEST_NAME = "_manifest.json"
+# Every manifest's name starts so; :func:`manifest_name` scopes the rest to one task instance.
+MANIFEST_PREFIX = "_manifest"
 # Temporary files start with a dot: event files never do, so the two can not collide.
 TEMP_PREFIX = ".tmp-"
 # The Airflow provider that registers each common object store's filesystem.
@@ -140,17 +141,42 @@ class FolderSink:
                 f"destination {self.uri!r} is an existing file; give a folder for the event files"
             )
 
-    def prepare(self, manifest_name: str = MANIFEST_NAME) -> None:
-        """Create the folder and remove an earlier manifest, so nothing marks this run complete yet."""
+    def prepare(self, manifest_name: str, file_names: Sequence[str]) -> None:
+        """
+        Create the folder, and remove every manifest this run would make untrue before writing.
+
+        That is this task instance's own manifest (nothing marks the run complete yet), and any other
+        manifest in the folder that lists one of ``file_names``, which this run will rewrite or
+        remove: a task sharing the folder, another grouping of a mapped task, an earlier version's
+        ``_manifest.json``.
+        """
         try:
             # Object stores have no folders, and creating one there would create a missing bucket.
             if urlsplit(self.uri).scheme == "file":
                 self.root.mkdir(parents=True, exist_ok=True)
-            manifest = self.root / manifest_name
-            if manifest.exists():
-                manifest.unlink()
+            (self.root / manifest_name).unlink(missing_ok=True)
+            self.unlist(file_names)
+        except CapillaryError:
+            raise
         except Exception as err:
             raise CapillaryWriteError(f"Cannot prepare destination {self.uri!r}: {err}") from err
+
+    def unlist(self, file_names: Sequence[str]) -> None:
+        """Remove every manifest in the folder that lists one of ``file_names``."""
+        wanted = set(file_names)
+        for path in self._manifests():
+            listed = _listed_files(path)
+            if listed is not None and listed & wanted:
+                path.unlink(missing_ok=True)
+
+    def _manifests(self) -> list[ObjectStoragePath]:
+        if not self.root.exists():
+            return []
+        return [
+            path
+            for path in self.root.iterdir()
+            if path.name.startswith(MANIFEST_PREFIX) and path.name.endswith(".json")
+        ]
 
     def write(self, name: str, write_body: Callable[[HashingWriter], int]) -> WrittenFile:
         """
@@ -176,8 +202,12 @@ class FolderSink:
         return WrittenFile(name=name, uri=str(final), rows=rows, bytes=out.bytes, sha256=out.sha256)
 
     def remove(self, name: str) -> None:
-        """Remove a file from the folder if it is there, e.g. an earlier run's file of a failed event."""
+        """
+        Remove a file from the folder if it is there, e.g. an earlier run's file of a failed event,
+        and first any manifest that lists it, so none names a file that is gone.
+        """
         try:
+            self.unlist([name])
             (self.root / name).unlink(missing_ok=True)
         except Exception as err:
             raise CapillaryWriteError(f"Cannot remove {self.root / name}: {err}") from err
@@ -195,14 +225,23 @@ class FolderSink:
             out.write(body)
             return 0
 
-        return self.write(manifest_name(run.map_index), write_body)
+        return self.write(manifest_name(run.dag_id, run.task_id, run.map_index), write_body)
 
 
-def manifest_name(map_index: int | None) -> str:
-    """Return the manifest's file name: mapped instances share a folder, each marks its own share complete."""
-    if map_index is None or map_index < 0:
-        return MANIFEST_NAME
-    return MANIFEST_NAME.replace(".json", f".map-{map_index}.json")
+def manifest_name(dag_id: str | None, task_id: str | None, map_index: int | None = None) -> str:
+    """
+    Return the name of a task instance's manifest: ``_manifest.<dag_id>.<task_id>.json``, with
+    ``.map-<index>`` before ``.json`` for a mapped instance.
+
+    Tasks that share a folder, and the instances of a mapped task, each mark their own files
+    complete. Ids are percent-encoded like event names, so no id can leave the folder.
+    """
+    parts = [MANIFEST_PREFIX]
+    # Dots separate the parts, so an id's own dots are encoded too: no two tasks share a name.
+    parts += [quote(part, safe="-_").replace(".", "%2E") for part in (dag_id, task_id) if part]
+    if map_index is not None and map_index >= 0:
+        parts.append(f"map-{map_index}")
+    return ".".join(parts) + ".json"
 
 
 def manifest_document(run: RunInfo, events: Sequence[EventFile]) -> dict[str, Any]:
@@ -276,6 +315,17 @@ def _folder_uri(destination: str) -> str:
     if not scheme or len(scheme) == 1:
         return "file://" + os.path.abspath(os.path.expanduser(destination))
     return destination
+
+
+def _listed_files(path: ObjectStoragePath) -> set[str] | None:
+    """Return the file names a manifest lists, or None when it is not one this package could write."""
+    try:
+        document = json.loads(path.read_bytes())
+        return {str(event["file"]) for event in document["events"]}
+    except FileNotFoundError:
+        return None  # removed meanwhile by the task it belongs to
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _remove_quietly(path: ObjectStoragePath) -> None:

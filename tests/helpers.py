@@ -28,7 +28,8 @@ from airflow_capillary_audit.sandbox import Dataset
 
 # This session's Airflow home, set by conftest before Airflow was first imported.
 AIRFLOW_HOME = Path(os.environ["AIRFLOW_HOME"])
-MANIFEST = "_manifest.json"
+# The manifest of the operator run outside a DAG by fetch_to (task "fetch"), and in run_dag's DAGs.
+MANIFEST = "_manifest.fetch.json"
 
 # The tests' switches between Airflow versions, all in this block (the package's are in _compat.py).
 AIRFLOW_3_0 = Version(AIRFLOW_VERSION).release[:2] == (3, 0)
@@ -264,10 +265,18 @@ def hidden_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*")) if folder.exists() else []
 
 
+def manifests_in(folder: Path) -> dict[str, dict[str, Any]]:
+    """Return every manifest in ``folder``, by file name."""
+    if not folder.exists():
+        return {}
+    return {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("_manifest*.json"))}
+
+
 def manifest_of(folder: Path) -> dict[str, Any] | None:
-    """Return the folder's manifest, or None when there is none."""
-    path = folder / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
+    """Return the folder's one manifest, or None when there is none; fail when there are several."""
+    manifests = list(manifests_in(folder).values())
+    assert len(manifests) <= 1, f"{len(manifests)} manifests in {folder}"
+    return manifests[0] if manifests else None
 
 
 def event_rows(dataset: Dataset, name: str) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ arithmetic itself is unit-tested with a fake clock in ``tests/test_units.py``.
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_left
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +20,7 @@ import pytest
 
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from airflow_capillary_audit.sandbox import Fault
-from tests.helpers import files_in, use_connection
+from tests.helpers import files_in, manifest_of, use_connection
 
 RATE = 600
 SCALED_WINDOW = 60 * 10 / RATE  # the 60 s window scaled to 10 requests: 1 s
@@ -112,13 +111,14 @@ def test_concurrent_output_equals_sequential_output(capillary_conn, run_dag, tmp
             f"        max_active_requests={workers})\n"
         )
         assert dag_run.state == "success"
-        outputs[workers] = (files_in(folder), xcom("fetch"))
+        manifest = manifest_of(folder)
+        files = {k: v for k, v in files_in(folder).items() if not k.startswith("_manifest")}
+        outputs[workers] = (files, xcom("fetch"), manifest)
 
-    (concurrent, concurrent_summary), (sequential, sequential_summary) = outputs[8], outputs[1]
-    assert set(concurrent) == set(sequential) and len(concurrent) == len(names) + 1
-    data_files = [name for name in concurrent if name != "_manifest.json"]
-    assert {n: concurrent[n] for n in data_files} == {n: sequential[n] for n in data_files}
-    manifests = [json.loads(files["_manifest.json"]) for files in (concurrent, sequential)]
+    (concurrent, concurrent_summary, first), (sequential, sequential_summary, second) = outputs[8], outputs[1]
+    assert set(concurrent) == set(sequential) and len(concurrent) == len(names)
+    assert concurrent == sequential
+    manifests = [first, second]
     assert manifests[0]["events"] == manifests[1]["events"]
     assert [e["event_name"] for e in manifests[0]["events"]] == names
     assert concurrent_summary["rows"] == sequential_summary["rows"]

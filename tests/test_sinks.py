@@ -43,7 +43,7 @@ EVENTS = [
 def test_prepare_creates_no_bucket_on_an_object_store(memory_store):
     sink = FolderSink("memory://audit-bucket/capillary/2026-11-24")
     sink.check()
-    sink.prepare()
+    sink.prepare(manifest_name("d", "t"), ["a.jsonl"])
     assert not memory_store.exists("/audit-bucket")
 
 
@@ -96,11 +96,11 @@ def test_the_manifest_is_written_whole_and_described(memory_store):
 
     written = sink.write_manifest(RUN, EVENTS)
 
-    data = memory_store.cat("/audit-bucket/capillary/_manifest.json")
+    data = memory_store.cat("/audit-bucket/capillary/_manifest.capillary_audit_daily.fetch.json")
     assert json.loads(data) == manifest_document(RUN, EVENTS)
     assert "Visit ☕".encode() in data  # readable UTF-8, not \u escapes
     assert (written.name, written.bytes, written.sha256) == (
-        "_manifest.json",
+        "_manifest.capillary_audit_daily.fetch.json",
         len(data),
         hashlib.sha256(data).hexdigest(),
     )
@@ -142,7 +142,7 @@ def test_removing_what_is_not_a_file_fails_naming_it(tmp_path):
 def test_the_manifest_is_indented_json_in_a_fixed_order(tmp_path):
     FolderSink(str(tmp_path)).write_manifest(RUN, EVENTS)
 
-    text = (tmp_path / "_manifest.json").read_text(encoding="utf-8")
+    text = (tmp_path / "_manifest.capillary_audit_daily.fetch.json").read_text(encoding="utf-8")
     assert text == (
         "{\n"
         '  "manifest_version": 1,\n'
@@ -180,11 +180,18 @@ def test_the_manifest_is_indented_json_in_a_fixed_order(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("map_index", "name"),
-    [(None, "_manifest.json"), (-1, "_manifest.json"), (0, "_manifest.map-0.json"), (12, "_manifest.map-12.json")],
+    ("dag_id", "task_id", "map_index", "name"),
+    [
+        ("daily", "fetch", None, "_manifest.daily.fetch.json"),
+        ("daily", "fetch", -1, "_manifest.daily.fetch.json"),
+        ("daily", "fetch", 0, "_manifest.daily.fetch.map-0.json"),
+        ("daily", "group.fetch", 12, "_manifest.daily.group%2Efetch.map-12.json"),
+        (None, "fetch", -1, "_manifest.fetch.json"),
+        ("a/b", "../x", None, "_manifest.a%2Fb.%2E%2E%2Fx.json"),
+    ],
 )
-def test_each_mapped_instance_names_its_own_manifest(map_index, name):
-    assert manifest_name(map_index) == name
+def test_each_task_instance_names_its_own_manifest(dag_id, task_id, map_index, name):
+    assert manifest_name(dag_id, task_id, map_index) == name
 
 
 def test_a_mapped_instance_writes_its_own_manifest(tmp_path):
@@ -192,15 +199,15 @@ def test_a_mapped_instance_writes_its_own_manifest(tmp_path):
 
     written = FolderSink(str(tmp_path)).write_manifest(run, [])
 
-    assert written.name == "_manifest.map-3.json"
-    manifest = json.loads((tmp_path / "_manifest.map-3.json").read_text(encoding="utf-8"))
+    assert written.name == "_manifest.capillary_audit_daily.fetch.map-3.json"
+    manifest = json.loads((tmp_path / written.name).read_text(encoding="utf-8"))
     assert (manifest["map_index"], manifest["changed_since"], manifest["total_rows"], manifest["events"]) == (
         3,
         None,
         0,
         [],
     )
-    assert not (tmp_path / "_manifest.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [written.name]
 
 
 @pytest.mark.parametrize(
@@ -232,3 +239,42 @@ def test_lineage_names_a_file_by_store_and_key(uri, expected):
 )
 def test_the_fixed_folder_of_a_templated_destination(destination, expected):
     assert static_folder_uri(destination) == expected
+
+
+def write_manifest_of(sink: FolderSink, dag_id: str, files: list[str], map_index: int = -1) -> str:
+    """Write a manifest of task ``fetch`` in ``dag_id`` listing ``files``; return its name."""
+    events = [
+        EventFile(event_name=name, file=WrittenFile(name, f"x/{name}", rows=1, bytes=1, sha256="0" * 64), records=1)
+        for name in files
+    ]
+    run = dataclasses.replace(RUN, dag_id=dag_id, map_index=map_index)
+    return sink.write_manifest(run, events).name
+
+
+def test_preparing_removes_every_manifest_that_lists_a_file_the_run_rewrites(tmp_path):
+    sink = FolderSink(str(tmp_path))
+    mine = write_manifest_of(sink, "mine", ["a.jsonl"])
+    write_manifest_of(sink, "other", ["b.jsonl", "c.jsonl"])
+    apart = write_manifest_of(sink, "apart", ["d.jsonl"])
+    earlier_grouping = write_manifest_of(sink, "mine", ["c.jsonl"], map_index=4)
+    (tmp_path / "_manifest.json").write_text('{"events": [{"file": "b.jsonl"}]}')  # an earlier version's
+    (tmp_path / "_manifest.notes.json").write_text("not a manifest")
+
+    sink.prepare(mine, ["a.jsonl", "b.jsonl"])
+
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([apart, earlier_grouping, "_manifest.notes.json"])
+    sink.prepare(mine, ["c.jsonl"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([apart, "_manifest.notes.json"])
+
+
+def test_removing_a_file_first_removes_the_manifests_that_list_it(tmp_path):
+    sink = FolderSink(str(tmp_path))
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    listing = write_manifest_of(sink, "other", ["a.jsonl"])
+    other = write_manifest_of(sink, "third", ["b.jsonl"])
+
+    sink.remove("a.jsonl")
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other]
+    assert listing != other

@@ -372,7 +372,8 @@ def _read_chunks(
         left = deadline - time.monotonic()
         if left <= 0:
             raise requests.exceptions.ReadTimeout("the body did not arrive whole within the timeout")
-        if stopped.is_set():
+        # A stop ends a body still arriving; one that came in the first read is read to the end.
+        if chunks and stopped.is_set():
             raise CapillaryCancelledError(f"Request for event {event_name!r} stopped: the task was stopped")
         if sock is not None:
             sock.settimeout(left)

@@ -343,7 +343,8 @@ class CapillaryAuditLogsOperator(BaseOperator):
         assert sink is not None
         ti = context.get("ti")
         map_index = getattr(ti, "map_index", -1)
-        sink.prepare(manifest_name(map_index))
+        dag_id, task_id = getattr(ti, "dag_id", None), getattr(ti, "task_id", self.task_id)
+        sink.prepare(manifest_name(dag_id, task_id, map_index), list(plan.file_names.values()))
         columns = ROW_COLUMNS if self.flatten else None
 
         def handle(name: str, fetched: AuditLogs) -> tuple[WrittenFile, FlattenStats]:
@@ -367,8 +368,8 @@ class CapillaryAuditLogsOperator(BaseOperator):
             self._report(name, stats, written.rows, written.uri, plan)
             events.append(EventFile(event_name=name, file=written, records=stats.records))
         run = RunInfo(
-            dag_id=getattr(ti, "dag_id", None),
-            task_id=getattr(ti, "task_id", self.task_id),
+            dag_id=dag_id,
+            task_id=task_id,
             run_id=context.get("run_id"),
             map_index=map_index,
             fetched_at=pendulum.now("UTC"),

@@ -13,6 +13,7 @@ import pytest
 from airflow_capillary_audit.formats import event_file_name, event_name_from_file
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import Fault
+from airflow_capillary_audit.sinks import manifest_name
 from tests.helpers import (
     AIRFLOW_HOME,
     LOGIN,
@@ -22,6 +23,7 @@ from tests.helpers import (
     expected_rows,
     files_in,
     logged,
+    manifest_of,
     use_connection,
     write_dag_files_to_db,
 )
@@ -91,7 +93,7 @@ def test_each_format_reads_back_to_the_served_rows(capillary_conn, run_dag, tmp_
             expected = [{k: None if v == "" else v for k, v in row.items()} for row in expected]
         assert rows == expected
         assert summary["rows"][name] == len(rows)
-    manifest = json.loads((tmp_path / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / manifest_name(dag_run.dag_id, "fetch")).read_text())
     assert manifest["run_id"] == dag_run.run_id
     assert [e["event_name"] for e in manifest["events"]] == NAMES
     assert manifest["total_rows"] == summary["total_rows"] == sum(summary["rows"].values())
@@ -125,32 +127,34 @@ def test_rerun_rewrites_the_same_bytes(capillary_conn, run_dag, tmp_path):
     second = files_in(tmp_path)
 
     data_files = sorted(event_file_name(name, "jsonl") for name in NAMES)
-    assert sorted(first) == sorted(second) == sorted([*data_files, "_manifest.json"])
+    manifest_file = manifest_name("rerun_same", "fetch")
+    assert sorted(first) == sorted(second) == sorted([*data_files, manifest_file])
     assert {n: first[n] for n in data_files} == {n: second[n] for n in data_files}
     for name in NAMES:
         assert read_back(tmp_path / event_file_name(name, "jsonl"), "jsonl") == expected_rows(
             capillary_conn.dataset, [name]
         )
     # The manifest was rewritten by the rerun, and still lists the same files.
-    manifests = [json.loads(first["_manifest.json"]), json.loads(second["_manifest.json"])]
+    manifests = [json.loads(first[manifest_file]), json.loads(second[manifest_file])]
     assert [m["run_id"] for m in manifests] == [first_run.run_id, second_run.run_id]
     assert manifests[0]["events"] == manifests[1]["events"]
 
 
 def test_a_failing_event_leaves_no_manifest_and_no_partial_file(capillary_conn, run_dag, tmp_path):
-    # A manifest from an earlier, successful run must not survive a failed rerun.
-    (tmp_path / "_manifest.json").write_text("{}")
-    capillary_conn.set_faults(
-        [Fault("http_503", event_names=["coupons & offers"]), Fault("truncated", event_names=["tier upgrade"])]
-    )
     source = dag_source(
         f"CapillaryAuditLogsOperator(task_id='fetch', event_names={NAMES!r}, destination={str(tmp_path)!r})"
     )
-    dag_run, _ = run_dag(source)
+    # A manifest from an earlier, successful run must not survive a failed rerun.
+    earlier, _ = run_dag(source, dag_id="failed_rerun")
+    assert earlier.state == "success" and manifest_of(tmp_path) is not None
+    capillary_conn.set_faults(
+        [Fault("http_503", event_names=["coupons & offers"]), Fault("truncated", event_names=["tier upgrade"])]
+    )
+    dag_run, _ = run_dag(source, dag_id="failed_rerun")
 
     assert dag_run.state == "failed"
     names = set(files_in(tmp_path))
-    assert "_manifest.json" not in names
+    assert manifest_of(tmp_path) is None
     assert not [n for n in names if n.startswith(".")]
     assert event_file_name("coupons & offers", "jsonl") not in names
     assert event_file_name("tier upgrade", "jsonl") not in names
@@ -230,7 +234,7 @@ def test_mapped_over_event_groups(capillary_conn, run_dag, tmp_path):
         assert xcom("fetch", map_index=index)["rows"] == {
             name: len(expected_rows(capillary_conn.dataset, [name])) for name in group
         }
-        manifest = json.loads((tmp_path / f"_manifest.map-{index}.json").read_text())
+        manifest = json.loads((tmp_path / manifest_name(dag_run.dag_id, "fetch", index)).read_text())
         assert [e["event_name"] for e in manifest["events"]] == group
     for name in sum(groups, []):
         rows = read_back(tmp_path / event_file_name(name, "jsonl"), "jsonl")
@@ -303,7 +307,7 @@ def test_event_names_never_leave_the_destination(capillary_conn, airflow_db, tmp
     op.execute({})
 
     assert [p for p in tmp_path.iterdir()] == [folder]
-    files = sorted(p.name for p in folder.iterdir() if p.name != "_manifest.json")
+    files = sorted(p.name for p in folder.iterdir() if p.name != manifest_name(None, "t"))
     assert files == sorted(event_file_name(name, "jsonl") for name in names)
     for name in names:
         # Each name's own rows, under a name that leads back to it.
@@ -364,7 +368,7 @@ def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
 
     assert dag_run.state == "success"
     (folder,) = [p for p in tmp_path.iterdir()]
-    manifest = json.loads((folder / "_manifest.json").read_text())
+    manifest = json.loads((folder / manifest_name("capillary_audit_daily", "fetch_audit_logs")).read_text())
     start = datetime.fromisoformat(manifest["changed_since"])
     end = datetime.fromisoformat(manifest["changed_until"])
     assert (end - start).days == 1
@@ -401,7 +405,7 @@ def test_an_execution_timeout_stops_the_queued_events(capillary_conn, run_dag, t
     # 40 events at 0.25 s on 2 workers would take 5 s; the timeout ends the run after about 1 s.
     requested = [r.event_name for r in capillary_conn.requests]
     assert len(requested) < 20
-    assert not (tmp_path / "_manifest.json").exists()
+    assert manifest_of(tmp_path) is None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     # What was written is whole, and only events that were fetched have a file.
     written = sorted(p.name for p in tmp_path.iterdir())
@@ -497,7 +501,7 @@ def test_unflattened_records_are_narrowed_to_the_window(capillary_conn, airflow_
         path = tmp_path / event_file_name(WINDOW_EVENT, "json")
         records = json.loads(path.read_bytes())
         assert result["rows"] == {WINDOW_EVENT: len(expected)}
-        manifest = json.loads((tmp_path / "_manifest.json").read_text())
+        manifest = manifest_of(tmp_path)
         assert (manifest["flatten"], manifest["changed_since"], manifest["changed_until"]) == (False, SINCE, UNTIL)
         assert manifest["events"][0]["records"] == len(WINDOW_RECORDS)
     else:
@@ -601,7 +605,7 @@ def test_a_run_outside_a_dag_writes_a_manifest_that_says_so(capillary_conn, airf
     )
     summary = op.execute({})
 
-    manifest = json.loads((tmp_path / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / "_manifest.t.json").read_text())
     assert list(manifest) == [
         "manifest_version",
         "dag_id",
@@ -631,7 +635,7 @@ def test_a_run_outside_a_dag_writes_a_manifest_that_says_so(capillary_conn, airf
     }
     assert summary["files"] == [f"file://{tmp_path}/a.jsonl"]
     assert summary["destination"] == f"file://{tmp_path}"
-    assert summary["manifest"] == f"file://{tmp_path}/_manifest.json"
+    assert summary["manifest"] == f"file://{tmp_path}/_manifest.t.json"
 
 
 def test_an_object_store_folder_with_a_trailing_slash_names_each_file_once(capillary_conn, airflow_db, memory_store):
@@ -684,7 +688,7 @@ def test_the_manifest_time_is_utc_whatever_the_workers_zone(capillary_conn, airf
     finally:
         pendulum.set_local_timezone()
 
-    fetched_at = json.loads((tmp_path / "_manifest.json").read_text())["fetched_at"]
+    fetched_at = manifest_of(tmp_path)["fetched_at"]
     assert fetched_at.endswith("+00:00")
     assert abs(datetime.fromisoformat(fetched_at) - datetime.now(timezone.utc)).total_seconds() < 600
 

@@ -23,7 +23,7 @@ import pytest
 
 from airflow_capillary_audit.exceptions import CapillaryError
 from airflow_capillary_audit.formats import event_file_name
-from airflow_capillary_audit.sinks import MANIFEST_NAME, TEMP_PREFIX
+from airflow_capillary_audit.sinks import TEMP_PREFIX, manifest_name
 from tests.helpers import expected_rows
 
 pytestmark = pytest.mark.airflow
@@ -129,9 +129,10 @@ def test_files_land_in_s3_through_the_destination_connection(capillary_conn, s3,
 
     assert dag_run.state == "success"
     prefix = f"capillary/{dag_run.logical_date:%Y-%m-%d}/"
+    manifest_file = manifest_name(dag_run.dag_id, "fetch")
     listing = s3.client().list_objects_v2(Bucket=BUCKET)
     stored = {item["Key"].removeprefix(prefix): item["Key"] for item in listing["Contents"]}
-    assert sorted(stored) == sorted([MANIFEST_NAME, *(event_file_name(n, "jsonl") for n in NAMES)])
+    assert sorted(stored) == sorted([manifest_file, *(event_file_name(n, "jsonl") for n in NAMES)])
     assert not [key for key in stored if key.startswith(TEMP_PREFIX)]
 
     def body(name: str) -> bytes:
@@ -140,14 +141,14 @@ def test_files_land_in_s3_through_the_destination_connection(capillary_conn, s3,
     for name in NAMES:
         rows = [json.loads(line) for line in body(event_file_name(name, "jsonl")).decode().splitlines()]
         assert rows == expected_rows(capillary_conn.dataset, [name])
-    manifest = json.loads(body(MANIFEST_NAME))
+    manifest = json.loads(body(manifest_file))
     assert manifest["run_id"] == dag_run.run_id
     for entry in manifest["events"]:
         assert entry["sha256"] == hashlib.sha256(body(entry["file"])).hexdigest()
     summary = xcom("fetch")
     assert summary["files"] == [f"s3://{BUCKET}/{prefix}{event_file_name(n, 'jsonl')}" for n in NAMES]
     # The manifest's URI is Airflow's text for an object path, which names the connection.
-    assert summary["manifest"] == f"s3://{s3.conn_id}@{BUCKET}/{prefix}{MANIFEST_NAME}"
+    assert summary["manifest"] == f"s3://{s3.conn_id}@{BUCKET}/{prefix}{manifest_file}"
     # Every request for the run's objects was signed with the connection's key.
     writes = [r for r in s3.requests() if r["method"] == "PUT" and f"/{prefix}" in r["url"]]
     assert writes

@@ -14,7 +14,7 @@ from airflow import __version__ as _airflow_version
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.formats import event_file_name
-from tests.helpers import FAST_RETRIES, LOGIN, PASSWORD, event_rows, fetch_to, jsonl_rows
+from tests.helpers import FAST_RETRIES, LOGIN, MANIFEST, PASSWORD, event_rows, fetch_to, jsonl_rows
 
 pytestmark = pytest.mark.airflow
 
@@ -305,6 +305,6 @@ def test_path_like_names_are_legal_and_stay_inside_the_folder(api, monkeypatch, 
     assert [p.name for p in (tmp_path / "base").iterdir()] == ["out"]
     file_name = event_file_name(name, "jsonl")
     assert "/" not in file_name and not file_name.startswith(".")
-    assert sorted(p.name for p in use.iterdir()) == sorted([file_name, "_manifest.json"])
+    assert sorted(p.name for p in use.iterdir()) == sorted([file_name, MANIFEST])
     assert jsonl_rows(use / file_name) == event_rows(api.dataset, name)
     assert summary["files"] == [f"file://{use}/{file_name}"]

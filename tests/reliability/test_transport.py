@@ -12,6 +12,7 @@ from airflow_capillary_audit.formats import event_file_name, event_name_from_fil
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
 from tests.helpers import (
     LOGIN,
+    MANIFEST,
     PASSWORD,
     event_rows,
     fetch_to,
@@ -148,7 +149,7 @@ def test_no_event_name_writes_outside_the_destination(api, monkeypatch, airflow_
     everything = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert all(folder in (tmp_path / p).parents for p in everything), everything
     files = {p.name for p in folder.iterdir()}
-    assert len(files) == len(ESCAPES) + 1 and "_manifest.json" in files
+    assert len(files) == len(ESCAPES) + 1 and MANIFEST in files
     for name in ESCAPES:
         file_name = event_file_name(name, "jsonl")
         assert file_name in files and not file_name.startswith((".", "_"))
