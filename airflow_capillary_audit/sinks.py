@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 # Object storage is read from _compat when a folder is used: it pulls in fsspec and universal-pathlib.
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 MANIFEST_PREFIX = "_manifest"
 # Temporary files start with a dot: event files never do, so the two can not collide.
 TEMP_PREFIX = ".tmp-"
+# Stores whose files, opened with autocommit=False, appear only at commit() and vanish at discard():
+# s3fs completes a multipart upload, gcsfs finalises a resumable upload (nothing is listed before).
+DEFERRED_COMMIT_SCHEMES = frozenset({"s3", "s3a", "s3n", "gs", "gcs"})
 # The Airflow provider that registers each common object store's filesystem.
 STORE_PROVIDERS = {
     "s3": "apache-airflow-providers-amazon[s3fs]",
@@ -37,6 +41,10 @@ STORE_PROVIDERS = {
 }
 # Object storage that cannot hold a folder of files we write.
 READ_ONLY_SCHEMES = frozenset({"http", "https", "ftp", "github", "zip", "tar", "memory-readonly"})
+
+WriteBody = Callable[[HashingWriter], int]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,10 +99,14 @@ class LineageName:
 
 class FolderSink:
     """
-    Commit files into one destination folder: write to a temporary name, then move into place.
+    Commit files into one destination folder, each whole or absent, whatever the store.
 
-    A move within one store is a rename on local disk and a server-side copy on object stores; in
-    both, readers see the whole file or none of it. A failed write removes its temporary file.
+    - Local disk: a hidden temporary file, fsynced, renamed into place, then the folder fsynced, so
+      a file that is listed (by a manifest too) survives a crash or a power loss whole.
+    - S3 and GCS: the file is uploaded under its own name and committed at the end; readers see
+      nothing before the commit, and a failed write drops its upload.
+    - Other stores: a hidden temporary object, copied into place, then deleted; a temporary object
+      that cannot be deleted is logged by name and does not fail the file.
 
     :param destination: a folder URI (``file:///data``, ``s3://bucket/prefix``, ``gs://...``) or a
         plain local path.
@@ -178,7 +190,7 @@ class FolderSink:
             if path.name.startswith(MANIFEST_PREFIX) and path.name.endswith(".json")
         ]
 
-    def write(self, name: str, write_body: Callable[[HashingWriter], int]) -> WrittenFile:
+    def write(self, name: str, write_body: WriteBody) -> WrittenFile:
         """
         Write one file whole: ``write_body`` streams into it and returns its row count.
 
@@ -186,15 +198,15 @@ class FolderSink:
         :param write_body: writes the content into the binary file object it is given.
         """
         final = self.root / name
-        # No event name in it: a name that fits the file-name limit must fit here too.
-        temp = self.root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        scheme = urlsplit(self.uri).scheme
         try:
-            with temp.open("wb") as raw:  # type: ignore[no-untyped-call]
-                out = HashingWriter(raw)
-                rows = write_body(out)
-            temp.move(final)
+            if scheme == "file":
+                out, rows = _write_renamed(final.path, write_body)
+            elif scheme in DEFERRED_COMMIT_SCHEMES:
+                out, rows = _write_committed(final, write_body)
+            else:
+                out, rows = _write_copied(self.root, final, write_body)
         except BaseException as err:
-            _remove_quietly(temp)
             # The package's own errors (a malformed answer met while writing) keep their type and message.
             if isinstance(err, Exception) and not isinstance(err, CapillaryError):
                 raise CapillaryWriteError(f"Cannot write {final}: {err}") from err
@@ -206,11 +218,14 @@ class FolderSink:
         Remove a file from the folder if it is there, e.g. an earlier run's file of a failed event,
         and first any manifest that lists it, so none names a file that is gone.
         """
+        path = self.root / name
         try:
             self.unlist([name])
-            (self.root / name).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            if urlsplit(self.uri).scheme == "file":
+                _fsync_folder(os.path.dirname(path.path))
         except Exception as err:
-            raise CapillaryWriteError(f"Cannot remove {self.root / name}: {err}") from err
+            raise CapillaryWriteError(f"Cannot remove {path}: {err}") from err
 
     def write_manifest(self, run: RunInfo, events: Sequence[EventFile]) -> WrittenFile:
         """
@@ -328,7 +343,95 @@ def _listed_files(path: ObjectStoragePath) -> set[str] | None:
         return None
 
 
-def _remove_quietly(path: ObjectStoragePath) -> None:
-    # The original error matters more than a failed clean-up.
+def _write_renamed(path: str, write_body: WriteBody) -> tuple[HashingWriter, int]:
+    """Write a local file under a hidden name beside it, fsync it, rename it into place, fsync the folder."""
+    folder = os.path.dirname(path)
+    temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+    # The stdlib, not fsspec: a real descriptor to fsync, and a rename that never moves into a folder.
+    try:
+        with open(temp, "xb") as raw:
+            out = HashingWriter(raw)
+            rows = write_body(out)
+            raw.flush()
+            # Data first: a rename that reaches the disk before the data names an empty file after a crash.
+            os.fsync(raw.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            _warn_leftover(temp, err)
+        raise
+    # The rename is an entry in the folder: it is durable once the folder is.
+    _fsync_folder(folder)
+    return out, rows
+
+
+def _write_committed(final: ObjectStoragePath, write_body: WriteBody) -> tuple[HashingWriter, int]:
+    """Upload an object under its own name, visible only once committed; a failure drops the upload."""
+    # Per file, not fs.transaction: the filesystem is shared by the writing threads, a transaction is not.
+    raw = final.open("wb", autocommit=False)  # type: ignore[no-untyped-call]
+    try:
+        out = HashingWriter(raw)
+        rows = write_body(out)
+        raw.close()
+        raw.commit()
+    except BaseException:
+        _discard(raw, final)
+        raise
+    return out, rows
+
+
+def _write_copied(
+    root: ObjectStoragePath, final: ObjectStoragePath, write_body: WriteBody
+) -> tuple[HashingWriter, int]:
+    """Write a hidden temporary object, copy it into place, delete it; a failed delete only warns."""
+    # No event name in it: a name that fits the file-name limit must fit here too.
+    temp = root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    try:
+        with temp.open("wb") as raw:  # type: ignore[no-untyped-call]
+            out = HashingWriter(raw)
+            rows = write_body(out)
+        temp.copy(final)
+    except BaseException:
+        _remove_leftover(temp)
+        raise
+    # The copy is the file: a temporary object left behind is reported, not counted as a failed file.
+    _remove_leftover(temp)
+    return out, rows
+
+
+def _fsync_folder(folder: str) -> None:
+    # Windows cannot open a folder to sync it.
+    if os.name == "nt":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _discard(raw: BinaryIO, final: ObjectStoragePath) -> None:
+    # Closed first, as fsspec's transactions do: discard() then drops what close() uploaded.
     with contextlib.suppress(Exception):
-        path.unlink(missing_ok=True)
+        raw.close()
+    try:
+        raw.discard()  # type: ignore[attr-defined]
+    except Exception as err:  # noqa: BLE001 - whatever the store raises, the write's own error is the one to raise
+        log.warning(
+            "Could not drop the unfinished upload of %s; the store may keep its parts: %s", final, err
+        )
+
+
+def _remove_leftover(temp: ObjectStoragePath) -> None:
+    try:
+        temp.unlink(missing_ok=True)
+    except Exception as err:  # noqa: BLE001 - whatever the store raises, the file written stands
+        _warn_leftover(temp, err)
+
+
+def _warn_leftover(temp: object, err: BaseException) -> None:
+    log.warning("Could not remove the temporary file %s; delete it by hand: %s", temp, err)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from datetime import timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
 from airflow import __version__ as AIRFLOW_VERSION
 from packaging.version import Version
 
@@ -270,6 +272,53 @@ def manifests_in(folder: Path) -> dict[str, dict[str, Any]]:
     if not folder.exists():
         return {}
     return {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("_manifest*.json"))}
+
+
+# record_disk_syncs names each descriptor's file through /proc.
+needs_proc_fd = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads descriptors through /proc")
+
+
+def record_disk_syncs(monkeypatch) -> list[tuple[str, ...]]:
+    """
+    Record, in order, every ``os.fsync`` and rename the code under test makes, once each has succeeded.
+
+    An fsync is ``("fsync", path)``, its descriptor read back through ``/proc/self/fd`` (Linux); a
+    rename by ``os.replace`` or ``os.rename`` is ``("rename", source, target)``.
+    """
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd) -> None:
+        number = fd if isinstance(fd, int) else fd.fileno()
+        path = os.readlink(f"/proc/self/fd/{number}")
+        real_fsync(fd)
+        events.append(("fsync", path))
+
+    def renamer(real):
+        def rename(source, target, *args, **kwargs) -> None:
+            real(source, target, *args, **kwargs)
+            events.append(("rename", os.fsdecode(source), os.fsdecode(target)))
+
+        return rename
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", renamer(real_replace))
+    monkeypatch.setattr(os, "rename", renamer(real_rename))
+    return events
+
+
+def warnings_logged(caplog) -> list[str]:
+    """Return the messages logged at WARNING level, as ``caplog`` caught them."""
+    return [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+
+
+def refuse_deletes(monkeypatch, fs) -> None:
+    """Make a filesystem refuse every delete, as a bucket policy without ``s3:DeleteObject`` does."""
+
+    def rm(path, *args, **kwargs):
+        raise PermissionError(f"AccessDenied: DeleteObject {path}")
+
+    monkeypatch.setattr(fs, "rm", rm)
 
 
 def manifest_of(folder: Path) -> dict[str, Any] | None:

@@ -1,16 +1,19 @@
-"""The storage sink: no bucket is ever created, files commit whole, unknown stores are refused early."""
+"""The storage sink: no bucket is created, files commit whole (synced on disk), bad stores fail early."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
+import os
 from datetime import datetime, timezone
 
 import pytest
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryWriteError
 from airflow_capillary_audit.sinks import (
+    TEMP_PREFIX,
     EventFile,
     FolderSink,
     LineageName,
@@ -21,6 +24,7 @@ from airflow_capillary_audit.sinks import (
     manifest_name,
     static_folder_uri,
 )
+from tests.helpers import files_in, needs_proc_fd, record_disk_syncs, refuse_deletes, warnings_logged
 
 RUN = RunInfo(
     dag_id="capillary_audit_daily",
@@ -38,6 +42,11 @@ EVENTS = [
     EventFile("Café", WrittenFile("Caf%C3%A9.jsonl", "file:///x/Caf%C3%A9.jsonl", 3, 120, "a" * 64), records=2),
     EventFile("Visit ☕", WrittenFile("Visit%20%E2%98%95.jsonl", "file:///x/V.jsonl", 0, 0, "b" * 64), records=1),
 ]
+
+
+def one_row(out) -> int:
+    out.write(b'{"a":1}\n')
+    return 1
 
 
 def test_prepare_creates_no_bucket_on_an_object_store(memory_store):
@@ -104,6 +113,82 @@ def test_the_manifest_is_written_whole_and_described(memory_store):
         len(data),
         hashlib.sha256(data).hexdigest(),
     )
+
+
+def test_a_temporary_object_left_after_a_good_copy_is_named_and_the_file_kept(memory_store, monkeypatch, caplog):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    refuse_deletes(monkeypatch, memory_store)
+
+    with caplog.at_level(logging.WARNING, logger="airflow_capillary_audit.sinks"):
+        written = sink.write("e.jsonl", one_row)
+
+    assert memory_store.cat("/audit-bucket/capillary/e.jsonl") == b'{"a":1}\n'
+    assert written.sha256 == hashlib.sha256(b'{"a":1}\n').hexdigest()
+    [leftover] = [p for p in memory_store.find("/audit-bucket") if not p.endswith("/e.jsonl")]
+    assert leftover.rpartition("/")[2].startswith(TEMP_PREFIX)
+    [warning] = warnings_logged(caplog)
+    assert warning.startswith("Could not remove the temporary file ")
+    assert leftover in warning
+    assert "AccessDenied: DeleteObject" in warning
+
+
+def test_a_failed_write_names_the_temporary_object_it_could_not_remove(memory_store, monkeypatch, caplog):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    refuse_deletes(monkeypatch, memory_store)
+
+    def broken(out):
+        out.write(b"half a file")
+        raise RuntimeError("disk full")
+
+    with (
+        caplog.at_level(logging.WARNING, logger="airflow_capillary_audit.sinks"),
+        pytest.raises(CapillaryWriteError, match="disk full"),
+    ):
+        sink.write("e.jsonl", broken)
+
+    [leftover] = memory_store.find("/audit-bucket")
+    assert leftover.rpartition("/")[2].startswith(TEMP_PREFIX)
+    [warning] = warnings_logged(caplog)
+    assert leftover in warning
+
+
+@needs_proc_fd
+def test_a_local_file_is_synced_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    folder = tmp_path.resolve()
+    syncs = record_disk_syncs(monkeypatch)
+
+    FolderSink(str(folder)).write("e.jsonl", one_row)
+
+    temp = syncs[0][1]
+    assert os.path.dirname(temp) == str(folder)
+    assert os.path.basename(temp).startswith(TEMP_PREFIX)
+    assert syncs == [("fsync", temp), ("rename", temp, str(folder / "e.jsonl")), ("fsync", str(folder))]
+    assert files_in(folder) == {"e.jsonl": b'{"a":1}\n'}
+
+
+@needs_proc_fd
+def test_a_local_removal_is_synced(tmp_path, monkeypatch):
+    folder = tmp_path.resolve()
+    (folder / "e.jsonl").write_bytes(b"an earlier run's file")
+    syncs = record_disk_syncs(monkeypatch)
+
+    FolderSink(str(folder)).remove("e.jsonl")
+
+    assert files_in(folder) == {}
+    assert syncs == [("fsync", str(folder))]
+
+
+def test_a_failed_local_write_keeps_the_earlier_file_and_no_temporary_file(tmp_path):
+    sink = FolderSink(str(tmp_path))
+    sink.write("e.jsonl", one_row)
+
+    def broken(out) -> int:
+        out.write(b'{"a":')
+        raise RuntimeError("connection lost")
+
+    with pytest.raises(CapillaryWriteError, match="connection lost"):
+        sink.write("e.jsonl", broken)
+    assert files_in(tmp_path) == {"e.jsonl": b'{"a":1}\n'}
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,16 @@
 The S3 server's address and keys exist only in the Airflow connection: the environment holds no
 AWS credentials, config file or endpoint, and instance metadata is switched off, so an object that
 lands proves the connection was used. The server records every request it receives, with headers.
+
+A file is listed only once its upload is committed: never while it is written, never after a failed
+write, and without any delete, so a store that refuses deletes gets the same outcome.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -17,16 +21,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
-from airflow_capillary_audit.exceptions import CapillaryError
+from airflow_capillary_audit.exceptions import CapillaryError, CapillaryWriteError
 from airflow_capillary_audit.formats import event_file_name
-from airflow_capillary_audit.sinks import TEMP_PREFIX, manifest_name
-from tests.helpers import expected_rows
+from airflow_capillary_audit.sandbox import Fault
+from airflow_capillary_audit.sinks import TEMP_PREFIX, FolderSink, manifest_name
+from tests.helpers import expected_rows, refuse_deletes, warnings_logged
 
-pytestmark = pytest.mark.airflow
+pytestmark = [
+    pytest.mark.airflow,
+    # moto and s3fs come with the test extra; without them there is no S3 API to write to.
+    pytest.mark.skipif(find_spec("moto") is None or find_spec("s3fs") is None, reason="needs moto and s3fs"),
+]
 
 BUCKET = "capillary-audit"
 # Keys moto accepts as any other; what matters is that requests carry them.
@@ -34,6 +44,8 @@ ACCESS_KEY, SECRET_KEY = "AKIACAPILLARYTEST01", "capillary-test-secret"
 SETUP_KEY = "AKIATESTSETUP0000001"
 NAMES = ["PointsRedeemed", "Café Visit ☕", "coupons & offers"]
 START_TIMEOUT = 60.0
+# s3fs's smallest block: a file larger than one is uploaded in parts while it is written.
+BLOCK = 5 * 2**20
 
 
 @dataclass
@@ -49,6 +61,18 @@ class S3Server:
         """Return the requests received so far: method, url and headers."""
         text = self.recording.read_text() if self.recording.exists() else ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def listed(self) -> list[str]:
+        """Return the keys a reader listing the bucket sees."""
+        return [item["Key"] for item in self.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+
+    def unfinished_uploads(self) -> list[str]:
+        """Return the keys of multipart uploads begun and neither completed nor aborted."""
+        return [upload["Key"] for upload in self.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])]
+
+    def body(self, key: str) -> bytes:
+        """Return an object's bytes."""
+        return self.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
     def client(self):
         import boto3
@@ -102,6 +126,107 @@ def use_aws(monkeypatch, server: S3Server) -> None:
         "extra": {"endpoint_url": server.url, "region_name": "us-east-1"},
     }
     monkeypatch.setenv(f"AIRFLOW_CONN_{server.conn_id.upper()}", json.dumps(connection))
+
+
+def s3_sink(s3: S3Server, monkeypatch) -> FolderSink:
+    """Return a sink for ``s3://capillary-audit/capillary`` through the server's connection, bucket created."""
+    use_aws(monkeypatch, s3)
+    s3.client().create_bucket(Bucket=BUCKET)
+    sink = FolderSink(f"s3://{BUCKET}/capillary", s3.conn_id)
+    # s3fs's default block is 50 MiB: a few MiB are enough for a file of several parts.
+    monkeypatch.setattr(sink.root.fs, "default_block_size", BLOCK)
+    return sink
+
+
+@pytest.mark.parametrize("size", [0, 100, 2 * BLOCK + 1], ids=["empty", "one-part", "three-parts"])
+def test_a_file_on_s3_is_whole_carries_its_checksum_and_is_listed_only_once_committed(s3, monkeypatch, size):
+    sink = s3_sink(s3, monkeypatch)
+    data = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+    listed_while_writing = []
+
+    def write_body(out) -> int:
+        for start in range(0, size, 2**20):
+            out.write(data[start : start + 2**20])
+        listed_while_writing.append(s3.listed())
+        return size
+
+    written = sink.write("e.bin", write_body)
+
+    assert listed_while_writing == [[]]
+    assert s3.listed() == ["capillary/e.bin"]
+    stored = s3.body("capillary/e.bin")
+    assert stored == data
+    assert (written.bytes, written.sha256) == (size, hashlib.sha256(stored).hexdigest())
+    assert s3.unfinished_uploads() == []
+
+
+@pytest.mark.parametrize("size", [11, BLOCK + 1], ids=["one-part", "two-parts"])
+def test_a_failed_write_on_s3_is_never_listed_and_needs_no_delete(s3, monkeypatch, size):
+    sink = s3_sink(s3, monkeypatch)
+    sink.write("e.jsonl", lambda out: out.write(b'{"a":1}\n') and 1)
+    refuse_deletes(monkeypatch, sink.root.fs)
+    listed_while_writing = []
+
+    def broken(out) -> int:
+        out.write(b"x" * size)
+        listed_while_writing.append(s3.listed())
+        raise RuntimeError("connection lost")
+
+    with pytest.raises(CapillaryWriteError, match="connection lost"):
+        sink.write("e.jsonl", broken)
+
+    assert listed_while_writing == [["capillary/e.jsonl"]]
+    assert s3.listed() == ["capillary/e.jsonl"]
+    assert s3.body("capillary/e.jsonl") == b'{"a":1}\n'
+    assert s3.unfinished_uploads() == []
+
+
+def test_an_upload_that_cannot_be_dropped_is_named_and_never_listed(s3, monkeypatch, caplog):
+    sink = s3_sink(s3, monkeypatch)
+
+    def refuse(bucket, key, upload_id):
+        raise PermissionError(f"AccessDenied: AbortMultipartUpload {key}")
+
+    monkeypatch.setattr(sink.root.fs, "abort_mpu", refuse)
+
+    def broken(out) -> int:
+        out.write(b"x" * 11)
+        raise RuntimeError("connection lost")
+
+    with (
+        caplog.at_level(logging.WARNING, logger="airflow_capillary_audit.sinks"),
+        pytest.raises(CapillaryWriteError, match="connection lost"),
+    ):
+        sink.write("e.jsonl", broken)
+
+    assert s3.listed() == []
+    assert s3.unfinished_uploads() == ["capillary/e.jsonl"]
+    [warning] = warnings_logged(caplog)
+    assert warning.startswith(f"Could not drop the unfinished upload of s3://{s3.conn_id}@{BUCKET}/capillary/e.jsonl")
+    assert "AccessDenied: AbortMultipartUpload" in warning
+
+
+def test_an_event_that_fails_while_written_leaves_nothing_in_s3(capillary_conn, s3, monkeypatch, airflow_db):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    good, bad = NAMES[0], "malformed event"
+    sink = s3_sink(s3, monkeypatch)
+    # Nothing may rely on deleting: a store that refuses deletes gets the same outcome.
+    refuse_deletes(monkeypatch, sink.root.fs)
+    capillary_conn.set_faults([Fault("history_not_list", event_names=[bad])])
+    operator = CapillaryAuditLogsOperator(
+        task_id="fetch", event_names=[good, bad], destination=sink.uri, destination_conn_id=s3.conn_id
+    )
+
+    with pytest.raises(CapillaryError) as caught:
+        operator.execute({})
+
+    assert repr(bad) in str(caught.value)
+    good_key = f"capillary/{event_file_name(good, 'jsonl')}"
+    assert s3.listed() == [good_key]
+    assert s3.unfinished_uploads() == []
+    rows = [json.loads(line) for line in s3.body(good_key).decode().splitlines()]
+    assert rows == expected_rows(capillary_conn.dataset, [good])
 
 
 DAG = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from datetime import datetime, timedelta
@@ -22,7 +23,11 @@ from tests.helpers import (
     fetch_to,
     hidden_files,
     jsonl_rows,
+    logged,
     manifest_of,
+    needs_proc_fd,
+    record_disk_syncs,
+    refuse_deletes,
     use_capillary,
 )
 
@@ -139,3 +144,50 @@ def test_the_manifest_describes_the_files_it_lists(api, monkeypatch, run_dag, tm
         "fetch",
         output_format,
     )
+
+
+@needs_proc_fd
+def test_every_file_is_on_disk_before_the_manifest_that_lists_it(api, monkeypatch, airflow_db, tmp_path):
+    use_capillary(monkeypatch, api.url)
+    folder = (tmp_path / "out").resolve()
+    syncs = record_disk_syncs(monkeypatch)
+
+    fetch_to(folder, NAMES)
+
+    ours = [event for event in syncs if any(path.startswith(str(folder)) for path in event[1:])]
+    renamed = {event[2]: at for at, event in enumerate(ours) if event[0] == "rename"}
+    assert sorted(os.path.basename(target) for target in renamed) == sorted(
+        [MANIFEST, *(event_file_name(n, "jsonl") for n in NAMES)]
+    )
+    manifest_at = renamed[str(folder / MANIFEST)]
+    for target, at in renamed.items():
+        # The data was synced under the hidden name before the rename, and the rename synced after it.
+        assert ("fsync", ours[at][1]) in ours[:at]
+        assert ("fsync", str(folder)) in ours[at + 1 :]
+        if target != str(folder / MANIFEST):
+            assert ("fsync", str(folder)) in ours[at + 1 : manifest_at]
+
+
+def test_a_store_that_refuses_deletes_still_gets_every_file_and_the_manifest(
+    api, monkeypatch, airflow_db, memory_store, capfd, caplog
+):
+    use_capillary(monkeypatch, api.url)
+    refuse_deletes(monkeypatch, memory_store)
+
+    summary = fetch_to("memory://audit-bucket/capillary", NAMES)
+
+    assert summary["total_rows"] == sum(len(event_rows(api.dataset, name)) for name in NAMES)
+    manifest = json.loads(memory_store.cat("/audit-bucket/capillary/_manifest.json"))
+    assert [entry["event_name"] for entry in manifest["events"]] == NAMES
+    for entry in manifest["events"]:
+        content = memory_store.cat(f"/audit-bucket/capillary/{entry['file']}")
+        assert entry["sha256"] == hashlib.sha256(content).hexdigest()
+        assert [json.loads(line) for line in content.decode().splitlines()] == event_rows(
+            api.dataset, entry["event_name"]
+        )
+    # Each file and the manifest left a temporary object behind, and the log names every one.
+    leftovers = [p for p in memory_store.find("/audit-bucket") if p.rpartition("/")[2].startswith(TEMP_PREFIX)]
+    assert len(leftovers) == len(NAMES) + 1
+    log = logged(capfd, caplog)
+    for leftover in leftovers:
+        assert leftover in log
