@@ -177,7 +177,7 @@ def test_a_store_that_refuses_deletes_still_gets_every_file_and_the_manifest(
     summary = fetch_to("memory://audit-bucket/capillary", NAMES)
 
     assert summary["total_rows"] == sum(len(event_rows(api.dataset, name)) for name in NAMES)
-    manifest = json.loads(memory_store.cat("/audit-bucket/capillary/_manifest.json"))
+    manifest = json.loads(memory_store.cat(f"/audit-bucket/capillary/{MANIFEST}"))
     assert [entry["event_name"] for entry in manifest["events"]] == NAMES
     for entry in manifest["events"]:
         content = memory_store.cat(f"/audit-bucket/capillary/{entry['file']}")
