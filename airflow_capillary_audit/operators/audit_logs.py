@@ -412,6 +412,21 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 name,
                 entries_without_time,
             )
+        if stats.ambiguous_times:
+            self.log.warning(
+                "Event %r: %d changedOn value(s) without an offset name a time that happens twice in the "
+                "connection's timezone (the clocks went back); read as the earlier of the two",
+                name,
+                stats.ambiguous_times,
+            )
+        if stats.nonexistent_times:
+            self.log.warning(
+                "Event %r: %d changedOn value(s) without an offset name a time that never happens in the "
+                "connection's timezone (the clocks went forward); read with the offset before the jump, "
+                "which puts them past it (02:30 in a jump from 02:00 to 03:00 reads as 03:30)",
+                name,
+                stats.nonexistent_times,
+            )
 
 
 @dataclass(frozen=True)

@@ -784,3 +784,50 @@ def test_many_workers_keep_their_connections_open(capillary_conn, airflow_db, ca
 
     assert rows == expected_rows(capillary_conn.dataset, names)
     assert "Connection pool is full" not in caplog.text
+
+
+DST_EVENT = "clock changes"
+# Naive changedOn values in America/New_York around 2026's two clock changes.
+DST_HISTORY = [
+    {"value": "before the gap", "changedOn": "2026-03-08 01:59:59"},
+    {"value": "in the gap", "changedOn": "2026-03-08 02:30:00"},
+    {"value": "after the gap", "changedOn": "2026-03-08 03:00:00"},
+    {"value": "in the fold", "changedOn": "2026-11-01 01:30:00"},
+    {"value": "in the fold too", "changedOn": "2026-11-01 01:00:00"},
+    {"value": "after the fold", "changedOn": "2026-11-01 02:00:00"},
+    {"value": "with an offset", "changedOn": "2026-11-01T01:30:00-05:00"},
+]
+
+
+def test_naive_times_in_a_fold_or_gap_are_read_as_before_and_warned_about(
+    stand_in, monkeypatch, run_dag, capfd, caplog
+):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="America/New_York")
+    )
+    record = {**audit_log("dst", DST_HISTORY), "eventName": DST_EVENT}
+    body = json.dumps({"data": [record], "warnings": [], "errors": []})
+    stand_in.set_faults([Fault("body", body=body, event_names=[DST_EVENT])])
+
+    dag_run, xcom = run_dag(dag_source(f"CapillaryAuditLogsOperator(task_id='fetch', event_names=[{DST_EVENT!r}])"))
+
+    assert dag_run.state == "success"
+    assert [row["changed_on"] for row in xcom("fetch")] == [
+        "2026-03-08T06:59:59+00:00",
+        "2026-03-08T07:30:00+00:00",  # the offset before the gap (-05:00): 03:30 after it
+        "2026-03-08T07:00:00+00:00",
+        "2026-11-01T05:30:00+00:00",  # the earlier of 05:30 and 06:30 UTC
+        "2026-11-01T05:00:00+00:00",
+        "2026-11-01T07:00:00+00:00",
+        "2026-11-01T06:30:00+00:00",
+    ]
+    text = logged(capfd, caplog)
+    assert (
+        f"Event {DST_EVENT!r}: 2 changedOn value(s) without an offset name a time that happens twice "
+        "in the connection's timezone (the clocks went back); read as the earlier of the two"
+    ) in text
+    assert (
+        f"Event {DST_EVENT!r}: 1 changedOn value(s) without an offset name a time that never happens "
+        "in the connection's timezone (the clocks went forward); read with the offset before the jump, "
+        "which puts them past it (02:30 in a jump from 02:00 to 03:00 reads as 03:30)"
+    ) in text
