@@ -20,7 +20,13 @@ from airflow_capillary_audit.exceptions import (
     CapillaryError,
     CapillaryResponseError,
 )
-from airflow_capillary_audit.formats import OUTPUT_FORMATS, HashingWriter, event_file_name, write_rows
+from airflow_capillary_audit.formats import (
+    OUTPUT_FORMATS,
+    HashingWriter,
+    WriteStats,
+    event_file_name,
+    write_rows,
+)
 from airflow_capillary_audit.records import (
     RECORD_FIELDS,
     ROW_COLUMNS,
@@ -89,6 +95,10 @@ class CapillaryAuditLogsOperator(BaseOperator):
     :param max_xcom_rows: the most rows pushed to XCom; above it the task fails and points to
         ``destination``.
     :param max_active_requests: how many events are fetched at once.
+    :param csv_neutralize_formulas: with ``output_format='csv'``, write a value that starts with
+        ``=``, ``+``, ``-``, ``@``, a tab or a carriage return with a leading ``'``, so that a
+        spreadsheet shows it as text instead of running it as a formula. Off by default: it
+        changes the data (``-5`` becomes ``'-5``). Other formats ignore it.
     """
 
     template_fields: Sequence[str] = (
@@ -114,6 +124,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         output_format: str = "jsonl",
         max_xcom_rows: int = 10_000,
         max_active_requests: int = 4,
+        csv_neutralize_formulas: bool = False,
         **kwargs: Any,
     ) -> None:
         if destination and "outlets" not in kwargs:
@@ -131,6 +142,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         self.output_format = output_format
         self.max_xcom_rows = max_xcom_rows
         self.max_active_requests = max_active_requests
+        self.csv_neutralize_formulas = csv_neutralize_formulas
         self._lineage: _Lineage | None = None
         self._hook: CapillaryHook | None = None
         self._check_static_arguments()
@@ -143,6 +155,10 @@ class CapillaryAuditLogsOperator(BaseOperator):
             )
         if not isinstance(self.flatten, bool):
             raise CapillaryConfigError(f"flatten must be true or false, got {self.flatten!r}")
+        if not isinstance(self.csv_neutralize_formulas, bool):
+            raise CapillaryConfigError(
+                f"csv_neutralize_formulas must be true or false, got {self.csv_neutralize_formulas!r}"
+            )
         if not self.flatten and self.output_format in ("csv", "parquet"):
             raise CapillaryConfigError(
                 f"output_format {self.output_format!r} needs flat rows; set flatten=True, or use "
@@ -334,25 +350,33 @@ class CapillaryAuditLogsOperator(BaseOperator):
         sink.prepare(manifest_name(map_index))
         columns = ROW_COLUMNS if self.flatten else None
 
-        def handle(name: str, body: AuditLogsBody) -> tuple[WrittenFile, FlattenStats]:
+        def handle(name: str, body: AuditLogsBody) -> tuple[WrittenFile, FlattenStats, WriteStats]:
             stats = FlattenStats()
+            written_stats = WriteStats()
 
             def write_body(out: HashingWriter) -> int:
                 def shape_and_write() -> int:
                     # Unflattened records are checked when shaped, flattened ones as they are written.
                     rows = self._shape(name, body, plan, default_tz, stats)
-                    return write_rows(self.output_format, rows, out, columns=columns)
+                    return write_rows(
+                        self.output_format,
+                        rows,
+                        out,
+                        columns=columns,
+                        neutralize_formulas=self.csv_neutralize_formulas,
+                        stats=written_stats,
+                    )
 
                 return self._checked(name, shape_and_write)
 
             written = sink.write(plan.file_names[name], write_body)
-            return written, stats
+            return written, stats, written_stats
 
         results = self._fetch_all(hook, plan, handle, lambda name: sink.remove(plan.file_names[name]))
         events = []
         for name in plan.event_names:
-            written, stats = results[name]
-            self._report(name, stats, written.rows, written.uri, plan)
+            written, stats, written_stats = results[name]
+            self._report(name, stats, written.rows, written.uri, plan, written_stats)
             events.append(EventFile(event_name=name, file=written, records=stats.records))
         run = RunInfo(
             dag_id=getattr(ti, "dag_id", None),
@@ -386,7 +410,15 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 f"Capillary's audit logs are malformed: {err}", event_name=name
             ) from None
 
-    def _report(self, name: str, stats: FlattenStats, count: int, where: str, plan: _Plan) -> None:
+    def _report(
+        self,
+        name: str,
+        stats: FlattenStats,
+        count: int,
+        where: str,
+        plan: _Plan,
+        written: WriteStats | None = None,
+    ) -> None:
         # A window also leaves out the records without any history, which have no entry to read.
         windowed = plan.since is not None or plan.until is not None
         entries_without_time = stats.excluded_no_time - (stats.empty_history if windowed else 0)
@@ -426,6 +458,21 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 "which puts them past it (02:30 in a jump from 02:00 to 03:00 reads as 03:30)",
                 name,
                 stats.nonexistent_times,
+            )
+        if written is not None and written.lone_surrogates:
+            self.log.warning(
+                "Event %r: %d value(s) held lone surrogates, written as U+FFFD in %s",
+                name,
+                written.lone_surrogates,
+                self.output_format,
+            )
+        if written is not None and written.neutralized_formulas:
+            self.log.info(
+                "Event %r: %d value(s) began like a spreadsheet formula, written with a leading ' in %s "
+                "(csv_neutralize_formulas)",
+                name,
+                written.neutralized_formulas,
+                self.output_format,
             )
 
 
