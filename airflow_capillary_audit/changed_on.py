@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 
 UTC = timezone.utc
@@ -23,6 +24,9 @@ EPOCH_MILLISECONDS_FROM = 100_000_000_000
 fromisoformat = datetime.fromisoformat
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
+# The tz database has no two clock changes within three days, and none over 24 hours: a time in a
+# fold or gap has different offsets a day before and a day after it.
+_DAY = timedelta(days=1)
 
 # Python 3.10's fromisoformat reads neither "Z", "+0000" nor 1-5 or 7+ digit fractions.
 _ISO_DATE_TIME = re.compile(
@@ -46,6 +50,19 @@ class ChangedOnError(ValueError):
         )
 
 
+@dataclass
+class LocalTimeCounts:
+    """
+    Count the ``changedOn`` values without offset that a clock change of their zone makes unclear.
+
+    :param ambiguous: times that happen twice, in the hour (or so) that repeats when clocks go back.
+    :param nonexistent: times that never happen, in the hour (or so) skipped when clocks go forward.
+    """
+
+    ambiguous: int = 0
+    nonexistent: int = 0
+
+
 def parse_changed_on(raw: object, default_tz: tzinfo = UTC) -> datetime | None:
     """
     Read a ``changedOn`` value as an aware datetime in UTC.
@@ -56,7 +73,12 @@ def parse_changed_on(raw: object, default_tz: tzinfo = UTC) -> datetime | None:
       ``2025-05-08T08:56:57Z``, ``2025-06-19T05:16:36.000+0000``, ``...T05:16:36.12+05:30``;
       fractions beyond microseconds are truncated.
     * A date-time without offset, ``T`` or space separated, optional fraction:
-      ``2022-08-18 12:00:00``; it is read as a wall-clock time in ``default_tz``.
+      ``2022-08-18 12:00:00``; it is read as a wall-clock time in ``default_tz``. Where the zone's
+      clocks change, as Python reads such a time with ``fold=0``: a time that happens twice
+      (``2026-11-01 01:30`` in New York, where 02:00 goes back to 01:00) is the earlier of its two
+      instants (``05:30Z``, not ``06:30Z``); a time that never happens (``2026-03-08 02:30`` in New
+      York, where 02:00 jumps to 03:00) is read with the offset in force before the jump, so it lands
+      as far past the jump as it names a time past 02:00 (``07:30Z``, which is 03:30 in New York).
     * Epoch time as an int, a float or an optionally signed string of ASCII digits: a value whose
       absolute value is at least 1e11 is milliseconds, a smaller one seconds (1e11 seconds would
       be the year 5138, 1e11 milliseconds is 1973). An 8-digit string such as ``20250508`` is
@@ -72,12 +94,17 @@ def parse_changed_on(raw: object, default_tz: tzinfo = UTC) -> datetime | None:
     return None if moment is None else moment.replace(tzinfo=UTC)
 
 
-def parse_changed_on_naive(raw: object, default_tz: tzinfo = UTC) -> datetime | None:
+def parse_changed_on_naive(
+    raw: object, default_tz: tzinfo = UTC, local_times: LocalTimeCounts | None = None
+) -> datetime | None:
     """
     Read ``changedOn`` as :func:`parse_changed_on` does, but as a naive datetime in UTC.
 
     Naive datetimes compare and format in half the time of aware ones, which matters per row; the
     common UTC spellings are read by stripping the offset instead of converting.
+
+    :param local_times: a value without offset that falls in a fold or gap of ``default_tz`` is
+        counted into it; the reading is the same with it or without.
     """
     if raw.__class__ is str and not raw.isdigit():
         text: str | None
@@ -99,7 +126,7 @@ def parse_changed_on_naive(raw: object, default_tz: tzinfo = UTC) -> datetime | 
                     return moment
     elif raw.__class__ is int:
         return _from_epoch(raw, raw)
-    return _utc_naive_slow(raw, default_tz)
+    return _utc_naive_slow(raw, default_tz, local_times)
 
 
 def changed_on_text(raw: object) -> str:
@@ -112,7 +139,7 @@ def changed_on_text(raw: object) -> str:
         return str(raw)
 
 
-def _utc_naive_slow(raw: object, default_tz: tzinfo) -> datetime | None:  # noqa: PLR0912 - a branch per form
+def _utc_naive_slow(raw: object, default_tz: tzinfo, local_times: LocalTimeCounts | None) -> datetime | None:
     if raw is None:
         return None
     if isinstance(raw, bool):
@@ -136,14 +163,38 @@ def _utc_naive_slow(raw: object, default_tz: tzinfo) -> datetime | None:  # noqa
         moment = parsed
     else:
         raise ChangedOnError(raw)
-    if moment.tzinfo is None:
-        if default_tz is UTC:
-            return moment
-        moment = moment.replace(tzinfo=default_tz)
     try:
+        if moment.tzinfo is None:
+            return moment if default_tz is UTC else _local_to_utc(moment, default_tz, local_times)
         return moment.astimezone(UTC).replace(tzinfo=None)
     except OverflowError:  # an offset pushing 0001-01-01 or 9999-12-31 out of range
         raise ChangedOnError(raw) from None
+
+
+def _local_to_utc(moment: datetime, zone: tzinfo, local_times: LocalTimeCounts | None) -> datetime:
+    """Return a wall-clock time of ``zone`` as naive UTC, as ``astimezone`` would; count a fold or gap."""
+    # The offset astimezone(UTC) subtracts, without the two aware datetimes it would build on the way.
+    offset = zone.utcoffset(moment)
+    if offset is None:  # a zone that does not know its offset: astimezone reads the worker's zone
+        return moment.replace(tzinfo=zone).astimezone(UTC).replace(tzinfo=None)
+    if local_times is not None and _near_clock_change(moment, zone):
+        # fold=0 asks for the offset in force before the change, fold=1 for the one after it.
+        before = zone.utcoffset(moment.replace(fold=0))
+        after = zone.utcoffset(moment.replace(fold=1))
+        if before is not None and after is not None:
+            if before > after:
+                local_times.ambiguous += 1
+            elif before < after:
+                local_times.nonexistent += 1
+    return moment - offset
+
+
+def _near_clock_change(moment: datetime, zone: tzinfo) -> bool:
+    """Tell whether ``zone`` has a different offset a day before ``moment`` than a day after it."""
+    try:
+        return zone.utcoffset(moment - _DAY) != zone.utcoffset(moment + _DAY)
+    except OverflowError:  # within a day of 0001-01-01 or 9999-12-31: look closely
+        return True
 
 
 def _from_epoch(number: int | float, raw: object) -> datetime:

@@ -14,7 +14,9 @@ import functools
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import chain, islice
 from operator import itemgetter
 from types import MappingProxyType
@@ -52,6 +54,10 @@ _UNESCAPED_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029",
 _UNESCAPED_LINE_BREAK_BYTES = tuple((raw.encode(), code.encode()) for raw, code in _UNESCAPED_LINE_BREAKS)
 _FLAT_JSON_TYPES = frozenset({str, int, bool, type(None)})
 _TEXT_TYPE = frozenset({str})
+# JSON's "\ud800" escapes decode to code points UTF-8 cannot hold; csv and parquet write U+FFFD instead.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# OWASP's CSV injection list: a spreadsheet reads a cell starting with one of these as a formula.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _encode_json_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
@@ -59,6 +65,21 @@ _encode_json_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), 
 
 class ParquetUnavailableError(ImportError):
     """Raised when Parquet output is asked for and pyarrow is not installed."""
+
+
+@dataclass
+class WriteStats:
+    """
+    Count the values :func:`write_rows` wrote other than as given.
+
+    :param lone_surrogates: ``csv`` and ``parquet`` values holding lone surrogates, which UTF-8
+        cannot hold; each surrogate was written as U+FFFD.
+    :param neutralized_formulas: ``csv`` values that began like a spreadsheet formula and were
+        written with a leading ``'``, as ``neutralize_formulas`` asks.
+    """
+
+    lone_surrogates: int = 0
+    neutralized_formulas: int = 0
 
 
 class BinaryWriter(Protocol):
@@ -196,6 +217,8 @@ def write_rows(
     fileobj: BinaryWriter,
     *,
     columns: Sequence[str] | None = None,
+    neutralize_formulas: bool = False,
+    stats: WriteStats | None = None,
 ) -> int:
     """
     Stream rows into a binary file object in one of :data:`OUTPUT_FORMATS`; return how many.
@@ -216,7 +239,8 @@ def write_rows(
 
     JSON output is strict: NaN and infinities are refused, and text that UTF-8 cannot hold
     (unpaired surrogates) is written with ``\\u`` escapes, as are U+0085, U+2028 and U+2029, so
-    that a JSON Lines file splits into rows wherever a reader splits lines.
+    that a JSON Lines file splits into rows wherever a reader splits lines. ``csv`` and ``parquet``
+    have no escapes: there each unpaired surrogate is written as U+FFFD, the replacement character.
 
     :param output_format: one of :data:`OUTPUT_FORMATS`.
     :param rows: dicts; for ``csv`` and ``parquet`` a missing key is an empty value and keys not
@@ -224,6 +248,10 @@ def write_rows(
     :param fileobj: where to write; it is not closed.
     :param columns: the columns of ``csv`` and ``parquet``, in order (required for them);
         ``jsonl`` and ``json`` write each row as it is and ignore it.
+    :param neutralize_formulas: for ``csv`` only: write a text value that starts with ``=``, ``+``,
+        ``-``, ``@``, a tab or a carriage return with a leading ``'``, so that a spreadsheet shows
+        it as text instead of running it as a formula. Other formats ignore it.
+    :param stats: the values written other than as given are counted into it.
     :raises ValueError: for an unknown format, missing ``columns``, nested values in ``csv`` or
         ``parquet``, NaN in JSON, or an ``org_id`` that is not an integer in ``parquet``.
     :raises ParquetUnavailableError: for ``parquet`` when pyarrow is not installed.
@@ -235,9 +263,11 @@ def write_rows(
         return _write_json(rows, fileobj)
     if not columns:
         raise ValueError(f"output_format {output_format!r} needs the columns to write")
+    if stats is None:
+        stats = WriteStats()
     if output_format == "csv":
-        return _write_csv(rows, fileobj, columns)
-    return _write_parquet(rows, fileobj, columns)
+        return _write_csv(rows, fileobj, columns, neutralize_formulas, stats)
+    return _write_parquet(rows, fileobj, columns, stats)
 
 
 def _batches(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -366,7 +396,13 @@ def _refuse_nested(values: list[tuple[Any, ...]], columns: Sequence[str], output
                     )
 
 
-def _write_csv(rows: Iterable[Mapping[str, Any]], fileobj: BinaryWriter, columns: Sequence[str]) -> int:
+def _write_csv(
+    rows: Iterable[Mapping[str, Any]],
+    fileobj: BinaryWriter,
+    columns: Sequence[str],
+    neutralize_formulas: bool,
+    stats: WriteStats,
+) -> int:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(columns)
@@ -376,12 +412,50 @@ def _write_csv(rows: Iterable[Mapping[str, Any]], fileobj: BinaryWriter, columns
     for batch in _batches(rows, _TEXT_BATCH_ROWS):
         values = values_of(batch)
         _refuse_nested(values, columns, "csv")
+        if neutralize_formulas:
+            values = _neutralized(values, stats)
         buffer.seek(0)
         buffer.truncate()
         writer.writerows(values)
-        fileobj.write(buffer.getvalue().encode())
+        try:
+            data = buffer.getvalue().encode()
+        except UnicodeEncodeError:
+            # Rare: only a batch holding a lone surrogate pays for the search value by value.
+            buffer.seek(0)
+            buffer.truncate()
+            writer.writerows(_without_surrogates(row, stats) for row in values)
+            data = buffer.getvalue().encode()
+        fileobj.write(data)
         count += len(batch)
     return count
+
+
+def _neutralized(values: list[tuple[Any, ...]], stats: WriteStats) -> list[tuple[Any, ...]]:
+    """Return the rows with a ``'`` before each text value that a spreadsheet would read as a formula."""
+    starts = _FORMULA_STARTS
+    out = []
+    for row in values:
+        formulas = [i for i, cell in enumerate(row) if isinstance(cell, str) and cell.startswith(starts)]
+        if not formulas:
+            out.append(row)
+            continue
+        cells = list(row)
+        for i in formulas:
+            cells[i] = "'" + cells[i]
+        stats.neutralized_formulas += len(formulas)
+        out.append(tuple(cells))
+    return out
+
+
+def _without_surrogates(cells: Iterable[Any], stats: WriteStats) -> list[Any]:
+    """Return the cells with every surrogate in text written as U+FFFD, counting the values changed."""
+    out = []
+    for cell in cells:
+        fixed, found = _SURROGATE.subn("\ufffd", cell) if isinstance(cell, str) else (cell, 0)
+        if found:
+            stats.lone_surrogates += 1
+        out.append(fixed)
+    return out
 
 
 def _import_pyarrow() -> tuple[Any, Any]:
@@ -410,7 +484,17 @@ def _parquet_cell(value: Any, column: str, as_int: bool) -> Any:
     raise ValueError(f"output_format 'parquet' stores column {column!r} as int64 and cannot hold {value!r}")
 
 
-def _parquet_array(pa: Any, values: list[Any], column: str, data_type: pyarrow.DataType) -> Any:
+def _parquet_array(
+    pa: Any, values: list[Any], column: str, data_type: pyarrow.DataType, stats: WriteStats
+) -> Any:
+    try:
+        return _arrow_array(pa, values, column, data_type)
+    except UnicodeEncodeError:
+        # Rare: only a column holding a lone surrogate pays for the search value by value.
+        return _arrow_array(pa, _without_surrogates(values, stats), column, data_type)
+
+
+def _arrow_array(pa: Any, values: list[Any], column: str, data_type: pyarrow.DataType) -> Any:
     as_int = data_type == pa.int64()
     try:
         # pyarrow would truncate a float such as 1.5 into int64 silently.
@@ -425,7 +509,9 @@ def _parquet_array(pa: Any, values: list[Any], column: str, data_type: pyarrow.D
             raise ValueError(f"output_format 'parquet' cannot store column {column!r}: {error}") from None
 
 
-def _write_parquet(rows: Iterable[Mapping[str, Any]], fileobj: BinaryWriter, columns: Sequence[str]) -> int:
+def _write_parquet(
+    rows: Iterable[Mapping[str, Any]], fileobj: BinaryWriter, columns: Sequence[str], stats: WriteStats
+) -> int:
     pa, pq = _import_pyarrow()
     schema = pa.schema(
         [
@@ -441,7 +527,7 @@ def _write_parquet(rows: Iterable[Mapping[str, Any]], fileobj: BinaryWriter, col
     try:
         for batch in _batches(rows, PARQUET_ROW_GROUP_ROWS):
             arrays = [
-                _parquet_array(pa, _column_values(batch, getter, field.name), field.name, field.type)
+                _parquet_array(pa, _column_values(batch, getter, field.name), field.name, field.type, stats)
                 for getter, field in zip(getters, schema, strict=True)
             ]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=len(batch))

@@ -18,11 +18,13 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
+from functools import partial
 from typing import Any, TypedDict
 
 from airflow_capillary_audit.changed_on import (
     UTC,
     ChangedOnError,
+    LocalTimeCounts,
     changed_on_text,
     naive_window,
     parse_changed_on_naive,
@@ -103,6 +105,10 @@ class FlattenStats:
         and they have no readable ``changedOn``.
     :param excluded_window: entries dropped because their ``changedOn`` is outside the window.
     :param missing_fields: records read although they lack one of :data:`RECORD_FIELDS`.
+    :param ambiguous_times: entries whose ``changedOn`` has no offset and names a time that happens
+        twice in ``default_tz`` (clocks going back); read as the earlier instant (kept or not).
+    :param nonexistent_times: entries whose ``changedOn`` has no offset and names a time that never
+        happens in ``default_tz`` (clocks going forward); read with the offset before the change.
     """
 
     records: int = 0
@@ -113,6 +119,8 @@ class FlattenStats:
     excluded_no_time: int = 0
     excluded_window: int = 0
     missing_fields: int = 0
+    ambiguous_times: int = 0
+    nonexistent_times: int = 0
 
     def merge(self, other: FlattenStats) -> FlattenStats:
         """Add ``other``'s counts to these, keep up to five samples, and return ``self``."""
@@ -123,6 +131,8 @@ class FlattenStats:
         self.excluded_no_time += other.excluded_no_time
         self.excluded_window += other.excluded_window
         self.missing_fields += other.missing_fields
+        self.ambiguous_times += other.ambiguous_times
+        self.nonexistent_times += other.nonexistent_times
         samples = self.unparseable_samples
         for sample in other.unparseable_samples:
             if len(samples) < MAX_UNPARSEABLE_SAMPLES and sample not in samples:
@@ -240,7 +250,11 @@ def _window_pass(  # noqa: PLR0912, PLR0915 - the per-entry hot path, one loop f
     # One long loop with its counts in locals: it runs once per value-history entry, the hot path.
     since, until = naive_window(since, until)
     windowed = since is not None or until is not None
+    local_times = LocalTimeCounts()
+    # Only times without offset in a zone other than UTC can meet a clock change; UTC keeps the bare reader.
     read = parse_changed_on_naive
+    if default_tz is not UTC:
+        read = partial(parse_changed_on_naive, local_times=local_times)
     n_records = n_rows = n_empty = n_unparseable = n_no_time = n_window = n_missing = 0
     samples: list[str] = []
     try:
@@ -336,6 +350,8 @@ def _window_pass(  # noqa: PLR0912, PLR0915 - the per-entry hot path, one loop f
                     excluded_no_time=n_no_time,
                     excluded_window=n_window,
                     missing_fields=n_missing,
+                    ambiguous_times=local_times.ambiguous,
+                    nonexistent_times=local_times.nonexistent,
                 )
             )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 import pendulum
@@ -12,6 +12,7 @@ import pytest
 from airflow_capillary_audit import changed_on
 from airflow_capillary_audit.changed_on import (
     ChangedOnError,
+    LocalTimeCounts,
     changed_on_text,
     naive_window,
     parse_changed_on,
@@ -25,6 +26,7 @@ from tests.helpers import NOT_PURE, modules_imported_by
 
 UTC = timezone.utc
 KOLKATA = ZoneInfo("Asia/Kolkata")
+NEW_YORK = ZoneInfo("America/New_York")
 
 
 def utc(*args: int) -> datetime:
@@ -231,6 +233,122 @@ def test_changed_on_text_is_the_value_as_capillarys_json_spelled_it(raw: object,
     assert changed_on_text(raw) == text
     if not isinstance(raw, (str, datetime)):
         assert json.loads(text) == raw
+
+
+# --- clock changes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected", "counts"),
+    [
+        # 2026-11-01 in New York: 01:00-02:00 happens twice, at -04:00 and then at -05:00.
+        ("2026-11-01 00:59:59", utc(2026, 11, 1, 4, 59, 59), LocalTimeCounts()),
+        ("2026-11-01 01:00:00", utc(2026, 11, 1, 5), LocalTimeCounts(ambiguous=1)),
+        ("2026-11-01 01:30:00", utc(2026, 11, 1, 5, 30), LocalTimeCounts(ambiguous=1)),
+        ("2026-11-01T01:59:59.999999", utc(2026, 11, 1, 5, 59, 59, 999999), LocalTimeCounts(ambiguous=1)),
+        ("2026-11-01 02:00:00", utc(2026, 11, 1, 7), LocalTimeCounts()),
+        # 2026-03-08 in New York: 02:00-03:00 never happens; it is read at -05:00, the offset before.
+        ("2026-03-08 01:59:59", utc(2026, 3, 8, 6, 59, 59), LocalTimeCounts()),
+        ("2026-03-08 02:00:00", utc(2026, 3, 8, 7), LocalTimeCounts(nonexistent=1)),
+        ("2026-03-08 02:30:00", utc(2026, 3, 8, 7, 30), LocalTimeCounts(nonexistent=1)),
+        ("2026-03-08 02:59:59", utc(2026, 3, 8, 7, 59, 59), LocalTimeCounts(nonexistent=1)),
+        ("2026-03-08 03:00:00", utc(2026, 3, 8, 7), LocalTimeCounts()),
+        # An offset or an epoch names one instant, whatever the zone's clocks did.
+        ("2026-11-01T01:30:00-05:00", utc(2026, 11, 1, 6, 30), LocalTimeCounts()),
+        ("2026-11-01T01:30:00Z", utc(2026, 11, 1, 1, 30), LocalTimeCounts()),
+        ("1772953200000", utc(2026, 3, 8, 7), LocalTimeCounts()),
+    ],
+)
+def test_naive_times_at_a_clock_change_are_read_as_before_and_counted(
+    raw: str, expected: datetime, counts: LocalTimeCounts
+) -> None:
+    seen = LocalTimeCounts()
+    assert parse_changed_on_naive(raw, NEW_YORK, seen) == expected.replace(tzinfo=None)
+    assert seen == counts
+    assert parse_changed_on(raw, NEW_YORK) == expected
+
+
+@pytest.mark.parametrize(
+    ("zone", "step", "ambiguous", "nonexistent"),
+    [
+        ("America/New_York", 30, ["2026-11-01 01:00", "2026-11-01 01:30"], ["2026-03-08 02:00", "2026-03-08 02:30"]),
+        ("Europe/London", 30, ["2026-10-25 01:00", "2026-10-25 01:30"], ["2026-03-29 01:00", "2026-03-29 01:30"]),
+        # tzdata gives Dublin a negative daylight saving: winter is its "daylight" time.
+        ("Europe/Dublin", 30, ["2026-10-25 01:00", "2026-10-25 01:30"], ["2026-03-29 01:00", "2026-03-29 01:30"]),
+        # Lord Howe Island moves its clocks by 30 minutes.
+        ("Australia/Lord_Howe", 15, ["2026-04-05 01:30", "2026-04-05 01:45"], ["2026-10-04 02:00", "2026-10-04 02:15"]),
+        ("Asia/Kolkata", 30, [], []),
+    ],
+)
+def test_every_time_of_a_year_is_read_as_before_and_only_clock_changes_are_counted(
+    zone: str, step: int, ambiguous: list[str], nonexistent: list[str]
+) -> None:
+    tz = ZoneInfo(zone)
+    local = datetime(2026, 1, 1)
+    found: dict[str, list[str]] = {"ambiguous": [], "nonexistent": []}
+    while local.year == 2026:
+        seen = LocalTimeCounts()
+        text = local.isoformat(sep=" ")
+        assert parse_changed_on_naive(text, tz, seen) == local.replace(tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
+        for kind, times in found.items():
+            if getattr(seen, kind):
+                times.append(text[:16])
+        local += timedelta(minutes=step)
+    assert found == {"ambiguous": ambiguous, "nonexistent": nonexistent}
+
+
+def test_a_whole_day_that_never_happened_is_counted() -> None:
+    # Samoa crossed the date line: 2011-12-30 did not happen in Apia.
+    seen = LocalTimeCounts()
+    for hour in range(24):
+        parse_changed_on_naive(f"2011-12-30 {hour:02d}:00:00", ZoneInfo("Pacific/Apia"), seen)
+    assert seen == LocalTimeCounts(nonexistent=24)
+
+
+def test_a_datetime_in_a_fold_keeps_its_fold_and_is_counted() -> None:
+    seen = LocalTimeCounts()
+    later = datetime(2026, 11, 1, 1, 30, fold=1)
+    assert parse_changed_on_naive(later, NEW_YORK, seen) == datetime(2026, 11, 1, 6, 30)
+    assert seen == LocalTimeCounts(ambiguous=1)
+
+
+def test_a_pendulum_zone_counts_clock_changes_too() -> None:
+    seen = LocalTimeCounts()
+    zone = pendulum.timezone("America/New_York")
+    assert parse_changed_on_naive("2026-11-01 01:30:00", zone, seen) == datetime(2026, 11, 1, 5, 30)
+    assert parse_changed_on_naive("2026-03-08 02:30:00", zone, seen) == datetime(2026, 3, 8, 7, 30)
+    assert seen == LocalTimeCounts(ambiguous=1, nonexistent=1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "zone", "expected"),
+    [
+        ("0001-01-01 00:00:00", NEW_YORK, datetime(1, 1, 1, 4, 56, 2)),
+        ("9999-12-31 23:59:59", KOLKATA, datetime(9999, 12, 31, 18, 29, 59)),
+    ],
+)
+def test_times_at_the_ends_of_the_calendar_are_read_as_before(raw: str, zone: ZoneInfo, expected: datetime) -> None:
+    seen = LocalTimeCounts()
+    assert parse_changed_on_naive(raw, zone, seen) == expected
+    assert seen == LocalTimeCounts()
+
+
+class UnknownOffset(tzinfo):
+    """A zone that does not know its offset, which Python reads as the worker's local zone."""
+
+    def utcoffset(self, dt: datetime | None) -> None:
+        return None
+
+
+def test_a_zone_without_an_offset_is_read_as_before(local_zone_kolkata: None) -> None:
+    seen = LocalTimeCounts()
+    assert parse_changed_on_naive("2022-08-18 12:00:00", UnknownOffset(), seen) == datetime(2022, 8, 18, 6, 30)
+    assert seen == LocalTimeCounts()
+
+
+def test_a_time_the_offset_pushes_off_the_calendar_is_still_refused() -> None:
+    with pytest.raises(ChangedOnError, match=r"^changedOn '9999-12-31 23:00:00' is not a date-time"):
+        parse_changed_on_naive("9999-12-31 23:00:00", NEW_YORK, LocalTimeCounts())
 
 
 # --- Python 3.10's path -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from airflow_capillary_audit.formats import (
     OUTPUT_FORMATS,
     HashingWriter,
     ParquetUnavailableError,
+    WriteStats,
     event_file_name,
     event_name_from_file,
     flat_json_lines,
@@ -256,6 +257,114 @@ def test_msgspec_writes_the_bytes_the_standard_library_writes(
 def test_rows_msgspec_would_write_differently_take_the_standard_path(row: dict) -> None:
     pytest.importorskip("msgspec")
     assert flat_json_lines([{"value": "ok"}, row]) is None
+
+
+def read_text_columns(output_format: str, data: bytes) -> list[dict]:
+    """Read csv or parquet back as dicts of text, None for an empty field."""
+    if output_format == "csv":
+        rows = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
+        return [{key: value or None for key, value in row.items()} for row in rows]
+    return [
+        {key: None if value is None else str(value) for key, value in row.items()}
+        for row in pq.read_table(io.BytesIO(data)).to_pylist()
+    ]
+
+
+def surrogate_rows() -> list[dict]:
+    """Return 2,500 rows (three CSV batches), four of whose text values hold lone surrogates."""
+    rows = [
+        {"event_name": "E", "id": f"r{i}", "org_id": 7, "updated_type": "UPDATED", "value": "Café ☕"}
+        for i in range(2_500)
+    ]
+    rows[3].update(value="lone \ud800 high", request_id="\udfff")
+    rows[1_999]["changed_on_raw"] = "2026-03-01 09:00:00\udbff\udbff"  # two in one value
+    rows[2_400]["updated_type"] = "\udc00UPDATED"
+    return rows
+
+
+@pytest.mark.parametrize("output_format", ["csv", "parquet"])
+def test_csv_and_parquet_write_lone_surrogates_as_the_replacement_character(output_format: str) -> None:
+    rows = surrogate_rows()
+    stats = WriteStats()
+
+    data = io.BytesIO()
+    assert write_rows(output_format, rows, data, columns=ROW_COLUMNS, stats=stats) == len(rows)
+
+    expected = [{column: None if row.get(column) is None else str(row[column]) for column in ROW_COLUMNS} for row in rows]
+    expected[3].update(value="lone \ufffd high", request_id="\ufffd")
+    expected[1_999]["changed_on_raw"] = "2026-03-01 09:00:00\ufffd\ufffd"
+    expected[2_400]["updated_type"] = "\ufffdUPDATED"
+    assert read_text_columns(output_format, data.getvalue()) == expected
+    assert stats == WriteStats(lone_surrogates=4)
+    # Counting is optional; the bytes are the same without it.
+    assert write(output_format, rows) == data.getvalue()
+
+
+@pytest.mark.parametrize("output_format", ["csv", "parquet"])
+def test_clean_text_counts_nothing(output_format: str) -> None:
+    stats = WriteStats()
+    write_rows(output_format, sample_rows() * 700, io.BytesIO(), columns=ROW_COLUMNS, stats=stats)
+    assert stats == WriteStats()
+
+
+def test_parquet_writes_lone_surrogates_beside_values_it_turns_into_text() -> None:
+    # An integer in a string column takes parquet's slower path; the surrogate is replaced there too.
+    rows = [{"value": 5}, {"value": "x\ud800"}, {"value": True}]
+    stats = WriteStats()
+    data = io.BytesIO()
+    write_rows("parquet", rows, data, columns=("value",), stats=stats)
+    assert pq.read_table(io.BytesIO(data.getvalue())).column("value").to_pylist() == ["5", "x\ufffd", "True"]
+    assert stats == WriteStats(lone_surrogates=1)
+
+
+# OWASP's list of first characters a spreadsheet reads as a formula, and values it does not.
+FORMULAS = ["=1+1", "+1", "-5", "@SUM(A1)", "\tTAB", "\rCR", "-"]
+NOT_FORMULAS = ["a=b", " =1", "", "'=1", "2026-03-01T08:00:00+05:30", "\n=1", None]
+
+
+def test_csv_neutralizes_formulas_with_a_leading_quote_when_asked() -> None:
+    rows = [{"event_name": "E", "value": value} for value in FORMULAS + NOT_FORMULAS]
+    rows.append({"event_name": "=E", "org_id": -5, "value": -5.5})  # numbers stay numbers
+    stats = WriteStats()
+
+    data = io.BytesIO()
+    write_rows("csv", rows, data, columns=("event_name", "org_id", "value"), neutralize_formulas=True, stats=stats)
+
+    read = list(csv.DictReader(io.StringIO(data.getvalue().decode(), newline="")))
+    assert [row["value"] for row in read] == (
+        ["'" + value for value in FORMULAS] + [value or "" for value in NOT_FORMULAS] + ["-5.5"]
+    )
+    assert read[-1] == {"event_name": "'=E", "org_id": "-5", "value": "-5.5"}
+    assert stats == WriteStats(neutralized_formulas=len(FORMULAS) + 1)
+
+
+def test_csv_keeps_formulas_by_default() -> None:
+    rows = [{"value": value} for value in FORMULAS]
+    stats = WriteStats()
+    data = io.BytesIO()
+    write_rows("csv", rows, data, columns=("value",), stats=stats)
+    read = list(csv.DictReader(io.StringIO(data.getvalue().decode(), newline="")))
+    assert [row["value"] for row in read] == FORMULAS
+    assert stats == WriteStats()
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "json", "parquet"])
+def test_neutralizing_formulas_is_for_csv_only(output_format: str) -> None:
+    rows = [{**row, "value": value} for row, value in zip(sample_rows(), FORMULAS)]
+    stats = WriteStats()
+    data = io.BytesIO()
+    write_rows(output_format, rows, data, columns=ROW_COLUMNS, neutralize_formulas=True, stats=stats)
+    assert data.getvalue() == write(output_format, rows)
+    assert stats == WriteStats()
+
+
+def test_a_formula_with_a_lone_surrogate_is_neutralized_and_replaced() -> None:
+    stats = WriteStats()
+    data = io.BytesIO()
+    rows = [{"value": "=\ud800"}, {"value": "=ok"}]
+    write_rows("csv", rows, data, columns=("value",), neutralize_formulas=True, stats=stats)
+    assert data.getvalue().decode() == "value\r\n'=\ufffd\r\n'=ok\r\n"
+    assert stats == WriteStats(lone_surrogates=1, neutralized_formulas=2)
 
 
 def test_unknown_format() -> None:

@@ -297,6 +297,43 @@ def test_flatten_stats_merge() -> None:
     )
 
 
+# Naive times in New York: one in 2026's fold, two in its gap, one ordinary, one with an offset.
+CLOCK_CHANGE_RECORDS = [
+    {
+        "id": "a",
+        "valueHistory": [
+            {"value": "fold", "changedOn": "2026-11-01 01:30:00"},
+            {"value": "gap", "changedOn": "2026-03-08 02:30:00"},
+            {"value": "gap", "changedOn": "2026-03-08 02:45:00"},
+        ],
+    },
+    {
+        "id": "b",
+        "valueHistory": [
+            {"value": "summer", "changedOn": "2026-06-01 12:00:00"},
+            {"value": "offset", "changedOn": "2026-11-01T01:30:00-04:00"},
+        ],
+    },
+]
+
+
+@pytest.mark.parametrize("shape", ["iter_rows", "filter_records"])
+@pytest.mark.parametrize(
+    ("zone", "counts"), [("America/New_York", (1, 2)), ("Asia/Kolkata", (0, 0)), ("UTC", (0, 0))]
+)
+def test_naive_times_at_a_clock_change_are_counted_whether_kept_or_not(
+    shape: str, zone: str, counts: tuple[int, int]
+) -> None:
+    default_tz = UTC if zone == "UTC" else ZoneInfo(zone)
+    for window in ({}, {"since": utc(2026, 6, 1)}):
+        stats = FlattenStats()
+        if shape == "iter_rows":
+            list(iter_rows("E", CLOCK_CHANGE_RECORDS, default_tz=default_tz, stats=stats, **window))
+        else:
+            filter_records(CLOCK_CHANGE_RECORDS, default_tz=default_tz, stats=stats, **window)
+        assert (stats.ambiguous_times, stats.nonexistent_times) == counts
+
+
 # --- filter_records --------------------------------------------------------------------------
 
 
@@ -445,6 +482,8 @@ def test_flatten_stats_merge_adds_every_count() -> None:
         excluded_no_time=5,
         excluded_window=6,
         missing_fields=7,
+        ambiguous_times=8,
+        nonexistent_times=9,
     )
     total = FlattenStats(**counts)
     total.merge(FlattenStats(**counts))

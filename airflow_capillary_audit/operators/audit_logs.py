@@ -20,7 +20,13 @@ from airflow_capillary_audit.exceptions import (
     CapillaryEventsError,
     CapillaryResponseError,
 )
-from airflow_capillary_audit.formats import OUTPUT_FORMATS, HashingWriter, event_file_name, write_rows
+from airflow_capillary_audit.formats import (
+    OUTPUT_FORMATS,
+    HashingWriter,
+    WriteStats,
+    event_file_name,
+    write_rows,
+)
 from airflow_capillary_audit.records import (
     RECORD_FIELDS,
     ROW_COLUMNS,
@@ -89,6 +95,10 @@ class CapillaryAuditLogsOperator(BaseOperator):
     :param max_xcom_rows: the most rows pushed to XCom; above it the task fails and points to
         ``destination``.
     :param max_active_requests: how many events are fetched at once.
+    :param csv_neutralize_formulas: with ``output_format='csv'``, write a value that starts with
+        ``=``, ``+``, ``-``, ``@``, a tab or a carriage return with a leading ``'``, so that a
+        spreadsheet shows it as text instead of running it as a formula. Off by default: it
+        changes the data (``-5`` becomes ``'-5``). Other formats ignore it.
     """
 
     template_fields: Sequence[str] = (
@@ -114,6 +124,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         output_format: str = "jsonl",
         max_xcom_rows: int = 10_000,
         max_active_requests: int = 4,
+        csv_neutralize_formulas: bool = False,
         **kwargs: Any,
     ) -> None:
         if destination and "outlets" not in kwargs:
@@ -131,6 +142,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         self.output_format = output_format
         self.max_xcom_rows = max_xcom_rows
         self.max_active_requests = max_active_requests
+        self.csv_neutralize_formulas = csv_neutralize_formulas
         self._lineage: _Lineage | None = None
         self._hook: CapillaryHook | None = None
         self._check_static_arguments()
@@ -143,6 +155,10 @@ class CapillaryAuditLogsOperator(BaseOperator):
             )
         if not isinstance(self.flatten, bool):
             raise CapillaryConfigError(f"flatten must be true or false, got {self.flatten!r}")
+        if not isinstance(self.csv_neutralize_formulas, bool):
+            raise CapillaryConfigError(
+                f"csv_neutralize_formulas must be true or false, got {self.csv_neutralize_formulas!r}"
+            )
         if not self.flatten and self.output_format in ("csv", "parquet"):
             raise CapillaryConfigError(
                 f"output_format {self.output_format!r} needs flat rows; set flatten=True, or use "
@@ -279,20 +295,18 @@ class CapillaryAuditLogsOperator(BaseOperator):
         pool.shutdown(wait=True)
         if failures:
             skipped = [n for n in plan.event_names if n not in results and n not in failures]
-            if discard is not None:
-                for name in [*failures, *skipped]:
-                    discard(name)
+            self._discard_quietly(discard, [*failures, *skipped])
             raise CapillaryEventsError(plan.event_names, failures, skipped)
         return results
 
     def _discard_quietly(self, discard: Callable[[str], None] | None, event_names: list[str]) -> None:
-        """Discard what a stopped run did not finish, without hiding the stop behind a cleanup error."""
+        """Discard what a failed or stopped run did not finish; a failed clean-up is logged, not raised."""
         if discard is None:
             return
         for name in event_names:
             try:
                 discard(name)
-            except Exception as err:  # noqa: BLE001 - the stop is the error to raise; this one is logged
+            except Exception as err:  # noqa: BLE001 - the run's own failure is the error to raise
                 self.log.warning("Could not remove the earlier file of event %r: %s", name, err)
 
     def _shape(
@@ -347,25 +361,33 @@ class CapillaryAuditLogsOperator(BaseOperator):
         sink.prepare(manifest_name(dag_id, task_id, map_index), list(plan.file_names.values()))
         columns = ROW_COLUMNS if self.flatten else None
 
-        def handle(name: str, fetched: AuditLogs) -> tuple[WrittenFile, FlattenStats]:
+        def handle(name: str, fetched: AuditLogs) -> tuple[WrittenFile, FlattenStats, WriteStats]:
             stats = FlattenStats()
+            written_stats = WriteStats()
 
             def write_body(out: HashingWriter) -> int:
                 def shape_and_write() -> int:
                     # Unflattened records are checked when shaped, flattened ones as they are written.
                     rows = self._shape(name, fetched, plan, default_tz, stats)
-                    return write_rows(self.output_format, rows, out, columns=columns)
+                    return write_rows(
+                        self.output_format,
+                        rows,
+                        out,
+                        columns=columns,
+                        neutralize_formulas=self.csv_neutralize_formulas,
+                        stats=written_stats,
+                    )
 
                 return self._checked(fetched, shape_and_write)
 
             written = sink.write(plan.file_names[name], write_body)
-            return written, stats
+            return written, stats, written_stats
 
         results = self._fetch_all(hook, plan, handle, lambda name: sink.remove(plan.file_names[name]))
         events = []
         for name in plan.event_names:
-            written, stats = results[name]
-            self._report(name, stats, written.rows, written.uri, plan)
+            written, stats, written_stats = results[name]
+            self._report(name, stats, written.rows, written.uri, plan, written_stats)
             events.append(EventFile(event_name=name, file=written, records=stats.records))
         run = RunInfo(
             dag_id=dag_id,
@@ -403,7 +425,15 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 attempts=fetched.attempts,
             ) from err
 
-    def _report(self, name: str, stats: FlattenStats, count: int, where: str, plan: _Plan) -> None:
+    def _report(
+        self,
+        name: str,
+        stats: FlattenStats,
+        count: int,
+        where: str,
+        plan: _Plan,
+        written: WriteStats | None = None,
+    ) -> None:
         # A window also leaves out the records without any history, which have no entry to read.
         windowed = plan.since is not None or plan.until is not None
         entries_without_time = stats.excluded_no_time - (stats.empty_history if windowed else 0)
@@ -428,6 +458,36 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 "Event %r: %d value-history entr(ies) without a readable time left out of the window",
                 name,
                 entries_without_time,
+            )
+        if stats.ambiguous_times:
+            self.log.warning(
+                "Event %r: %d changedOn value(s) without an offset name a time that happens twice in the "
+                "connection's timezone (the clocks went back); read as the earlier of the two",
+                name,
+                stats.ambiguous_times,
+            )
+        if stats.nonexistent_times:
+            self.log.warning(
+                "Event %r: %d changedOn value(s) without an offset name a time that never happens in the "
+                "connection's timezone (the clocks went forward); read with the offset before the jump, "
+                "which puts them past it (02:30 in a jump from 02:00 to 03:00 reads as 03:30)",
+                name,
+                stats.nonexistent_times,
+            )
+        if written is not None and written.lone_surrogates:
+            self.log.warning(
+                "Event %r: %d value(s) held lone surrogates, written as U+FFFD in %s",
+                name,
+                written.lone_surrogates,
+                self.output_format,
+            )
+        if written is not None and written.neutralized_formulas:
+            self.log.info(
+                "Event %r: %d value(s) began like a spreadsheet formula, written with a leading ' in %s "
+                "(csv_neutralize_formulas)",
+                name,
+                written.neutralized_formulas,
+                self.output_format,
             )
 
 

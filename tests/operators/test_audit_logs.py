@@ -276,7 +276,11 @@ def test_bad_arguments_fail_before_any_request(capillary_conn, airflow_db, argum
 
 @pytest.mark.parametrize(
     ("arguments", "field"),
-    [({"output_format": "xml"}, "output_format"), ({"output_format": "csv", "flatten": False}, "flatten")],
+    [
+        ({"output_format": "xml"}, "output_format"),
+        ({"output_format": "csv", "flatten": False}, "flatten"),
+        ({"output_format": "csv", "csv_neutralize_formulas": "yes"}, "csv_neutralize_formulas"),
+    ],
 )
 def test_bad_static_arguments_fail_when_the_dag_is_parsed(arguments, field):
     from airflow_capillary_audit.exceptions import CapillaryConfigError
@@ -772,6 +776,7 @@ def test_the_documented_defaults():
     assert (op.capillary_conn_id, op.flatten, op.destination, op.output_format) == ("capillary_default", True, None, "jsonl")
     assert (op.max_xcom_rows, op.max_active_requests) == (10_000, 4)
     assert (op.changed_since, op.changed_until, op.destination_conn_id) == (None, None, None)
+    assert op.csv_neutralize_formulas is False
     op.on_kill()  # before execute there is nothing to stop, and nothing fails
 
 
@@ -884,3 +889,152 @@ def test_a_failure_callback_tells_the_kinds_of_failure_apart(stand_in, monkeypat
             "limited": "CapillaryRateLimitError",
         },
     }
+
+
+# Lone surrogates (JSON "\ud800" escapes, valid JSON) in every text field of a row.
+SURROGATE_RECORDS = [
+    {
+        "id": "id-\ud800",
+        "orgId": 100737,
+        "valueHistory": [
+            {"value": "lone \udfff low", "changedOn": "2026-03-01T08:00:00Z"},
+            {"value": "clean", "changedOn": "2026-03-01 09:00:00\ud800"},
+        ],
+        "updatedType": "UPDATED\udc00",
+        "requestId": "\ud83d request",
+        "eventName": WINDOW_EVENT,
+    },
+    audit_log("clean", [{"value": "Café ☕", "changedOn": "2026-03-01T10:00:00Z"}]),
+]
+
+
+@pytest.mark.parametrize("output_format", ["csv", "parquet"])
+def test_lone_surrogates_are_written_as_the_replacement_character_and_warned_about(
+    capillary_conn, run_dag, tmp_path, capfd, caplog, output_format
+):
+    body = json.dumps({"data": SURROGATE_RECORDS, "warnings": [], "errors": []})
+    assert "\\ud800" in body  # escaped in the JSON, a lone surrogate once decoded
+    capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
+    source = dag_source(
+        f"CapillaryAuditLogsOperator(task_id='fetch', event_names=[{WINDOW_EVENT!r}], "
+        f"destination={str(tmp_path)!r}, output_format={output_format!r})"
+    )
+
+    dag_run, _ = run_dag(source)
+
+    assert dag_run.state == "success"
+    rows = read_back(tmp_path / event_file_name(WINDOW_EVENT, output_format), output_format)
+    texts = [(r["id"], r["updated_type"], r["request_id"], r["value"], r["changed_on_raw"]) for r in rows]
+    assert texts == [
+        ("id-\ufffd", "UPDATED\ufffd", "\ufffd request", "lone \ufffd low", "2026-03-01T08:00:00Z"),
+        ("id-\ufffd", "UPDATED\ufffd", "\ufffd request", "clean", "2026-03-01 09:00:00\ufffd"),
+        ("clean", "UPDATED", "request-clean", "Café ☕", "2026-03-01T10:00:00Z"),
+    ]
+    # Eight values held one: id, updated_type and request_id twice, a value and a changedOn once.
+    assert (
+        f"Event {WINDOW_EVENT!r}: 8 value(s) held lone surrogates, written as U+FFFD in {output_format}"
+    ) in logged(capfd, caplog)
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "json"])
+def test_json_output_keeps_lone_surrogates_escaped(capillary_conn, run_dag, tmp_path, capfd, caplog, output_format):
+    body = json.dumps({"data": SURROGATE_RECORDS, "warnings": [], "errors": []})
+    capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
+    source = dag_source(
+        f"CapillaryAuditLogsOperator(task_id='fetch', event_names=[{WINDOW_EVENT!r}], "
+        f"destination={str(tmp_path)!r}, output_format={output_format!r})"
+    )
+
+    dag_run, _ = run_dag(source)
+
+    assert dag_run.state == "success"
+    data = (tmp_path / event_file_name(WINDOW_EVENT, output_format)).read_bytes()
+    rows = read_back(tmp_path / event_file_name(WINDOW_EVENT, output_format), output_format)
+    assert [r["value"] for r in rows] == ["lone \udfff low", "clean", "Café ☕"]
+    assert rows[0]["id"] == "id-\ud800" and rows[1]["changed_on_raw"] == "2026-03-01 09:00:00\ud800"
+    # A row holding one is written in ASCII with \u escapes; the others stay UTF-8.
+    assert b'"value":"lone \\udfff low"' in data and "Café ☕".encode() in data
+    assert "lone surrogates" not in logged(capfd, caplog)
+
+
+# Values a spreadsheet would read as a formula (OWASP's list), and look-alikes it would not.
+FORMULA_VALUES = ["=1+1", "+1", "-5", "@SUM(A1)", "\tTAB", "\rCR", "a=b", "", "'=quoted", "2026-03-01"]
+
+
+@pytest.mark.parametrize("neutralize", [True, False], ids=["neutralized", "by default"])
+def test_csv_formulas_are_neutralized_only_when_asked(capillary_conn, run_dag, tmp_path, capfd, caplog, neutralize):
+    history = [{"value": value, "changedOn": "2026-03-01T08:00:00Z"} for value in FORMULA_VALUES]
+    record = {**audit_log("=HYPERLINK(\"x\")", history), "orgId": -5}
+    body = json.dumps({"data": [record], "warnings": [], "errors": []})
+    capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
+    option = ", csv_neutralize_formulas=True" if neutralize else ""
+    source = dag_source(
+        f"CapillaryAuditLogsOperator(task_id='fetch', event_names=[{WINDOW_EVENT!r}], "
+        f"destination={str(tmp_path)!r}, output_format='csv'{option})"
+    )
+
+    dag_run, _ = run_dag(source)
+
+    assert dag_run.state == "success"
+    rows = read_back(tmp_path / event_file_name(WINDOW_EVENT, "csv"), "csv")
+    values = [row["value"] for row in rows]
+    if neutralize:
+        assert values == ["'=1+1", "'+1", "'-5", "'@SUM(A1)", "'\tTAB", "'\rCR", "a=b", None, "'=quoted", "2026-03-01"]
+        assert {row["id"] for row in rows} == {"'=HYPERLINK(\"x\")"}
+        # A number is a number to a spreadsheet: -5 as an integer is left alone.
+        assert {row["org_id"] for row in rows} == {-5}
+        assert (
+            f"Event {WINDOW_EVENT!r}: 16 value(s) began like a spreadsheet formula, written with a "
+            "leading ' in csv (csv_neutralize_formulas)"
+        ) in logged(capfd, caplog)
+    else:
+        assert values == [value or None for value in FORMULA_VALUES]
+        assert {row["id"] for row in rows} == {"=HYPERLINK(\"x\")"}
+        assert "spreadsheet formula" not in logged(capfd, caplog)
+
+
+DST_EVENT = "clock changes"
+# Naive changedOn values in America/New_York around 2026's two clock changes.
+DST_HISTORY = [
+    {"value": "before the gap", "changedOn": "2026-03-08 01:59:59"},
+    {"value": "in the gap", "changedOn": "2026-03-08 02:30:00"},
+    {"value": "after the gap", "changedOn": "2026-03-08 03:00:00"},
+    {"value": "in the fold", "changedOn": "2026-11-01 01:30:00"},
+    {"value": "in the fold too", "changedOn": "2026-11-01 01:00:00"},
+    {"value": "after the fold", "changedOn": "2026-11-01 02:00:00"},
+    {"value": "with an offset", "changedOn": "2026-11-01T01:30:00-05:00"},
+]
+
+
+def test_naive_times_in_a_fold_or_gap_are_read_as_before_and_warned_about(
+    stand_in, monkeypatch, run_dag, capfd, caplog
+):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="America/New_York")
+    )
+    record = {**audit_log("dst", DST_HISTORY), "eventName": DST_EVENT}
+    body = json.dumps({"data": [record], "warnings": [], "errors": []})
+    stand_in.set_faults([Fault("body", body=body, event_names=[DST_EVENT])])
+
+    dag_run, xcom = run_dag(dag_source(f"CapillaryAuditLogsOperator(task_id='fetch', event_names=[{DST_EVENT!r}])"))
+
+    assert dag_run.state == "success"
+    assert [row["changed_on"] for row in xcom("fetch")] == [
+        "2026-03-08T06:59:59+00:00",
+        "2026-03-08T07:30:00+00:00",  # the offset before the gap (-05:00): 03:30 after it
+        "2026-03-08T07:00:00+00:00",
+        "2026-11-01T05:30:00+00:00",  # the earlier of 05:30 and 06:30 UTC
+        "2026-11-01T05:00:00+00:00",
+        "2026-11-01T07:00:00+00:00",
+        "2026-11-01T06:30:00+00:00",
+    ]
+    text = logged(capfd, caplog)
+    assert (
+        f"Event {DST_EVENT!r}: 2 changedOn value(s) without an offset name a time that happens twice "
+        "in the connection's timezone (the clocks went back); read as the earlier of the two"
+    ) in text
+    assert (
+        f"Event {DST_EVENT!r}: 1 changedOn value(s) without an offset name a time that never happens "
+        "in the connection's timezone (the clocks went forward); read with the offset before the jump, "
+        "which puts them past it (02:30 in a jump from 02:00 to 03:00 reads as 03:30)"
+    ) in text

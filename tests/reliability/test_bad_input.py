@@ -160,6 +160,12 @@ BAD_INPUT = [
     ("parquet needs flat rows", {"output_format": "parquet", "flatten": False}, {}, "set flatten=True"),
     ("flatten not a bool", {"flatten": "yes"}, {}, "flatten must be true or false"),
     (
+        "csv_neutralize_formulas not a bool",
+        {"output_format": "csv", "csv_neutralize_formulas": "false"},
+        {},
+        "csv_neutralize_formulas must be true or false, got 'false'",
+    ),
+    (
         "max_active_requests zero",
         {"max_active_requests": 0},
         {},
