@@ -2,7 +2,8 @@
 Daily incremental load of Capillary audit logs to local files: the demo DAG.
 
 Each run keeps the value-history changes made inside its data interval (the previous UTC day)
-and writes one JSON Lines file per event, plus ``_manifest.json``, into a folder per day under
+and writes one JSON Lines file per event, plus its manifest
+(``_manifest.capillary_audit_daily.fetch_audit_logs.json``), into a folder per day under
 ``CAPILLARY_AUDIT_BASE`` (a local path, ``s3://bucket/prefix``, ``gs://...``). The base folder is
 this task's outlet Asset: ``capillary_audit_consumer.py`` is scheduled on it.
 """

@@ -81,7 +81,7 @@ def wait_for(ready: Path, process: subprocess.Popen, seconds: float = 30) -> str
 
 
 def report(output: Path, returncode: int) -> int:
-    manifests = sorted(output.glob("*/_manifest.json"))
+    manifests = sorted(output.glob("*/_manifest.*.json"))
     if returncode != 0 or not manifests:
         print(f"\nThe DAG run failed (exit code {returncode}); see the log above.", file=sys.stderr)
         return returncode or 1

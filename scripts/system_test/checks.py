@@ -114,11 +114,14 @@ def _check_bucket(
         rows_per_event[event_name] = len(got)
     by_key = {key.rsplit("/", 1)[1]: body for key, body in objects.items()}
     manifest_names = sorted(name for name in by_key if name.startswith("_"))
-    wanted_manifests = sorted(f"_manifest.map-{index}.json" for index in range(len(groups)))
+    # The provider names each task instance's manifest _manifest.<dag_id>.<task_id>[.map-N].json.
+    wanted_manifests = sorted(
+        f"_manifest.{MAPPED_DAG}.{TASK_ID}.map-{index}.json" for index in range(len(groups))
+    )
     if manifest_names != wanted_manifests:
         raise SystemTestError(f"manifests {manifest_names}, expected {wanted_manifests}")
     for index, group in enumerate(groups):
-        manifest = json.loads(by_key[f"_manifest.map-{index}.json"])
+        manifest = json.loads(by_key[f"_manifest.{MAPPED_DAG}.{TASK_ID}.map-{index}.json"])
         check_manifest(
             manifest, group, by_key, run_id, since, until, f"s3://{BUCKET}/{prefix}", map_index=index
         )
@@ -203,7 +206,7 @@ def _check_daily_files(
         if any(name.startswith(".") for name in files):
             raise SystemTestError(f"temporary files left in {folder}: {sorted(files)}")
         check_manifest(
-            json.loads(files["_manifest.json"]),
+            json.loads(files[f"_manifest.{DAILY_DAG}.{TASK_ID}.json"]),
             event_names,
             files,
             run["dag_run_id"],
