@@ -908,10 +908,8 @@ SURROGATE_RECORDS = [
 ]
 
 
-@pytest.mark.parametrize("output_format", ["csv", "parquet"])
-def test_lone_surrogates_are_written_as_the_replacement_character_and_warned_about(
-    capillary_conn, run_dag, tmp_path, capfd, caplog, output_format
-):
+def run_on_surrogates(capillary_conn, run_dag, tmp_path, output_format: str):
+    """Serve SURROGATE_RECORDS for WINDOW_EVENT and write them in ``output_format``; return the run."""
     body = json.dumps({"data": SURROGATE_RECORDS, "warnings": [], "errors": []})
     assert "\\ud800" in body  # escaped in the JSON, a lone surrogate once decoded
     capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
@@ -919,8 +917,15 @@ def test_lone_surrogates_are_written_as_the_replacement_character_and_warned_abo
         f"CapillaryAuditLogsOperator(task_id='fetch', event_names=[{WINDOW_EVENT!r}], "
         f"destination={str(tmp_path)!r}, output_format={output_format!r})"
     )
-
     dag_run, _ = run_dag(source)
+    return dag_run
+
+
+@pytest.mark.parametrize("output_format", ["csv", "parquet"])
+def test_lone_surrogates_are_written_as_the_replacement_character_and_warned_about(
+    capillary_conn, run_dag, tmp_path, capfd, caplog, output_format
+):
+    dag_run = run_on_surrogates(capillary_conn, run_dag, tmp_path, output_format)
 
     assert dag_run.state == "success"
     rows = read_back(tmp_path / event_file_name(WINDOW_EVENT, output_format), output_format)
@@ -938,14 +943,7 @@ def test_lone_surrogates_are_written_as_the_replacement_character_and_warned_abo
 
 @pytest.mark.parametrize("output_format", ["jsonl", "json"])
 def test_json_output_keeps_lone_surrogates_escaped(capillary_conn, run_dag, tmp_path, capfd, caplog, output_format):
-    body = json.dumps({"data": SURROGATE_RECORDS, "warnings": [], "errors": []})
-    capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
-    source = dag_source(
-        f"CapillaryAuditLogsOperator(task_id='fetch', event_names=[{WINDOW_EVENT!r}], "
-        f"destination={str(tmp_path)!r}, output_format={output_format!r})"
-    )
-
-    dag_run, _ = run_dag(source)
+    dag_run = run_on_surrogates(capillary_conn, run_dag, tmp_path, output_format)
 
     assert dag_run.state == "success"
     data = (tmp_path / event_file_name(WINDOW_EVENT, output_format)).read_bytes()
