@@ -155,7 +155,7 @@ class Mutant:
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """Return ``(module file, function)`` of a mutant name, e.g. ``("records.py", "records.iter_rows")``."""
+    """Return ``(module file, function)`` of a mutant name, e.g. ``("hooks/capillary.py", "hooks.capillary.CapillaryHook.stop")``."""
     dotted, _, function = name.rpartition(".x")
     module = dotted.removeprefix(PACKAGE + ".")
     function = re.sub(r"__mutmut_\d+$", "", function)
@@ -164,7 +164,7 @@ def split_name(name: str) -> tuple[str, str]:
         function = f"{cls}.{method}"
     else:
         function = function.removeprefix("_")
-    return module.replace(".", "/") + ".py", f"{module.rpartition('.')[2]}.{function}"
+    return module.replace(".", "/") + ".py", f"{module}.{function}"
 
 
 def diff_lines(diff: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

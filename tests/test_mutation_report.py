@@ -1,0 +1,26 @@
+"""The mutation report's reading of mutmut's names: each survivor meets its recorded equivalent."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts.mutation import split_name
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("airflow_capillary_audit.records.x_iter_rows__mutmut_3", ("records.py", "records.iter_rows")),
+        (
+            "airflow_capillary_audit.hooks.capillary.xǁCapillaryHookǁstop__mutmut_1",
+            ("hooks/capillary.py", "hooks.capillary.CapillaryHook.stop"),
+        ),
+        (
+            "airflow_capillary_audit.operators.audit_logs.x__destination_asset__mutmut_12",
+            ("operators/audit_logs.py", "operators.audit_logs._destination_asset"),
+        ),
+    ],
+)
+def test_a_mutant_is_named_by_its_module_path_and_function(name, expected):
+    # The equivalents file names functions by their module's dotted path below the package.
+    assert split_name(name) == expected
