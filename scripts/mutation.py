@@ -155,7 +155,10 @@ class Mutant:
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """Return ``(module file, function)`` of a mutant name, e.g. ``("hooks/capillary.py", "hooks.capillary.CapillaryHook.stop")``."""
+    """
+    Return ``(module file, function)`` of a mutant name, e.g.
+    ``("hooks/capillary.py", "hooks.capillary.CapillaryHook.stop")``.
+    """
     dotted, _, function = name.rpartition(".x")
     module = dotted.removeprefix(PACKAGE + ".")
     function = re.sub(r"__mutmut_\d+$", "", function)
