@@ -139,6 +139,7 @@ def test_a_2xx_that_is_not_json_is_retried_and_named():
         ({"accessToken": "t", "ttlSeconds": 0}, 300.0),
         ({"accessToken": "t", "ttlSeconds": True}, 300.0),
         ({"accessToken": "t", "ttlSeconds": "60"}, 300.0),
+        ({"accessToken": "t", "ttlSeconds": 0.5}, 0.5),
     ],
 )
 def test_a_token_lives_as_long_as_capillary_says_or_300_s(data, ttl):
@@ -154,6 +155,7 @@ def test_a_token_lives_as_long_as_capillary_says_or_300_s(data, ttl):
         (200, {"errors": [{"code": 5}]}, CapillaryAuthError),
         (404, {}, CapillaryBadRequestError),
         (302, {}, CapillaryRequestError),
+        (300, {"data": {"accessToken": "t"}}, CapillaryRequestError),
         (200, {"data": {}}, CapillaryResponseError),
         (429, {}, CapillaryRateLimitError),
     ],
@@ -174,3 +176,9 @@ def test_audit_logs_are_the_data_list_and_warnings_are_logged(caplog):
 
     assert logs == {"data": [{"id": "a"}], "warnings": ["slow down"], "errors": []}
     assert "Capillary warning for event 'Points' (X-Cap-Requestid req-1): slow down" in caplog.text
+
+
+def test_a_token_beside_errors_is_still_the_token():
+    body = {"data": {"accessToken": "t", "ttlSeconds": 60}, "errors": [{"code": 1, "message": "note"}]}
+
+    assert oauth_token(answer(200, body), RetryPolicy()) == ("t", 60.0)

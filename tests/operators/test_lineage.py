@@ -42,6 +42,7 @@ with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, t
     assert extra["manifest"] == summary["manifest"]
     assert extra["total_rows"] == summary["total_rows"] > 0
     assert extra["destination"].startswith(uri + "/")
+    assert extra["run_id"] == dag_run.run_id
 
 
 @pytest.mark.parametrize(
