@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 # Every manifest's name starts so; :func:`manifest_name` scopes the rest to one task instance.
 MANIFEST_PREFIX = "_manifest"
+# Every claim's name starts so; :func:`claim_name` scopes the rest to one mapped task instance.
+CLAIM_PREFIX = "_claim"
 # Temporary files start with a dot: event files never do, so the two can not collide.
 TEMP_PREFIX = ".tmp-"
 # Stores whose files, opened with autocommit=False, appear only at commit() and vanish at discard():
@@ -97,6 +99,16 @@ class LineageName:
     name: str
 
 
+@dataclass(frozen=True)
+class MappedInstance:
+    """One mapped task instance of a DAG run, the owner of a claim (see :meth:`FolderSink.claim`)."""
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int
+
+
 class FolderSink:
     """
     Commit files into one destination folder, each whole or absent, whatever the store.
@@ -163,15 +175,18 @@ class FolderSink:
         ``_manifest.json``.
         """
         try:
-            # Object stores have no folders, and creating one there would create a missing bucket.
-            if urlsplit(self.uri).scheme == "file":
-                self.root.mkdir(parents=True, exist_ok=True)
+            self._make_folder()
             (self.root / manifest_name).unlink(missing_ok=True)
             self.unlist(file_names)
         except CapillaryError:
             raise
         except Exception as err:
             raise CapillaryWriteError(f"Cannot prepare destination {self.uri!r}: {err}") from err
+
+    def _make_folder(self) -> None:
+        # Object stores have no folders, and creating one there would create a missing bucket.
+        if urlsplit(self.uri).scheme == "file":
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def unlist(self, file_names: Sequence[str]) -> None:
         """Remove every manifest in the folder that lists one of ``file_names``."""
@@ -189,6 +204,95 @@ class FolderSink:
             for path in self.root.iterdir()
             if path.name.startswith(MANIFEST_PREFIX) and path.name.endswith(".json")
         ]
+
+    def claim(self, instance: MappedInstance, file_names: Sequence[str]) -> dict[str, list[int]]:
+        """
+        Claim ``file_names`` for a mapped instance; return those another instance of its run holds.
+
+        The claim (:func:`claim_name`) is written whole, and only then are the folder's claims and
+        manifests of the same DAG run, task and other map indexes read: of two instances that claim a
+        file at the same moment, at least the later to list sees the other's claim. The result maps
+        each file held by another instance to the map indexes holding it; the caller refuses to run
+        when it is not empty, and removes its claim with :meth:`release` whatever happens.
+
+        A manifest of the same run and task counts as a claim: the instance that wrote it has ended.
+        A claim or manifest of the same map index (an earlier try of this instance), or of another run,
+        is ignored. It needs a store that lists an object once it is written: local disk, S3 and GCS do.
+        """
+        document = {
+            "dag_id": instance.dag_id,
+            "task_id": instance.task_id,
+            "run_id": instance.run_id,
+            "map_index": instance.map_index,
+            "files": list(file_names),
+        }
+        body = (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode()
+
+        def write_body(out: HashingWriter) -> int:
+            out.write(body)
+            return 0
+
+        try:
+            self._make_folder()
+        except Exception as err:
+            raise CapillaryWriteError(f"Cannot prepare destination {self.uri!r}: {err}") from err
+        self.write(claim_name(instance), write_body)
+        wanted = set(file_names)
+        held: dict[str, set[int]] = {}
+        try:
+            # Claims first, then manifests, each in a listing of its own: an instance removes its claim
+            # only after its manifest is written, so a claim removed during the first is in the second.
+            for prefix in (CLAIM_PREFIX, MANIFEST_PREFIX):
+                for index, files in self._held_by_others(instance, prefix):
+                    for name in files & wanted:
+                        held.setdefault(name, set()).add(index)
+        except Exception as err:
+            raise CapillaryWriteError(f"Cannot read the claims in {self.uri!r}: {err}") from err
+        return {name: sorted(indexes) for name, indexes in sorted(held.items())}
+
+    def _held_by_others(self, instance: MappedInstance, prefix: str) -> list[tuple[int, set[str]]]:
+        """Return the map index and files of each claim (or manifest) of the run by another map index."""
+        # A listing the filesystem cached before other instances wrote their claims would hide them.
+        self.root.fs.invalidate_cache(self.root.path)
+        if not self.root.exists():
+            return []
+        if prefix == CLAIM_PREFIX:
+            start = claim_name(instance).rsplit(".map-", 1)[0] + ".map-"
+        else:
+            start = manifest_name(instance.dag_id, instance.task_id).removesuffix(".json") + ".map-"
+        held = []
+        for path in self.root.iterdir():
+            index = path.name.removeprefix(start).removesuffix(".json")
+            if not path.name.startswith(start) or not path.name.endswith(".json") or not index.isdigit():
+                continue
+            if int(index) == instance.map_index:
+                continue
+            document = _read_json(path)
+            if not isinstance(document, dict):
+                continue
+            if (document.get("dag_id"), document.get("task_id"), document.get("run_id")) != (
+                instance.dag_id,
+                instance.task_id,
+                instance.run_id,
+            ):
+                continue
+            try:
+                if prefix == CLAIM_PREFIX:
+                    files = {str(name) for name in document["files"]}
+                else:
+                    files = {str(event["file"]) for event in document["events"]}
+            except (KeyError, TypeError):
+                continue  # not one this package could write
+            held.append((int(index), files))
+        return held
+
+    def release(self, instance: MappedInstance) -> None:
+        """Remove the instance's claim, if it is there."""
+        path = self.root / claim_name(instance)
+        try:
+            path.unlink(missing_ok=True)
+        except Exception as err:
+            raise CapillaryWriteError(f"Cannot remove the claim {path}: {err}") from err
 
     def write(self, name: str, write_body: WriteBody) -> WrittenFile:
         """
@@ -252,11 +356,19 @@ def manifest_name(dag_id: str | None, task_id: str | None, map_index: int | None
     complete. Ids are percent-encoded like event names, so no id can leave the folder.
     """
     parts = [MANIFEST_PREFIX]
-    # Dots separate the parts, so an id's own dots are encoded too: no two tasks share a name.
-    parts += [quote(part, safe="-_").replace(".", "%2E") for part in (dag_id, task_id) if part]
+    parts += [_name_part(part) for part in (dag_id, task_id) if part]
     if map_index is not None and map_index >= 0:
         parts.append(f"map-{map_index}")
     return ".".join(parts) + ".json"
+
+
+def claim_name(instance: MappedInstance) -> str:
+    """
+    Return the name of a mapped instance's claim:
+    ``_claim.<dag_id>.<task_id>.<run_id>.map-<index>.json``, ids encoded as in :func:`manifest_name`.
+    """
+    parts = [CLAIM_PREFIX, *map(_name_part, (instance.dag_id, instance.task_id, instance.run_id))]
+    return ".".join([*parts, f"map-{instance.map_index}"]) + ".json"
 
 
 def manifest_document(run: RunInfo, events: Sequence[EventFile]) -> dict[str, Any]:
@@ -332,14 +444,27 @@ def _folder_uri(destination: str) -> str:
     return destination
 
 
-def _listed_files(path: ObjectStoragePath) -> set[str] | None:
-    """Return the file names a manifest lists, or None when it is not one this package could write."""
+def _name_part(value: str) -> str:
+    # Dots separate the parts, so an id's own dots are encoded too: no two tasks share a name.
+    return quote(value, safe="-_").replace(".", "%2E")
+
+
+def _read_json(path: ObjectStoragePath) -> object:
+    """Return a file's JSON, or None when it is gone or is not JSON."""
     try:
-        document = json.loads(path.read_bytes())
-        return {str(event["file"]) for event in document["events"]}
+        return json.loads(path.read_bytes())
     except FileNotFoundError:
         return None  # removed meanwhile by the task it belongs to
-    except (ValueError, TypeError, KeyError):
+    except ValueError:
+        return None
+
+
+def _listed_files(path: ObjectStoragePath) -> set[str] | None:
+    """Return the file names a manifest lists, or None when it is not one this package could write."""
+    document = _read_json(path)
+    try:
+        return {str(event["file"]) for event in document["events"]}  # type: ignore[index]
+    except (TypeError, KeyError):
         return None
 
 

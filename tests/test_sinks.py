@@ -17,8 +17,10 @@ from airflow_capillary_audit.sinks import (
     EventFile,
     FolderSink,
     LineageName,
+    MappedInstance,
     RunInfo,
     WrittenFile,
+    claim_name,
     lineage_name,
     manifest_document,
     manifest_name,
@@ -363,3 +365,86 @@ def test_removing_a_file_first_removes_the_manifests_that_list_it(tmp_path):
 
     assert sorted(p.name for p in tmp_path.iterdir()) == [other]
     assert listing != other
+
+
+def instance(map_index: int, run_id: str = "manual__é", dag_id: str = "capillary_audit_daily") -> MappedInstance:
+    return MappedInstance(dag_id=dag_id, task_id="fetch", run_id=run_id, map_index=map_index)
+
+
+def test_a_claim_is_named_by_dag_task_run_and_map_index_with_every_dot_encoded():
+    owner = MappedInstance("d.1", "group.fetch", "scheduled__2026-11-24T00:00:00+00:00", 7)
+    assert claim_name(owner) == (
+        "_claim.d%2E1.group%2Efetch.scheduled__2026-11-24T00%3A00%3A00%2B00%3A00.map-7.json"
+    )
+
+
+def test_a_claim_is_written_whole_and_released(tmp_path):
+    sink = FolderSink(str(tmp_path / "new"))
+
+    assert sink.claim(instance(0), ["a.jsonl", "b%20c.jsonl"]) == {}
+
+    claim = json.loads((tmp_path / "new" / claim_name(instance(0))).read_text(encoding="utf-8"))
+    assert claim == {
+        "dag_id": "capillary_audit_daily",
+        "task_id": "fetch",
+        "run_id": "manual__é",
+        "map_index": 0,
+        "files": ["a.jsonl", "b%20c.jsonl"],
+    }
+    sink.release(instance(0))
+    sink.release(instance(0))  # already gone
+    assert files_in(tmp_path / "new") == {}
+
+
+def test_files_claimed_by_other_instances_of_the_run_are_named_with_their_map_indexes(tmp_path):
+    sink = FolderSink(str(tmp_path))
+    sink.claim(instance(1), ["a.jsonl", "b.jsonl"])
+    sink.claim(instance(2), ["b.jsonl", "d.jsonl"])
+
+    held = sink.claim(instance(0), ["b.jsonl", "a.jsonl", "c.jsonl"])
+
+    assert held == {"a.jsonl": [1], "b.jsonl": [1, 2]}
+    assert claim_name(instance(0)) in files_in(tmp_path)  # the caller releases it
+
+
+def test_of_two_overlapping_claims_the_later_to_list_sees_the_other_and_both_when_both_wrote_first(tmp_path):
+    sink = FolderSink(str(tmp_path))
+    # Instance 1 listed before instance 0 wrote its claim; instance 0 lists after and sees instance 1.
+    assert sink.claim(instance(1), ["a.jsonl"]) == {}
+    assert sink.claim(instance(0), ["a.jsonl"]) == {"a.jsonl": [1]}
+    # Both claims written before either lists: each sees the other (a retry rewrites its own claim).
+    assert sink.claim(instance(1), ["a.jsonl"]) == {"a.jsonl": [0]}
+
+
+def test_claims_of_another_run_dag_or_the_same_map_index_are_ignored(tmp_path):
+    sink = FolderSink(str(tmp_path))
+    sink.claim(instance(1, run_id="manual__earlier"), ["a.jsonl"])  # a stale claim of another run
+    sink.claim(instance(1, dag_id="other_dag"), ["a.jsonl"])
+    sink.claim(instance(0), ["a.jsonl", "z.jsonl"])  # an earlier try of this instance, killed
+    (tmp_path / "_claim.capillary_audit_daily.fetch.manual__%C3%A9.map-5.json").write_text("not json")
+    (tmp_path / "_claim.json").write_text('{"files": ["a.jsonl"]}')  # an event named _claim, as json
+
+    assert sink.claim(instance(0), ["a.jsonl"]) == {}
+    assert json.loads((tmp_path / claim_name(instance(0))).read_text())["files"] == ["a.jsonl"]
+
+
+def test_a_manifest_of_another_instance_of_the_run_holds_its_files(tmp_path):
+    sink = FolderSink(str(tmp_path))
+    write_manifest_of(sink, "capillary_audit_daily", ["a.jsonl"], map_index=2)
+    write_manifest_of(sink, "capillary_audit_daily", ["b.jsonl"], map_index=0)  # this instance's own
+    sink.write_manifest(dataclasses.replace(RUN, run_id="manual__earlier", map_index=3), [
+        EventFile("c", WrittenFile("c.jsonl", "x/c.jsonl", rows=1, bytes=1, sha256="0" * 64), records=1)
+    ])
+
+    assert sink.claim(instance(0), ["a.jsonl", "b.jsonl", "c.jsonl"]) == {"a.jsonl": [2]}
+
+
+def test_a_claim_on_an_object_store_is_seen_by_the_next_and_released(memory_store):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    other = FolderSink("memory://audit-bucket/capillary")
+    assert other.claim(instance(1), ["a.jsonl"]) == {}
+
+    assert sink.claim(instance(0), ["a.jsonl"]) == {"a.jsonl": [1]}
+    sink.release(instance(0))
+    other.release(instance(1))
+    assert memory_store.find("/audit-bucket") == []

@@ -39,6 +39,7 @@ from airflow_capillary_audit.records import (
 from airflow_capillary_audit.sinks import (
     EventFile,
     FolderSink,
+    MappedInstance,
     RunInfo,
     WrittenFile,
     lineage_name,
@@ -78,7 +79,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
     ``changed_since <= changed_on < changed_until``.
 
     With ``destination`` set, each event is written to its own file in that folder, whole or not at
-    all, and ``_manifest.json`` is written last, only when every event succeeded; the task returns a
+    all, and its manifest (``_manifest.<dag_id>.<task_id>.json``) is written last, only when every event succeeded; the task returns a
     small summary. Without it, the task returns the rows themselves (at most ``max_xcom_rows``).
 
     :param event_names: one event name or a list of them; each is rendered with Jinja; an XComArg
@@ -358,59 +359,96 @@ class CapillaryAuditLogsOperator(BaseOperator):
         ti = context.get("ti")
         map_index = getattr(ti, "map_index", -1)
         dag_id, task_id = getattr(ti, "dag_id", None), getattr(ti, "task_id", self.task_id)
-        sink.prepare(manifest_name(dag_id, task_id, map_index), list(plan.file_names.values()))
-        columns = ROW_COLUMNS if self.flatten else None
+        run_id = context.get("run_id")
+        instance = None
+        if map_index is not None and map_index >= 0 and dag_id and task_id and run_id:
+            instance = MappedInstance(dag_id, task_id, run_id, map_index)
+        try:
+            if instance is not None:
+                self._claim(sink, instance, plan)
+            sink.prepare(manifest_name(dag_id, task_id, map_index), list(plan.file_names.values()))
+            columns = ROW_COLUMNS if self.flatten else None
 
-        def handle(name: str, fetched: AuditLogs) -> tuple[WrittenFile, FlattenStats, WriteStats]:
-            stats = FlattenStats()
-            written_stats = WriteStats()
+            def handle(name: str, fetched: AuditLogs) -> tuple[WrittenFile, FlattenStats, WriteStats]:
+                stats = FlattenStats()
+                written_stats = WriteStats()
 
-            def write_body(out: HashingWriter) -> int:
-                def shape_and_write() -> int:
-                    # Unflattened records are checked when shaped, flattened ones as they are written.
-                    rows = self._shape(name, fetched, plan, default_tz, stats)
-                    return write_rows(
-                        self.output_format,
-                        rows,
-                        out,
-                        columns=columns,
-                        neutralize_formulas=self.csv_neutralize_formulas,
-                        stats=written_stats,
-                    )
+                def write_body(out: HashingWriter) -> int:
+                    def shape_and_write() -> int:
+                        # Unflattened records are checked when shaped, flattened ones as they are written.
+                        rows = self._shape(name, fetched, plan, default_tz, stats)
+                        return write_rows(
+                            self.output_format,
+                            rows,
+                            out,
+                            columns=columns,
+                            neutralize_formulas=self.csv_neutralize_formulas,
+                            stats=written_stats,
+                        )
 
-                return self._checked(fetched, shape_and_write)
+                    return self._checked(fetched, shape_and_write)
 
-            written = sink.write(plan.file_names[name], write_body)
-            return written, stats, written_stats
+                written = sink.write(plan.file_names[name], write_body)
+                return written, stats, written_stats
 
-        results = self._fetch_all(hook, plan, handle, lambda name: sink.remove(plan.file_names[name]))
-        events = []
-        for name in plan.event_names:
-            written, stats, written_stats = results[name]
-            self._report(name, stats, written.rows, written.uri, plan, written_stats)
-            events.append(EventFile(event_name=name, file=written, records=stats.records))
-        run = RunInfo(
-            dag_id=dag_id,
-            task_id=task_id,
-            run_id=context.get("run_id"),
-            map_index=map_index,
-            fetched_at=pendulum.now("UTC"),
-            capillary_conn_id=self.capillary_conn_id,
-            output_format=self.output_format,
-            flatten=self.flatten,
-            changed_since=plan.since,
-            changed_until=plan.until,
+            results = self._fetch_all(hook, plan, handle, lambda name: sink.remove(plan.file_names[name]))
+            events = []
+            for name in plan.event_names:
+                written, stats, written_stats = results[name]
+                self._report(name, stats, written.rows, written.uri, plan, written_stats)
+                events.append(EventFile(event_name=name, file=written, records=stats.records))
+            run = RunInfo(
+                dag_id=dag_id,
+                task_id=task_id,
+                run_id=run_id,
+                map_index=map_index,
+                fetched_at=pendulum.now("UTC"),
+                capillary_conn_id=self.capillary_conn_id,
+                output_format=self.output_format,
+                flatten=self.flatten,
+                changed_since=plan.since,
+                changed_until=plan.until,
+            )
+            written_manifest = sink.write_manifest(run, events)
+            total = sum(event.file.rows for event in events)
+            self.log.info(
+                "Wrote %d rows for %d event(s); manifest %s", total, len(events), written_manifest.uri
+            )
+            return {
+                "destination": sink.uri,
+                "manifest": written_manifest.uri,
+                "files": [sink.uri.rstrip("/") + "/" + event.file.name for event in events],
+                "rows": {event.event_name: event.file.rows for event in events},
+                "total_rows": total,
+            }
+        finally:
+            if instance is not None:
+                self._release_quietly(sink, instance)
+
+    def _claim(self, sink: FolderSink, instance: MappedInstance, plan: _Plan) -> None:
+        """Refuse, before any request, events that another mapped instance of this run also writes."""
+        held = sink.claim(instance, list(plan.file_names.values()))
+        if not held:
+            return
+        lines = [
+            f"event {name!r} is in the groups of map index "
+            f"{' and '.join(map(str, sorted({instance.map_index, *held[file_name]})))} of this run"
+            for name, file_name in plan.file_names.items()
+            if file_name in held
+        ]
+        raise CapillaryConfigError(
+            "; ".join(lines) + "; give each event to one group, since instances that write the same file "
+            "would overwrite each other's. If the groups changed since an earlier try of this run, "
+            f"remove that try's manifests ({manifest_name(instance.dag_id, instance.task_id, 0)} and "
+            f"the other map indexes) from {sink.uri}"
         )
-        written_manifest = sink.write_manifest(run, events)
-        total = sum(event.file.rows for event in events)
-        self.log.info("Wrote %d rows for %d event(s); manifest %s", total, len(events), written_manifest.uri)
-        return {
-            "destination": sink.uri,
-            "manifest": written_manifest.uri,
-            "files": [sink.uri.rstrip("/") + "/" + event.file.name for event in events],
-            "rows": {event.event_name: event.file.rows for event in events},
-            "total_rows": total,
-        }
+
+    def _release_quietly(self, sink: FolderSink, instance: MappedInstance) -> None:
+        """Remove the instance's claim; a failure is logged, not raised over the run's own outcome."""
+        try:
+            sink.release(instance)
+        except Exception as err:  # noqa: BLE001 - the run's own outcome is what the task reports
+            self.log.warning("Could not remove this task instance's claim; delete it by hand: %s", err)
 
     def _checked(self, fetched: AuditLogs, shape: Callable[[], _Shaped]) -> _Shaped:
         """Run ``shape``; turn a malformed record into a response error naming the event and its answer."""

@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from airflow_capillary_audit.formats import event_file_name, event_name_from_file
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import Fault
-from airflow_capillary_audit.sinks import manifest_name
+from airflow_capillary_audit.sinks import FolderSink, MappedInstance, claim_name, manifest_name
 from tests.helpers import (
     AIRFLOW_HOME,
     LOGIN,
     PASSWORD,
     DagBag,
     connection_json,
+    data_files,
     expected_rows,
     files_in,
     logged,
     manifest_of,
+    manifests_in,
     use_connection,
     write_dag_files_to_db,
 )
@@ -239,6 +243,7 @@ def test_mapped_over_event_groups(capillary_conn, run_dag, tmp_path):
     for name in sum(groups, []):
         rows = read_back(tmp_path / event_file_name(name, "jsonl"), "jsonl")
         assert rows == expected_rows(capillary_conn.dataset, [name])
+    assert claims_in(tmp_path) == []
 
 
 def test_xcom_row_cap_points_to_destination(capillary_conn, airflow_db):
@@ -1036,3 +1041,85 @@ def test_naive_times_in_a_fold_or_gap_are_read_as_before_and_warned_about(
         "in the connection's timezone (the clocks went forward); read with the offset before the jump, "
         "which puts them past it (02:30 in a jump from 02:00 to 03:00 reads as 03:30)"
     ) in text
+
+
+def claims_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("_claim*"))
+
+
+def mapped_context(dag_id: str, run_id: str, map_index: int) -> dict:
+    """The part of a task's context the operator reads for a mapped instance."""
+    ti = SimpleNamespace(dag_id=dag_id, task_id="fetch", run_id=run_id, map_index=map_index)
+    return {"ti": ti, "run_id": run_id}
+
+
+def test_an_event_another_running_instance_claims_is_refused_before_any_request(capillary_conn, airflow_db, tmp_path):
+    from airflow_capillary_audit.exceptions import CapillaryConfigError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    run_id = "scheduled__2026-11-24T00:00:00+00:00"
+    # Instance 2 of the same run is fetching "shared" and "b" right now: its claim is in the folder.
+    running = MappedInstance("daily", "fetch", run_id, 2)
+    FolderSink(str(tmp_path)).claim(running, [event_file_name(n, "jsonl") for n in ["shared", "b"]])
+    op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["a", "shared"], destination=str(tmp_path))
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        op.execute(mapped_context("daily", run_id, 0))
+
+    assert str(caught.value).startswith("event 'shared' is in the groups of map index 0 and 2 of this run;")
+    assert "give each event to one group" in str(caught.value)
+    assert capillary_conn.requests == []
+    assert list(files_in(tmp_path)) == [claim_name(running)]  # no file, no manifest, no claim of its own
+
+
+def test_a_claim_of_another_run_or_by_the_instance_itself_does_not_stop_it(capillary_conn, airflow_db, tmp_path):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    sink = FolderSink(str(tmp_path))
+    stale = MappedInstance("daily", "fetch", "scheduled__2026-11-23T00:00:00+00:00", 1)
+    sink.claim(stale, ["shared.jsonl"])
+    sink.claim(MappedInstance("daily", "fetch", "scheduled__2026-11-24T00:00:00+00:00", 0), ["shared.jsonl"])
+    op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["shared"], destination=str(tmp_path))
+
+    summary = op.execute(mapped_context("daily", "scheduled__2026-11-24T00:00:00+00:00", 0))
+
+    assert summary["rows"] == {"shared": len(expected_rows(capillary_conn.dataset, ["shared"]))}
+    assert claims_in(tmp_path) == [claim_name(stale)]  # another run's claim is not this instance's to remove
+    assert (tmp_path / manifest_name("daily", "fetch", 0)).exists()
+
+
+def test_an_event_in_two_groups_is_refused_and_the_manifest_written_stays_true(capillary_conn, run_dag, tmp_path):
+    groups = [["a", "shared"], ["shared", "b"]]
+    source = dag_source(
+        f"CapillaryAuditLogsOperator.partial(task_id='fetch', destination={str(tmp_path)!r})"
+        f".expand(event_names={groups!r})"
+    )
+    dag_run, xcom = run_dag(source)
+
+    # dag.test() runs the instances one after the other: the first writes its files and manifest,
+    # the second finds "shared" in that manifest and is refused before any request.
+    assert dag_run.state == "failed"
+    done = [index for index in (0, 1) if xcom("fetch", map_index=index) is not None]
+    assert len(done) == 1
+    group = groups[done[0]]
+    assert sorted(r.event_name for r in capillary_conn.requests) == sorted(group)
+    manifest = manifest_of(tmp_path)
+    assert manifest is not None and manifest["map_index"] == done[0]
+    for event in manifest["events"]:
+        assert hashlib.sha256((tmp_path / event["file"]).read_bytes()).hexdigest() == event["sha256"]
+    assert set(data_files(tmp_path)) == {event_file_name(n, "jsonl") for n in group}
+    assert claims_in(tmp_path) == []
+
+
+def test_a_failed_instance_leaves_no_claim(capillary_conn, run_dag, tmp_path):
+    capillary_conn.set_faults([Fault("errors_in_body", event_names=["b1"])])
+    groups = [["a1"], ["b1", "b2"]]
+    source = dag_source(
+        f"CapillaryAuditLogsOperator.partial(task_id='fetch', destination={str(tmp_path)!r})"
+        f".expand(event_names={groups!r})"
+    )
+    dag_run, _ = run_dag(source)
+
+    assert dag_run.state == "failed"
+    assert claims_in(tmp_path) == []
+    assert list(manifests_in(tmp_path)) == [manifest_name(dag_run.dag_id, "fetch", 0)]
