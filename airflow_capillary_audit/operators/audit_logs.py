@@ -80,7 +80,8 @@ class CapillaryAuditLogsOperator(BaseOperator):
 
     With ``destination`` set, each event is written to its own file in that folder, whole or not at
     all, and the task instance's manifest (``_manifest.<dag_id>.<task_id>.json``) is written last,
-    only when every event succeeded; the task returns a small summary. Without it, the task returns the rows themselves (at most ``max_xcom_rows``).
+    only when every event succeeded; the task returns a small summary. Without it, the task returns
+    the rows themselves (at most ``max_xcom_rows``).
 
     :param event_names: one event name or a list of them; each is rendered with Jinja; an XComArg
         or a native list from a template also works. Duplicates are dropped. (templated)
