@@ -35,8 +35,8 @@ MANIFEST = "_manifest.fetch.json"
 
 # The tests' switches between Airflow versions, all in this block (the package's are in _compat.py).
 AIRFLOW_3_0 = Version(AIRFLOW_VERSION).release[:2] == (3, 0)
-# dag.test() runs a task's on_failure_callback from Airflow 3.2 on; before, only a real executor does.
-DAG_TEST_RUNS_TASK_CALLBACKS = Version(AIRFLOW_VERSION).release[:2] >= (3, 2)
+# dag.test() runs a task's on_failure_callback from Airflow 3.3 on; before, only a real executor does.
+DAG_TEST_RUNS_TASK_CALLBACKS = Version(AIRFLOW_VERSION).release[:2] >= (3, 3)
 
 try:  # Airflow 3.2 moved the DagBag; tests import it from here
     from airflow.dag_processing.dagbag import DagBag

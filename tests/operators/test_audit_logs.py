@@ -872,7 +872,7 @@ with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, t
 """
 
 
-@pytest.mark.skipif(not DAG_TEST_RUNS_TASK_CALLBACKS, reason="dag.test() runs task callbacks from Airflow 3.2")
+@pytest.mark.skipif(not DAG_TEST_RUNS_TASK_CALLBACKS, reason="dag.test() runs task callbacks from Airflow 3.3")
 def test_a_failure_callback_tells_the_kinds_of_failure_apart(stand_in, monkeypatch, run_dag, tmp_path):
     use_connection(monkeypatch, stand_in.url, max_retries=0)
     stand_in.set_faults(

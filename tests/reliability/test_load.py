@@ -37,7 +37,8 @@ TRANSIENT = [
 
 
 def test_a_thousand_events_at_20_percent_faults(api, monkeypatch, airflow_db, tmp_path):
-    use_capillary(monkeypatch, api.url, max_retries=MAX_RETRIES, retry_max_wait=0.05)
+    # No fault here is slow: a generous deadline keeps a loaded machine's stalls from reading as one.
+    use_capillary(monkeypatch, api.url, max_retries=MAX_RETRIES, retry_max_wait=0.05, timeout=30)
     share = 1 - (1 - FAULT_RATE) ** (1 / len(TRANSIENT))
     api.set_faults([Fault(rate=share, **settings) for settings in TRANSIENT])
     names = [f"load event {i:04d}" for i in range(EVENTS)]
