@@ -372,8 +372,8 @@ def _read_chunks(
         left = deadline - time.monotonic()
         if left <= 0:
             raise requests.exceptions.ReadTimeout("the body did not arrive whole within the timeout")
-        # A stop ends a body still arriving; one that came in the first read is read to the end.
-        if chunks and stopped.is_set():
+        # A stop ends a body still arriving, not one whose last byte is in (length_remaining is 0).
+        if chunks and stopped.is_set() and getattr(raw, "length_remaining", None) != 0:
             raise CapillaryCancelledError(f"Request for event {event_name!r} stopped: the task was stopped")
         if sock is not None:
             sock.settimeout(left)
