@@ -557,3 +557,11 @@ def test_a_naive_window_is_read_checked_and_stripped_of_its_zone() -> None:
 def test_reading_times_imports_nothing_from_airflow() -> None:
     added = modules_imported_by("airflow_capillary_audit.changed_on")
     assert sorted(n for n in added if n.split(".")[0] in NOT_PURE) == []
+
+
+def test_every_time_at_a_clock_change_adds_to_its_count() -> None:
+    seen = LocalTimeCounts()
+    for raw in ("2026-11-01 01:00:00", "2026-11-01 01:30:00", "2026-11-01 01:45:00", "2026-03-08 02:30:00"):
+        parse_changed_on_naive(raw, NEW_YORK, seen)
+
+    assert (seen.ambiguous, seen.nonexistent) == (3, 1)
