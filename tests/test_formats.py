@@ -668,3 +668,11 @@ def test_parquet_is_snappy_compressed() -> None:
 def test_writing_formats_imports_nothing_from_airflow() -> None:
     added = modules_imported_by("airflow_capillary_audit.formats")
     assert sorted(n for n in added if n.split(".")[0] in NOT_PURE) == []
+
+
+def test_a_nested_value_beside_a_lone_surrogate_is_refused_naming_its_column() -> None:
+    with pytest.raises(ValueError) as caught:
+        write("parquet", [{"value": "lone \ud800"}, {"value": ["a"]}], columns=("value",))
+    assert str(caught.value) == (
+        "output_format 'parquet' cannot hold the nested value of column 'value' (list); write jsonl or json instead"
+    )
