@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 # Object storage is read from _compat when a folder is used: it pulls in fsspec and universal-pathlib.
 from airflow_capillary_audit import _compat
+from airflow_capillary_audit.commit import (
+    DEFERRED_COMMIT_SCHEMES,
+    WriteBody,
+    fsync_folder,
+    write_committed,
+    write_copied,
+    write_renamed,
+)
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryError, CapillaryWriteError
 from airflow_capillary_audit.formats import HashingWriter
 
@@ -25,11 +30,6 @@ if TYPE_CHECKING:
 MANIFEST_PREFIX = "_manifest"
 # Every claim's name starts so; :func:`claim_name` scopes the rest to one mapped task instance.
 CLAIM_PREFIX = "_claim"
-# Temporary files start with a dot: event files never do, so the two can not collide.
-TEMP_PREFIX = ".tmp-"
-# Stores whose files, opened with autocommit=False, appear only at commit() and vanish at discard():
-# s3fs completes a multipart upload, gcsfs finalises a resumable upload (nothing is listed before).
-DEFERRED_COMMIT_SCHEMES = frozenset({"s3", "s3a", "s3n", "gs", "gcs"})
 # The Airflow provider that registers each common object store's filesystem.
 STORE_PROVIDERS = {
     "s3": "apache-airflow-providers-amazon[s3fs]",
@@ -43,10 +43,6 @@ STORE_PROVIDERS = {
 }
 # Object storage that cannot hold a folder of files we write.
 READ_ONLY_SCHEMES = frozenset({"http", "https", "ftp", "github", "zip", "tar", "memory-readonly"})
-
-WriteBody = Callable[[HashingWriter], int]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -305,11 +301,11 @@ class FolderSink:
         scheme = urlsplit(self.uri).scheme
         try:
             if scheme == "file":
-                out, rows = _write_renamed(final.path, write_body)
+                out, rows = write_renamed(final.path, write_body)
             elif scheme in DEFERRED_COMMIT_SCHEMES:
-                out, rows = _write_committed(final, write_body)
+                out, rows = write_committed(final, write_body)
             else:
-                out, rows = _write_copied(self.root, final, write_body)
+                out, rows = write_copied(self.root, final, write_body)
         except BaseException as err:
             # The package's own errors (a malformed answer met while writing) keep their type and message.
             if isinstance(err, Exception) and not isinstance(err, CapillaryError):
@@ -327,7 +323,7 @@ class FolderSink:
             self.unlist([name])
             path.unlink(missing_ok=True)
             if urlsplit(self.uri).scheme == "file":
-                _fsync_folder(os.path.dirname(path.path))
+                fsync_folder(os.path.dirname(path.path))
         except Exception as err:
             raise CapillaryWriteError(f"Cannot remove {path}: {err}") from err
 
@@ -466,97 +462,3 @@ def _listed_files(path: ObjectStoragePath) -> set[str] | None:
         return {str(event["file"]) for event in document["events"]}  # type: ignore[index]
     except (TypeError, KeyError):
         return None
-
-
-def _write_renamed(path: str, write_body: WriteBody) -> tuple[HashingWriter, int]:
-    """Write a local file under a hidden name beside it, fsync it, rename it into place, fsync the folder."""
-    folder = os.path.dirname(path)
-    temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-    # The stdlib, not fsspec: a real descriptor to fsync, and a rename that never moves into a folder.
-    try:
-        with open(temp, "xb") as raw:
-            out = HashingWriter(raw)
-            rows = write_body(out)
-            raw.flush()
-            # Data first: a rename that reaches the disk before the data names an empty file after a crash.
-            os.fsync(raw.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            _warn_leftover(temp, err)
-        raise
-    # The rename is an entry in the folder: it is durable once the folder is.
-    _fsync_folder(folder)
-    return out, rows
-
-
-def _write_committed(final: ObjectStoragePath, write_body: WriteBody) -> tuple[HashingWriter, int]:
-    """Upload an object under its own name, visible only once committed; a failure drops the upload."""
-    # Per file, not fs.transaction: the filesystem is shared by the writing threads, a transaction is not.
-    raw = final.open("wb", autocommit=False)  # type: ignore[no-untyped-call]
-    try:
-        out = HashingWriter(raw)
-        rows = write_body(out)
-        raw.close()
-        raw.commit()
-    except BaseException:
-        _discard(raw, final)
-        raise
-    return out, rows
-
-
-def _write_copied(
-    root: ObjectStoragePath, final: ObjectStoragePath, write_body: WriteBody
-) -> tuple[HashingWriter, int]:
-    """Write a hidden temporary object, copy it into place, delete it; a failed delete only warns."""
-    # No event name in it: a name that fits the file-name limit must fit here too.
-    temp = root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-    try:
-        with temp.open("wb") as raw:  # type: ignore[no-untyped-call]
-            out = HashingWriter(raw)
-            rows = write_body(out)
-        temp.copy(final)
-    except BaseException:
-        _remove_leftover(temp)
-        raise
-    # The copy is the file: a temporary object left behind is reported, not counted as a failed file.
-    _remove_leftover(temp)
-    return out, rows
-
-
-def _fsync_folder(folder: str) -> None:
-    # Windows cannot open a folder to sync it.
-    if os.name == "nt":
-        return
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _discard(raw: BinaryIO, final: ObjectStoragePath) -> None:
-    # Closed first, as fsspec's transactions do: discard() then drops what close() uploaded.
-    with contextlib.suppress(Exception):
-        raw.close()
-    try:
-        raw.discard()  # type: ignore[attr-defined]
-    except Exception as err:  # noqa: BLE001 - whatever the store raises, the write's own error is the one to raise
-        log.warning(
-            "Could not drop the unfinished upload of %s; the store may keep its parts: %s", final, err
-        )
-
-
-def _remove_leftover(temp: ObjectStoragePath) -> None:
-    try:
-        temp.unlink(missing_ok=True)
-    except Exception as err:  # noqa: BLE001 - whatever the store raises, the file written stands
-        _warn_leftover(temp, err)
-
-
-def _warn_leftover(temp: object, err: BaseException) -> None:
-    log.warning("Could not remove the temporary file %s; delete it by hand: %s", temp, err)

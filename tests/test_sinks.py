@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 
 import pytest
 
+from airflow_capillary_audit.commit import TEMP_PREFIX
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryWriteError
 from airflow_capillary_audit.sinks import (
-    TEMP_PREFIX,
     EventFile,
     FolderSink,
     LineageName,

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from airflow_capillary_audit.commit import TEMP_PREFIX
 from airflow_capillary_audit.exceptions import CapillaryError, CapillaryWriteError
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sandbox import Fault
-from airflow_capillary_audit.sinks import TEMP_PREFIX, FolderSink, manifest_name
+from airflow_capillary_audit.sinks import FolderSink, manifest_name
 from tests.helpers import expected_rows, refuse_deletes, warnings_logged
 
 pytestmark = [

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from airflow_capillary_audit.commit import TEMP_PREFIX
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
-from airflow_capillary_audit.sinks import TEMP_PREFIX
 from tests.helpers import (
     LOGIN,
     MANIFEST,
