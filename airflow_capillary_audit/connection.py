@@ -65,8 +65,15 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     },
     "requests_per_minute": {
         "label": "Requests per minute",
-        "description": "Client-side cap on requests to Capillary, shared by every worker of a hook.",
+        "description": "Client-side cap on requests to Capillary: shared by the threads of a task, split "
+        "between mapped instances of one task, or kept in the shared rate budget when one is set.",
         "schema": {"type": ["integer", "null"], "minimum": 1},
+    },
+    "rate_limit_redis_conn_id": {
+        "label": "Shared rate budget (Redis connection)",
+        "description": "An Airflow Redis connection; every task and worker using this till then takes "
+        "its requests from one budget there, so together they stay within requests per minute.",
+        "schema": {"type": ["string", "null"]},
     },
     "verify": {
         "label": "Verify TLS",
@@ -162,6 +169,7 @@ class CapillarySettings:
     retry_max_wait: float = 60.0
     retry_initial_wait: float = 0.5
     requests_per_minute: int | None = None
+    rate_limit_redis_conn_id: str | None = None
     verify: bool | str = True
     allow_insecure_http: bool = False
     timezone: str = "UTC"
@@ -207,6 +215,7 @@ class CapillarySettings:
             retry_max_wait=_as_number(extras, "retry_max_wait", 60.0, where),
             retry_initial_wait=_as_number(extras, "retry_initial_wait", 0.5, where),
             requests_per_minute=_optional_rate(extras, where),
+            rate_limit_redis_conn_id=_optional_conn_id(extras, "rate_limit_redis_conn_id", where),
             verify=_as_verify(extras, where),
             allow_insecure_http=_as_bool(extras, "allow_insecure_http", False, where),
             timezone=_as_timezone(extras, where),
@@ -324,6 +333,15 @@ def _optional_rate(extras: Mapping[str, Any], where: str) -> int | None:
         return None
     rate = int(_as_number(extras, "requests_per_minute", 0, where, positive=True, integer=True))
     return rate
+
+
+def _optional_conn_id(extras: Mapping[str, Any], name: str, where: str) -> str | None:
+    value = extras.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise CapillaryConfigError(f"{where}: extra {name!r} must be an Airflow connection id, got {value!r}")
+    return value.strip()
 
 
 def _as_verify(extras: Mapping[str, Any], where: str) -> bool | str:

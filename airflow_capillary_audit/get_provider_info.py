@@ -33,7 +33,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Capillary",
-                "python-modules": ["airflow_capillary_audit.operators.audit_logs"],
+                "python-modules": [
+                    "airflow_capillary_audit.operators.audit_logs",
+                    "airflow_capillary_audit.operators.events",
+                ],
             }
         ],
         "connection-types": [

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
+from fnmatch import fnmatchcase
 from functools import partial
 from typing import Any, TypedDict
 
@@ -70,6 +71,9 @@ ROW_COLUMNS: tuple[str, ...] = (
 
 # The fields Capillary documents for an audit log record; a record lacking one is read with nulls.
 RECORD_FIELDS: tuple[str, ...] = ("id", "orgId", "valueHistory", "updatedType", "requestId", "eventName")
+
+# event_names="*": every event the org lists, found with one listing request at run time.
+ALL_EVENTS = "*"
 
 MAX_EVENT_NAME_LENGTH = 255
 MAX_UNPARSEABLE_SAMPLES = 5
@@ -425,3 +429,45 @@ def event_names_from(value: object) -> list[str]:
     if not names:
         raise ValueError(f"event_names is empty; {_EVENT_NAMES_HINT}")
     return list(names)
+
+
+def exclude_patterns_from(value: object, field_name: str = "exclude_event_names") -> list[str]:
+    """
+    Normalise ``exclude_event_names`` to a list of glob patterns (``fnmatch``, case-sensitive).
+
+    ``None`` is no pattern; a string is one pattern; a list or tuple holds several.
+
+    :raises ValueError: naming the field when the value or one of its patterns is not a string.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"{field_name} must be a glob pattern or a list of them, such as ['Test*', 'Legacy_?'], "
+            f"got a {type(value).__name__} ({value!r})"
+        )
+    for index, pattern in enumerate(value):
+        if not isinstance(pattern, str):
+            raise ValueError(
+                f"{field_name}[{index}] is a {type(pattern).__name__} ({pattern!r}), not a glob pattern "
+                "string such as 'Test*'"
+            )
+    return list(value)
+
+
+def exclude_event_names(names: Iterable[str], patterns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split event names into those kept and those matched by a pattern, each in the given order."""
+    kept: list[str] = []
+    excluded: list[str] = []
+    for name in names:
+        (excluded if any(fnmatchcase(name, pattern) for pattern in patterns) else kept).append(name)
+    return kept, excluded
+
+
+def event_groups(names: Sequence[str], group_size: int | None) -> list[str] | list[list[str]]:
+    """Return the names as they are, or in consecutive groups of at most ``group_size`` names."""
+    if group_size is None:
+        return list(names)
+    return [list(names[start : start + group_size]) for start in range(0, len(names), group_size)]

@@ -12,9 +12,12 @@ import ipaddress
 import json
 import logging
 import os
+import random
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timezone
@@ -110,8 +113,6 @@ def connection_json(url: str, **extra: object) -> str:
     )
 
 
-
-
 def use_connection(monkeypatch, url: str, conn_id: str = "capillary_default", **extra: Any) -> CapillaryHook:
     """Point a ``capillary`` connection at ``url`` with fast retries (``extra`` overrides); return its hook."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", connection_json(url, **{**FAST_EXTRAS, **extra}))
@@ -135,6 +136,46 @@ def refused_port() -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+@contextmanager
+def redis_server(folder: Path) -> Iterator[int]:
+    """
+    Run a throw-away ``redis-server`` on a loopback port, without persistence; give the port.
+
+    Redis cannot take a socket bound for it, so a random port is tried, and another one if the server
+    could not bind it; the test is skipped where Redis is not installed.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    import redis
+
+    for _ in range(20):
+        port = random.randrange(20_000, 60_000)
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        with open(folder / f"redis-{port}.log", "wb") as log:
+            server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+        try:
+            for _ in range(100):
+                if server.poll() is not None:
+                    break  # it could not bind the port: try another one
+                try:
+                    answering = client.info("server")["process_id"]
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+                    continue
+                if answering != server.pid:
+                    break  # another server has this port
+                yield port
+                return
+        finally:
+            client.close()
+            if server.poll() is None:
+                server.terminate()
+            server.wait(10)
+    raise RuntimeError(f"redis-server did not start; see the logs in {folder}")
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
@@ -250,7 +291,9 @@ def fetch_to(folder: Path, event_names: Any, **arguments: Any) -> Any:
 
 def files_in(folder: Path) -> dict[str, bytes]:
     """Return every file directly in ``folder``, name -> bytes (empty when the folder is missing)."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()} if folder.exists() else {}
+    return (
+        {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()} if folder.exists() else {}
+    )
 
 
 def data_files(folder: Path) -> dict[str, bytes]:
@@ -277,7 +320,9 @@ def manifests_in(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 # record_disk_syncs names each descriptor's file through /proc.
-needs_proc_fd = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads descriptors through /proc")
+needs_proc_fd = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="reads descriptors through /proc"
+)
 
 
 def record_disk_syncs(monkeypatch) -> list[tuple[str, ...]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
@@ -38,7 +39,7 @@ from airflow_capillary_audit.exceptions import (
     CapillaryRequestError,
     CapillaryTimeoutError,
 )
-from airflow_capillary_audit.pacing import PacerStopped, RequestPacer
+from airflow_capillary_audit.pacing import PacerStopped, PacerUnavailable, RequestPacer, SharedPacer
 from airflow_capillary_audit.records import AuditLogsBody
 from airflow_capillary_audit.responses import (
     Answer,
@@ -67,6 +68,10 @@ class CapillaryHook(BaseHook):
 
     :param capillary_conn_id: the ``capillary`` connection to use.
     :param pool_size: most HTTP connections kept open at once; at least the number of threads.
+    :param rate_share: how many hooks of this till may run at once without a shared rate budget
+        (mapped task instances): each paces at ``requests_per_minute / rate_share``. With the
+        connection's ``rate_limit_redis_conn_id`` every hook takes its slots from the one budget in
+        Redis instead, and this is ignored.
     :param clock: monotonic seconds by which OAuth tokens age, replaceable in tests.
     """
 
@@ -80,16 +85,20 @@ class CapillaryHook(BaseHook):
         capillary_conn_id: str = default_conn_name,
         *,
         pool_size: int = 16,
+        rate_share: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
+        if isinstance(rate_share, bool) or not isinstance(rate_share, int) or rate_share < 1:
+            raise CapillaryConfigError(f"rate_share must be a whole number of at least 1, got {rate_share!r}")
         self.capillary_conn_id = capillary_conn_id
         self.pool_size = pool_size
+        self.rate_share = rate_share
         self._clock = clock
         self._lock = threading.Lock()
         self._settings: CapillarySettings | None = None
         self._session: requests.Session | None = None
-        self._pacer: RequestPacer | None = None
+        self._pacer: RequestPacer | SharedPacer | None = None
         self._stopped = threading.Event()
 
     @classmethod
@@ -121,9 +130,41 @@ class CapillaryHook(BaseHook):
             with self._lock:
                 if self._session is None:
                     # The pacer first: other threads take a set session as the sign that both exist.
-                    self._pacer = RequestPacer(settings.requests_per_minute, stop=self._stopped)
+                    self._pacer = self._new_pacer(settings)
                     self._session = self._new_session(settings)
         return self._session
+
+    def _new_pacer(self, settings: CapillarySettings) -> RequestPacer | SharedPacer:
+        """Return the pace of this hook's requests: the till's shared budget in Redis, or its own."""
+        rate = settings.requests_per_minute
+        if settings.rate_limit_redis_conn_id is None:
+            if rate is not None and self.rate_share > 1:
+                self.log.info(
+                    "Pacing at %g requests a minute: 1/%d of the connection's %d, shared with the other "
+                    "instances of this task that may run at once (extra 'rate_limit_redis_conn_id' "
+                    "shares one budget instead)",
+                    rate / self.rate_share,
+                    self.rate_share,
+                    rate,
+                )
+                return RequestPacer(rate / self.rate_share, stop=self._stopped)
+            return RequestPacer(rate, stop=self._stopped)
+        try:
+            from airflow.providers.redis.hooks.redis import RedisHook  # noqa: PLC0415 - optional extra
+        except ImportError:
+            raise CapillaryConfigError(
+                f"Connection {self.capillary_conn_id!r}: extra 'rate_limit_redis_conn_id' needs Airflow's "
+                "Redis provider; pip install 'airflow-capillary-audit[redis]'"
+            ) from None
+        client = RedisHook(redis_conn_id=settings.rate_limit_redis_conn_id).get_conn()  # type: ignore[no-untyped-call]
+        key = budget_key(settings.base_url, settings.login)
+        self.log.info(
+            "Pacing at %s requests a minute from the shared budget %s in Redis connection %r",
+            rate if rate is not None else "any number of",
+            key,
+            settings.rate_limit_redis_conn_id,
+        )
+        return SharedPacer(client, key, rate, stop=self._stopped)
 
     def stop(self) -> None:
         """Stop every pending request of this hook: waits end now and new attempts are refused."""
@@ -231,6 +272,13 @@ class CapillaryHook(BaseHook):
             raise CapillaryCancelledError(
                 f"Request for event {event_name!r} not sent: the task was stopped"
             ) from None
+        except PacerUnavailable as err:
+            raise CapillaryConnectionError(
+                f"Request for event {event_name!r} not sent: {err}",
+                event_name=event_name,
+                retryable=True,
+                reason="shared rate budget unreachable",
+            ) from err
         raise_for_status(answer, event_name, policy)
         return answer
 
@@ -318,6 +366,13 @@ class CapillaryHook(BaseHook):
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
             raise _connection_error(err, settings.base_url, event_name) from err
         return answer
+
+
+def budget_key(base_url: str, login: str) -> str:
+    """Return the Redis key of a till's shared rate budget: one per cluster host and till."""
+    # Hashed: the key is visible to anyone who can list Redis's keys; an OAuth client key is a credential.
+    till = hashlib.sha256(f"{base_url}\0{login}".encode()).hexdigest()[:24]
+    return f"airflow-capillary-audit:rate-budget:{till}"
 
 
 class _NoAuth(requests.auth.AuthBase):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 from urllib.parse import quote
@@ -28,11 +28,14 @@ from airflow_capillary_audit.formats import (
     write_rows,
 )
 from airflow_capillary_audit.records import (
+    ALL_EVENTS,
     RECORD_FIELDS,
     ROW_COLUMNS,
     FlattenStats,
     RecordShapeError,
     event_names_from,
+    exclude_event_names,
+    exclude_patterns_from,
     filter_records,
     iter_rows,
 )
@@ -84,7 +87,11 @@ class CapillaryAuditLogsOperator(BaseOperator):
     the rows themselves (at most ``max_xcom_rows``).
 
     :param event_names: one event name or a list of them; each is rendered with Jinja; an XComArg
-        or a native list from a template also works. Duplicates are dropped. (templated)
+        or a native list from a template also works. Duplicates are dropped. The exact string ``"*"``
+        (:data:`ALL_EVENTS`) means every event the org lists, found with one listing request at run
+        time; a list is always taken literally. (templated)
+    :param exclude_event_names: glob patterns (``fnmatch``, case-sensitive) of event names to leave
+        out, such as ``["Test*", "Legacy_?"]``; a string is one pattern. (templated)
     :param capillary_conn_id: the ``capillary`` connection to use.
     :param changed_since: keep value-history entries changed at or after this time: a datetime or
         an ISO 8601 string such as ``{{ data_interval_start }}``. (templated)
@@ -105,6 +112,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "event_names",
+        "exclude_event_names",
         "changed_since",
         "changed_until",
         "destination",
@@ -127,6 +135,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         max_xcom_rows: int = 10_000,
         max_active_requests: int = 4,
         csv_neutralize_formulas: bool = False,
+        exclude_event_names: str | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         if destination and "outlets" not in kwargs:
@@ -135,6 +144,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 kwargs["outlets"] = [asset]
         super().__init__(**kwargs)
         self.event_names = event_names
+        self.exclude_event_names = exclude_event_names
         self.capillary_conn_id = capillary_conn_id
         self.changed_since = changed_since
         self.changed_until = changed_until
@@ -176,10 +186,19 @@ class CapillaryAuditLogsOperator(BaseOperator):
 
         plan = self._plan()
         hook = CapillaryHook(self.capillary_conn_id, pool_size=max(16, self.max_active_requests))
-        default_tz = hook.settings.tzinfo  # checks the connection before any request
+        settings = hook.settings  # checks the connection before any request
+        default_tz = settings.tzinfo
+        if settings.requests_per_minute is not None and settings.rate_limit_redis_conn_id is None:
+            hook.rate_share = self._instances_at_once(context)
         hook.get_conn()
         self._hook = hook
         try:
+            if plan.discover:
+                plan = self._selected(plan, hook.list_event_names())
+            if not plan.event_names:
+                listed_none = plan.discover and not plan.excluded
+                why = "the org lists no event" if listed_none else "exclude_event_names leaves none"
+                self.log.warning("No event to fetch: %s; the task succeeds with no rows", why)
             if plan.sink is None:
                 rows = self._to_xcom(hook, plan, default_tz)
                 self._lineage = _Lineage(hook.settings.base_url, plan.event_names, [])
@@ -230,23 +249,64 @@ class CapillaryAuditLogsOperator(BaseOperator):
 
     def _plan(self) -> _Plan:
         """Check every rendered argument and name every file, before any request is sent."""
+        discover = isinstance(self.event_names, str) and self.event_names == ALL_EVENTS
         try:
-            names = event_names_from(self.event_names)
+            names = [] if discover else event_names_from(self.event_names)
+            patterns = exclude_patterns_from(self.exclude_event_names)
             since = parse_window_bound(self.changed_since, "changed_since")
             until = parse_window_bound(self.changed_until, "changed_until")
             validate_window(since, until)
         except ValueError as err:
             raise CapillaryConfigError(str(err)) from None
         sink = None
-        file_names: dict[str, str] = {}
         if self.destination is not None:
             sink = FolderSink(self.destination, self.destination_conn_id)
+        plan = _Plan([], since, until, sink, {}, patterns, discover)
+        plan = plan if discover else self._selected(plan, names)
+        if sink is not None:
+            sink.check()
+        return plan
+
+    def _selected(self, plan: _Plan, names: list[str]) -> _Plan:
+        """Return the plan for ``names`` less the excluded ones, each with its file name."""
+        kept, excluded = exclude_event_names(names, plan.exclude)
+        if excluded:
+            self.log.info(
+                "Leaving out %d event(s) that match exclude_event_names %s: %s",
+                len(excluded),
+                plan.exclude,
+                ", ".join(map(repr, excluded)),
+            )
+        file_names: dict[str, str] = {}
+        if plan.sink is not None:
             try:
-                file_names = {name: event_file_name(name, self.output_format) for name in names}
+                file_names = {name: event_file_name(name, self.output_format) for name in kept}
             except ValueError as err:
                 raise CapillaryConfigError(str(err)) from None
-            sink.check()
-        return _Plan(names, since, until, sink, file_names)
+        return replace(plan, event_names=kept, file_names=file_names, excluded=excluded)
+
+    def _instances_at_once(self, context: Context) -> int:
+        """
+        Return how many instances of this mapped task may send requests at the same time: the map's
+        size, capped by ``max_active_tis_per_dagrun`` and ``max_active_tis_per_dag``; 1 unmapped.
+        """
+        ti = context.get("ti")
+        if ti is None or getattr(ti, "map_index", -1) in (None, -1):
+            return 1
+        size = context.get("expanded_ti_count")
+        if not size:
+            try:
+                size = ti.get_ti_count(dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id])
+            except Exception as err:  # noqa: BLE001 - the caps below still apply; the warning says why
+                self.log.warning("Could not read how many instances this mapped task has: %s", err)
+        limits = [n for n in (size, self.max_active_tis_per_dagrun, self.max_active_tis_per_dag) if n]
+        if not limits:
+            self.log.warning(
+                "Each mapped instance paces at the connection's whole requests_per_minute: set "
+                "max_active_tis_per_dagrun, or the connection's rate_limit_redis_conn_id"
+            )
+            return 1
+        return max(1, min(limits))
 
     def _fetch_all(
         self,
@@ -539,6 +599,10 @@ class _Plan:
     until: datetime | None
     sink: FolderSink | None
     file_names: dict[str, str]
+    exclude: list[str]
+    # event_names="*": the names come from the org's listing, at run time.
+    discover: bool = False
+    excluded: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

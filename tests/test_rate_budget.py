@@ -1,0 +1,216 @@
+"""
+One rate budget for a till: the shared budget in Redis, and the split between mapped instances.
+
+The shared budget is checked against a real ``redis-server`` on loopback and the stand-in's leaky
+bucket, which refuses any burst above its small capacity: hooks that each pace at the connection's
+whole rate but share the budget are never refused, and the same hooks without it are.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryConnectionError
+from airflow_capillary_audit.hooks.capillary import CapillaryHook, budget_key
+from airflow_capillary_audit.pacing import PacerStopped, PacerUnavailable, SharedPacer
+from airflow_capillary_audit.sandbox import RateLimit
+from tests.helpers import LOGIN, redis_server, refused_port, use_connection
+
+RATE = 600  # one request each 0.1 s
+# Lower bounds only: a loaded machine makes requests later, never sooner.
+SLACK = 0.05
+
+
+@pytest.fixture
+def redis_port(tmp_path):
+    with redis_server(tmp_path) as port:
+        yield port
+
+
+@pytest.fixture
+def redis_conn(redis_port, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_BUDGET_REDIS",
+        json.dumps({"conn_type": "redis", "host": "127.0.0.1", "port": redis_port}),
+    )
+    return "budget_redis"
+
+
+def client(port: int) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port)
+
+
+def test_two_pacers_on_one_key_share_one_spacing(redis_port):
+    pacers = [SharedPacer(client(redis_port), "k", RATE) for _ in range(2)]
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    def take(pacer: SharedPacer) -> None:
+        for _ in range(5):
+            pacer.acquire()
+            with lock:
+                granted.append(time.monotonic())
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(take, pacers))
+
+    # Ten slots of one chain 0.1 s apart span at least 0.9 s; two chains of their own would span 0.4 s.
+    assert len(granted) == 10
+    assert max(granted) - min(granted) >= 0.9 - SLACK
+
+
+def test_pacers_on_different_keys_do_not_wait_for_each_other(redis_port):
+    first, second = SharedPacer(client(redis_port), "a", 60), SharedPacer(client(redis_port), "b", 60)
+    first.acquire()
+    started = time.monotonic()
+    assert second.acquire() == 0
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_hold_by_one_pacer_holds_the_other(redis_port):
+    holder, waiter = SharedPacer(client(redis_port), "k", RATE), SharedPacer(client(redis_port), "k", RATE)
+    started = time.monotonic()
+    holder.hold(0.6)
+    waited = waiter.acquire()
+    assert time.monotonic() - started >= 0.6 - SLACK
+    assert waited > 0
+
+
+def test_a_shorter_hold_never_shortens_a_longer_one(redis_port):
+    pacer = SharedPacer(client(redis_port), "k", None)
+    started = time.monotonic()
+    pacer.hold(0.6)
+    pacer.hold(0.1)
+    pacer.acquire()
+    assert time.monotonic() - started >= 0.6 - SLACK
+
+
+def test_without_a_rate_only_holds_wait(redis_port):
+    pacer = SharedPacer(client(redis_port), "k", None)
+    assert [pacer.acquire() for _ in range(20)] == [0] * 20
+
+
+def test_a_stop_wakes_a_waiting_pacer_at_once(redis_port):
+    stop = threading.Event()
+    pacer = SharedPacer(client(redis_port), "k", RATE, stop=stop)
+    pacer.hold(30)
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(PacerStopped):
+        pacer.acquire()
+    assert time.monotonic() - started < 10
+
+
+def test_an_unreachable_budget_says_which(tmp_path):
+    with refused_port() as port:
+        pacer = SharedPacer(client(port), "budget-key", RATE)
+        with pytest.raises(
+            PacerUnavailable, match="^the shared rate budget 'budget-key' cannot be reached: "
+        ):
+            pacer.acquire()
+
+
+def test_the_budget_key_names_the_till_without_its_login():
+    key = budget_key("https://eu.api.capillarytech.com", LOGIN)
+    assert key.startswith("airflow-capillary-audit:rate-budget:") and LOGIN not in key
+    assert key == budget_key("https://eu.api.capillarytech.com", LOGIN)
+    assert key != budget_key("https://eu.api.capillarytech.com", "other.till")
+    assert key != budget_key("https://us.api.capillarytech.com", LOGIN)
+
+
+def leaky(stand_in) -> None:
+    # The connection's rate, with a bucket of 2: two hooks each at the whole rate overflow it.
+    stand_in.set_rate_limit(RateLimit(limit=RATE, window=60, algorithm="leaky", burst=2))
+
+
+def fetch_with_two_hooks(conn_id: str, names: list[str]) -> None:
+    hooks = [CapillaryHook(conn_id), CapillaryHook(conn_id)]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda hook: [hook.get_audit_logs(n) for n in names], hooks))
+
+
+def test_hooks_sharing_the_budget_stay_within_the_rate(stand_in, monkeypatch, redis_conn):
+    leaky(stand_in)
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE, rate_limit_redis_conn_id=redis_conn)
+
+    fetch_with_two_hooks("capillary_default", [f"event-{i}" for i in range(10)])
+
+    statuses = [r.status for r in stand_in.requests]
+    assert len(statuses) == 20 and statuses.count(429) == 0
+
+
+def test_hooks_with_budgets_of_their_own_overflow_the_same_limit(stand_in, monkeypatch):
+    leaky(stand_in)
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE, max_retries=5)
+
+    fetch_with_two_hooks("capillary_default", [f"event-{i}" for i in range(10)])
+
+    assert [r.status for r in stand_in.requests].count(429) > 0
+
+
+def test_a_429_on_one_hook_holds_the_other_through_the_budget(stand_in, monkeypatch, redis_conn):
+    from airflow_capillary_audit.sandbox import Fault
+
+    stand_in.set_faults([Fault("rate_limited", times=1, event_names=["first"], retry_after="seconds", seconds=1)])
+    use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id=redis_conn)
+    holder, other = CapillaryHook(), CapillaryHook()
+    holder.get_conn()
+    other.get_conn()
+
+    with ThreadPoolExecutor(1) as pool:
+        refused = pool.submit(holder.get_audit_logs, "first")
+        while not stand_in.requests:
+            time.sleep(0.01)
+        held_at = stand_in.requests[0].monotonic
+        other.get_audit_logs("second")
+        refused.result()
+
+    second = next(r for r in stand_in.requests if r.event_name == "second")
+    assert second.monotonic - held_at >= 1 - SLACK
+
+
+def test_the_split_paces_each_hook_at_its_share(stand_in, monkeypatch):
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE)
+    hook = CapillaryHook(rate_share=3)
+
+    for name in ("a", "b", "c", "d"):
+        hook.get_audit_logs(name)
+
+    arrivals = [r.monotonic for r in stand_in.requests]
+    # A third of 600 a minute is one each 0.3 s: four requests span at least 0.9 s.
+    assert arrivals[-1] - arrivals[0] >= 0.9 - SLACK
+
+
+def test_a_shared_budget_ignores_the_split(stand_in, monkeypatch, redis_conn):
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=6000, rate_limit_redis_conn_id=redis_conn)
+    hook = CapillaryHook(rate_share=50)
+
+    started = time.monotonic()
+    for name in ("a", "b", "c", "d"):
+        hook.get_audit_logs(name)
+
+    # At 1/50 of 6000 a minute, four requests would take 1.5 s; the shared budget spaces them 10 ms.
+    assert time.monotonic() - started < 1.4
+
+
+def test_an_unreachable_budget_fails_the_request_after_its_retries(stand_in, monkeypatch):
+    with refused_port() as port:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_BUDGET_REDIS", json.dumps({"conn_type": "redis", "host": "127.0.0.1", "port": port})
+        )
+        use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id="budget_redis", max_retries=1)
+        with pytest.raises(CapillaryConnectionError, match="shared rate budget") as raised:
+            CapillaryHook().get_audit_logs("a")
+    assert raised.value.attempts == 2 and stand_in.requests == []
+
+
+@pytest.mark.parametrize("share", [0, -1, 1.5, True, "2"])
+def test_a_share_below_one_is_refused(share):
+    with pytest.raises(CapillaryConfigError, match="^rate_share must be a whole number of at least 1, got "):
+        CapillaryHook(rate_share=share)
