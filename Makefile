@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-pure clean
+.PHONY: venv demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,9 @@ mutation-venv: $(MUTATION_VENV)/bin/activate
 
 mutation: mutation-venv
 	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile package $(MUTMUT_ARGS)
+
+mutation-core: mutation-venv
+	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile core $(MUTMUT_ARGS)
 
 mutation-pure: mutation-venv
 	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile pure $(MUTMUT_ARGS)
