@@ -16,8 +16,9 @@ Every error a caller of this package can meet.
         ├── CapillaryWriteError ............. the storage sink could not write a run's files
         └── CapillaryEventsError ............ one or more events of a run failed; carries each one's error
 
-Every request error names the event, the HTTP status, Capillary's error codes and messages, the
-attempts made and the ``X-Cap-Requestid`` header, which is what Capillary support asks for. It also
+Every request error names the event (or, for a request about no one event, what it was doing, such
+as listing the org's events), the HTTP status, Capillary's error codes and messages, the attempts
+made and the ``X-Cap-Requestid`` header, which is what Capillary support asks for. It also
 carries what the retry policy decides on (``retryable``, ``retry_after``, ``hold_all``), and the
 transport's exception, when there is one, as its ``__cause__``.
 """
@@ -44,7 +45,9 @@ class CapillaryRequestError(CapillaryError):
 
     ``retryable`` failures are tried again (``reason`` says why in the retry log line); ``retry_after``
     is the server's ``Retry-After`` in seconds; ``hold_all`` pauses every worker of the hook, not only
-    the one that met it. ``attempts`` is filled in once the policy gives up.
+    the one that met it. ``attempts`` is filled in once the policy gives up. ``action`` says what a
+    request about no one event was doing, e.g. ``"listing the org's events"``; ``event_name`` is then
+    ``None``.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class CapillaryRequestError(CapillaryError):
         message: str,
         *,
         event_name: str | None = None,
+        action: str | None = None,
         status: int | None = None,
         request_id: str | None = None,
         errors: Sequence[dict[str, Any]] = (),
@@ -64,6 +68,7 @@ class CapillaryRequestError(CapillaryError):
         super().__init__(message)
         self.summary = message
         self.event_name = event_name
+        self.action = action
         self.status = status
         self.request_id = request_id
         self.errors = list(errors)
@@ -78,6 +83,8 @@ class CapillaryRequestError(CapillaryError):
         parts = [self.summary]
         if self.event_name is not None:
             parts.append(f"event name {self.event_name!r}")
+        if self.action is not None:
+            parts.append(self.action)
         if self.status is not None:
             parts.append(f"HTTP {self.status}")
         if self.errors:
@@ -155,6 +162,20 @@ class CapillaryEventsError(CapillaryError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.event_names, self.failures, self.not_fetched))
+
+
+def request_subject(event_name: str | None, action: str | None = None) -> str:
+    """
+    Return what a request was for, as messages name it: its ``action``, else ``for event 'name'``.
+
+    :param event_name: the event whose audit logs were requested, if any.
+    :param action: what a request about no one event was doing, e.g. ``"listing the org's events"``.
+    """
+    if action is not None:
+        return action
+    if event_name is not None:
+        return f"for event {event_name!r}"
+    return "to Capillary"
 
 
 def _format_error(entry: Any) -> str:

@@ -1,5 +1,6 @@
 """
-Read Capillary's answers: the JSON body, ``errors[]``, what a status means, the audit logs, a token.
+Read Capillary's answers: the JSON body, ``errors[]``, what a status means, the audit logs, the org's
+events, a token.
 
 Each function turns one answer into a value or into the typed error it amounts to; none sends a
 request. The hook calls them after every exchange.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from airflow_capillary_audit.auth import OAUTH_EXPIRED_CODE, OAUTH_REFUSED_CODE
@@ -29,6 +30,8 @@ AUTH_STATUSES = frozenset({401, 403})
 BAD_REQUEST_STATUSES = frozenset({400, 404, 405, 415})
 # Capillary documents tokens of up to 60 minutes; 300 s is its usual grant.
 DEFAULT_TOKEN_SECONDS = 300.0
+# What the org's event listing is doing, as its errors and log lines name it: it is about no one event.
+LISTING_EVENTS = "listing the org's events"
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,13 @@ class Answer:
                 return [errors]
         return []
 
-    def details(self, event_name: str | None = None) -> dict[str, Any]:
-        """Return what every error about this answer carries."""
+    def details(self, event_name: str | None = None, action: str | None = None) -> dict[str, Any]:
+        """
+        Return what every error about this answer carries.
+
+        :param event_name: the event whose audit logs were requested, if any.
+        :param action: what a request about no one event was doing, e.g. :data:`LISTING_EVENTS`.
+        """
         details: dict[str, Any] = {
             "status": self.status,
             "request_id": self.request_id,
@@ -66,6 +74,8 @@ class Answer:
         }
         if event_name is not None:
             details["event_name"] = event_name
+        if action is not None:
+            details["action"] = action
         return details
 
     def has_error_code(self, code: int) -> bool:
@@ -82,6 +92,45 @@ class AuditLogs:
     status: int
     request_id: str | None
     attempts: int | None
+
+
+class EventField(TypedDict, total=False):
+    """One field of an org's event, as Capillary lists it; a key it left out or mistyped is absent."""
+
+    name: str
+    # Capillary's word for the field's kind, e.g. STRING, DOUBLE or CUSTOMER.
+    type: str
+    # Undocumented: kept as Capillary sent it.
+    attributes: Any
+
+
+@dataclass(frozen=True)
+class OrgEvent:
+    """One behavioural event configured for the org: its id, its name and its fields."""
+
+    event_id: str | None
+    event_name: str
+    fields: tuple[EventField, ...] = ()
+
+
+@dataclass(frozen=True)
+class OrgEvents:
+    """
+    The org's events as Capillary listed them, with what names the answer: status, request id, attempts.
+
+    ``skipped`` counts the entries left out for want of a usable name.
+    """
+
+    events: list[OrgEvent]
+    skipped: int
+    status: int
+    request_id: str | None
+    attempts: int | None
+
+    @property
+    def event_names(self) -> list[str]:
+        """Return the events' names, sorted, each once."""
+        return sorted({event.event_name for event in self.events})
 
 
 def _fast_loads() -> Callable[[bytes], Any] | None:
@@ -124,9 +173,16 @@ def token_expired(answer: Answer) -> bool:
     return answer.status in (401, OAUTH_EXPIRED_CODE) or answer.has_error_code(OAUTH_EXPIRED_CODE)
 
 
-def raise_for_status(answer: Answer, event_name: str, policy: RetryPolicy) -> None:
-    """Raise the error an audit-log answer's status amounts to; return for a 2xx with a JSON body."""
-    details = answer.details(event_name)
+def raise_for_status(
+    answer: Answer, event_name: str | None, policy: RetryPolicy, action: str | None = None
+) -> None:
+    """
+    Raise the error an answer's status amounts to; return for a 2xx with a JSON body.
+
+    :param event_name: the event whose audit logs were requested, if any.
+    :param action: what a request about no one event was doing, e.g. :data:`LISTING_EVENTS`.
+    """
+    details = answer.details(event_name, action)
     status = answer.status
     if 300 <= status < 400:
         location = urlsplit(answer.headers.get("Location", ""))
@@ -167,9 +223,78 @@ def audit_logs(answer: Answer, event_name: str, log: RetryLog) -> AuditLogs:
 
 def audit_logs_body(answer: Answer, event_name: str, log: RetryLog) -> AuditLogsBody:
     """Return the audit logs of a 2xx answer, logging Capillary's warnings; raise if the shape is wrong."""
-    body = answer.body
     details = answer.details(event_name)
-    del details["errors"]
+    data, warnings = _data_and_warnings(answer, details, log, f"for event {event_name!r}", "audit logs")
+    return {"data": data, "warnings": warnings, "errors": []}
+
+
+def org_events(answer: Answer, log: RetryLog) -> OrgEvents:
+    """
+    Return the org's events from a 2xx answer to ``GET /v2/events``; raise if the body's shape is wrong.
+
+    An entry without a usable name (no ``clickEventsMeta`` object, or an ``eventName`` that is not a
+    non-blank string) is skipped and counted, never fatal; one warning says how many. Keys Capillary
+    does not document are ignored.
+    """
+    data, _ = _data_and_warnings(
+        answer, answer.details(action=LISTING_EVENTS), log, f"while {LISTING_EVENTS}", "events"
+    )
+    events = [event for event in map(_org_event, data) if event is not None]
+    skipped = len(data) - len(events)
+    if skipped:
+        log.warning(
+            "Capillary listed %d event(s) without a name; skipped them (X-Cap-Requestid %s)",
+            skipped,
+            answer.request_id,
+        )
+    return OrgEvents(events, skipped, answer.status, answer.request_id, answer.attempts)
+
+
+def _org_event(entry: Any) -> OrgEvent | None:
+    """Return one listed event, or None when the entry has no usable ``clickEventsMeta.eventName``."""
+    meta = entry.get("clickEventsMeta") if isinstance(entry, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    name = meta.get("eventName")
+    if not isinstance(name, str) or not name.strip():
+        return None
+    event_id = meta.get("eventId")
+    if isinstance(event_id, int) and not isinstance(event_id, bool):
+        event_id = str(event_id)
+    fields = meta.get("fields")
+    if not isinstance(fields, list):
+        fields = []
+    return OrgEvent(
+        event_id=event_id if isinstance(event_id, str) else None,
+        event_name=name,
+        fields=tuple(_event_field(field) for field in fields if isinstance(field, dict)),
+    )
+
+
+def _event_field(entry: dict[str, Any]) -> EventField:
+    """Return a listed field's name, type and attributes, leaving out a name or type that is not text."""
+    field = EventField()
+    if isinstance(entry.get("name"), str):
+        field["name"] = entry["name"]
+    if isinstance(entry.get("type"), str):
+        field["type"] = entry["type"]
+    if "attributes" in entry:
+        field["attributes"] = entry["attributes"]
+    return field
+
+
+def _data_and_warnings(
+    answer: Answer, details: dict[str, Any], log: RetryLog, subject: str, what: str
+) -> tuple[list[Any], list[Any]]:
+    """
+    Return a 2xx answer's ``data`` list and its warnings, logging each; raise if the shape is wrong.
+
+    :param details: what an error about the answer carries (:meth:`Answer.details`).
+    :param subject: what the request was for, in log lines, e.g. ``for event 'x'``.
+    :param what: what ``data`` lists, in messages, e.g. ``audit logs``.
+    """
+    body = answer.body
+    details = {key: value for key, value in details.items() if key != "errors"}
     if not isinstance(body, dict):
         raise CapillaryResponseError(
             f"Capillary's answer is a JSON {type(body).__name__}, not an object with 'data'", **details
@@ -180,20 +305,18 @@ def audit_logs_body(answer: Answer, event_name: str, log: RetryLog) -> AuditLogs
     if not isinstance(warnings, list):
         warnings = [warnings]
     for warning in warnings:
-        log.warning(
-            "Capillary warning for event %r (X-Cap-Requestid %s): %s", event_name, answer.request_id, warning
-        )
+        log.warning("Capillary warning %s (X-Cap-Requestid %s): %s", subject, answer.request_id, warning)
     if "data" not in body:
         raise CapillaryResponseError("Capillary's answer has no 'data' field", **details)
     data = body["data"]
     if data is None:
-        log.warning("Capillary answered data=null for event %r; reading it as no audit logs", event_name)
+        log.warning("Capillary answered data=null %s; reading it as no %s", subject, what)
         data = []
     if not isinstance(data, list):
         raise CapillaryResponseError(
-            f"Capillary's 'data' is a JSON {type(data).__name__}, not a list of audit logs", **details
+            f"Capillary's 'data' is a JSON {type(data).__name__}, not a list of {what}", **details
         )
-    return {"data": data, "warnings": warnings, "errors": []}
+    return data, warnings
 
 
 def oauth_token(answer: Answer, policy: RetryPolicy) -> tuple[str, float]:

@@ -25,6 +25,7 @@ from airflow_capillary_audit.exceptions import (
     CapillaryRateLimitError,
     CapillaryRequestError,
     CapillaryServerError,
+    request_subject,
 )
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -146,18 +147,28 @@ class wait_by_policy(tenacity.wait.wait_base):
 
 
 class log_retry:
-    """Log one line per retry: the event, the attempt, the reason and the wait; never a header."""
+    """
+    Log one line per retry: the event (or the action), the attempt, the reason and the wait; never a
+    header.
 
-    def __init__(self, log: RetryLog, event_name: str | None, attempts: int) -> None:
+    :param event_name: the event whose audit logs are requested, if any.
+    :param attempts: how many attempts the request gets in all.
+    :param action: what a request about no one event is doing, e.g. ``"listing the org's events"``.
+    """
+
+    def __init__(
+        self, log: RetryLog, event_name: str | None, attempts: int, action: str | None = None
+    ) -> None:
         self.log = log
         self.event_name = event_name
         self.attempts = attempts
+        self.action = action
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> None:
         failure = retry_state.outcome.exception() if retry_state.outcome else None
         self.log.warning(
-            "Capillary request for event %r failed on attempt %d of %d: %s; retrying in %.2f s",
-            self.event_name,
+            "Capillary request %s failed on attempt %d of %d: %s; retrying in %.2f s",
+            request_subject(self.event_name, self.action),
             retry_state.attempt_number,
             self.attempts,
             getattr(failure, "reason", failure),

@@ -9,6 +9,7 @@ from airflow_capillary_audit.exceptions import (
     CapillaryRateLimitError,
     CapillaryRequestError,
     CapillaryServerError,
+    request_subject,
 )
 
 
@@ -87,3 +88,17 @@ def test_a_run_failure_carries_each_events_error_and_survives_a_pickle():
     assert str(again) == str(error)
     assert (again.event_names, again.not_fetched, list(again.failures)) == (["a", "b", "c"], ["c"], ["b"])
     assert str(again.failures["b"]) == str(timeout)
+
+
+def test_a_request_about_no_one_event_says_what_it_was_doing_and_keeps_it_through_a_pickle():
+    error = CapillaryAuthError("denied", action="listing the org's events", status=401, attempts=1)
+
+    assert str(error) == "denied | listing the org's events | HTTP 401 | after 1 attempt"
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.event_name, again.action, str(again)) == (None, "listing the org's events", str(error))
+
+
+def test_a_request_is_named_by_its_action_else_its_event():
+    assert request_subject("Points") == "for event 'Points'"
+    assert request_subject(None, "listing the org's events") == "listing the org's events"
+    assert request_subject(None) == "to Capillary"

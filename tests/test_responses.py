@@ -1,4 +1,4 @@
-"""Reading Capillary's answers: JSON bodies, errors[], statuses, audit logs and OAuth tokens."""
+"""Reading Capillary's answers: JSON bodies, errors[], statuses, audit logs, the org's events and OAuth tokens."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ from airflow_capillary_audit.exceptions import (
     CapillaryServerError,
 )
 from airflow_capillary_audit.responses import (
+    LISTING_EVENTS,
     Answer,
+    OrgEvent,
+    OrgEvents,
     audit_logs_body,
     decode,
     oauth_token,
+    org_events,
     raise_for_status,
     read_answer,
     token_expired,
@@ -182,3 +186,149 @@ def test_a_token_beside_errors_is_still_the_token():
     body = {"data": {"accessToken": "t", "ttlSeconds": 60}, "errors": [{"code": 1, "message": "note"}]}
 
     assert oauth_token(answer(200, body), RetryPolicy()) == ("t", 60.0)
+
+
+def listed(name, event_id="e-1", fields=None, **more):
+    """Return one entry of the org's event list, as Capillary documents it."""
+    meta = {"eventId": event_id, "eventName": name, "actions": {}, "fields": fields or [], **more}
+    return {"clickEventsMeta": meta}
+
+
+def test_the_org_events_are_typed_entries_in_capillarys_order(caplog):
+    fields = [
+        {"name": "customer", "type": "CUSTOMER", "attributes": {"required": True}},
+        {"name": "amount", "type": "DOUBLE"},
+    ]
+    body = {"data": [listed("Points", "a1", fields), listed("Café", "b2")], "warnings": [], "errors": []}
+    with caplog.at_level(logging.WARNING):
+        read = org_events(answer(200, body), logging.getLogger("test.responses"))
+
+    assert read == OrgEvents(
+        events=[
+            OrgEvent(
+                "a1",
+                "Points",
+                ({"name": "customer", "type": "CUSTOMER", "attributes": {"required": True}}, {"name": "amount", "type": "DOUBLE"}),
+            ),
+            OrgEvent("b2", "Café", ()),
+        ],
+        skipped=0,
+        status=200,
+        request_id="req-1",
+        attempts=None,
+    )
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param({"clickEventsMeta": {"eventId": "x", "actions": {}}}, id="no eventName"),
+        pytest.param({"clickEventsMeta": {"eventName": None}}, id="eventName null"),
+        pytest.param({"clickEventsMeta": {"eventName": ""}}, id="eventName empty"),
+        pytest.param({"clickEventsMeta": {"eventName": " \t "}}, id="eventName blank"),
+        pytest.param({"clickEventsMeta": {"eventName": 42}}, id="eventName a number"),
+        pytest.param({"clickEventsMeta": {"eventName": ["Points"]}}, id="eventName a list"),
+        pytest.param({"clickEventsMeta": None}, id="clickEventsMeta null"),
+        pytest.param({"clickEventsMeta": "Points"}, id="clickEventsMeta a string"),
+        pytest.param({"eventName": "Points"}, id="no clickEventsMeta"),
+        pytest.param("Points", id="entry a string"),
+        pytest.param(None, id="entry null"),
+        pytest.param([listed("Points")], id="entry a list"),
+    ],
+)
+def test_an_entry_without_a_usable_name_is_skipped_counted_and_warned_about(caplog, entry):
+    body = {"data": [listed("A"), entry, listed("B")], "warnings": [], "errors": []}
+    with caplog.at_level(logging.WARNING, logger="test.responses"):
+        read = org_events(answer(200, body), logging.getLogger("test.responses"))
+
+    assert [event.event_name for event in read.events] == ["A", "B"]
+    assert read.skipped == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "Capillary listed 1 event(s) without a name; skipped them (X-Cap-Requestid req-1)"
+    ]
+
+
+def test_unknown_keys_and_odd_ids_and_fields_are_kept_out_of_the_way():
+    fields = [
+        {"name": "ok", "type": "STRING", "colour": "blue"},
+        {"name": 7, "type": None, "attributes": None},
+        "not a field",
+        None,
+    ]
+    body = {
+        "data": [
+            {"clickEventsMeta": {"eventId": 1234, "eventName": "A", "fields": fields, "extra": 1}, "other": 2},
+            {"clickEventsMeta": {"eventId": True, "eventName": "B", "fields": {"name": "x"}}},
+            {"clickEventsMeta": {"eventName": "C"}},
+        ],
+    }
+
+    read = org_events(answer(200, body), logging.getLogger("test.responses"))
+
+    assert read.events == [
+        OrgEvent("1234", "A", ({"name": "ok", "type": "STRING"}, {"attributes": None})),
+        OrgEvent(None, "B", ()),
+        OrgEvent(None, "C", ()),
+    ]
+    assert read.skipped == 0
+
+
+def test_the_event_names_are_sorted_and_each_once():
+    events = [OrgEvent(None, name) for name in ["b", "A", "b", "a", "Café", "A"]]
+
+    assert OrgEvents(events, 0, 200, None, 1).event_names == ["A", "Café", "a", "b"]
+
+
+def test_the_listing_logs_warnings_and_reads_data_null_as_no_events(caplog):
+    body = {"data": None, "warnings": [{"code": 8090, "message": "partial"}], "errors": []}
+    with caplog.at_level(logging.WARNING, logger="test.responses"):
+        read = org_events(answer(200, body), logging.getLogger("test.responses"))
+
+    assert (read.events, read.skipped) == ([], 0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Capillary warning while listing the org's events (X-Cap-Requestid req-1): "
+        "{'code': 8090, 'message': 'partial'}",
+        "Capillary answered data=null while listing the org's events; reading it as no events",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([listed("A")], "Capillary's answer is a JSON list, not an object with 'data'"),
+        ("events", "Capillary's answer is a JSON str, not an object with 'data'"),
+        ({"data": [listed("A")], "errors": [{"code": 8084, "message": "no"}]}, "Capillary answered with errors"),
+        ({"warnings": []}, "Capillary's answer has no 'data' field"),
+        ({"data": listed("A")}, "Capillary's 'data' is a JSON dict, not a list of events"),
+        ({"data": "A,B"}, "Capillary's 'data' is a JSON str, not a list of events"),
+    ],
+)
+def test_a_listing_of_the_wrong_shape_is_a_response_error_naming_the_listing(body, message):
+    with pytest.raises(CapillaryResponseError) as raised:
+        org_events(answer(200, body), logging.getLogger("test.responses"))
+
+    error = raised.value
+    assert error.summary == message
+    assert (error.event_name, error.action, error.status, error.request_id) == (None, LISTING_EVENTS, 200, "req-1")
+    assert f"{message} | listing the org's events | HTTP 200" in str(error)
+
+
+def test_a_status_error_of_the_listing_names_the_listing_not_an_event():
+    with pytest.raises(CapillaryAuthError) as raised:
+        raise_for_status(answer(401, {"errors": [{"code": 401}]}), None, RetryPolicy(), LISTING_EVENTS)
+
+    assert (raised.value.event_name, raised.value.action) == (None, LISTING_EVENTS)
+    assert "| listing the org's events | HTTP 401 |" in str(raised.value)
+    assert "event name" not in str(raised.value)
+
+
+def test_the_audit_log_reader_still_names_the_event_in_shape_errors_and_data_null(caplog):
+    with caplog.at_level(logging.WARNING, logger="test.responses"):
+        logs = audit_logs_body(answer(200, {"data": None}), "Points", logging.getLogger("test.responses"))
+    assert logs == {"data": [], "warnings": [], "errors": []}
+    assert "Capillary answered data=null for event 'Points'; reading it as no audit logs" in caplog.text
+
+    with pytest.raises(CapillaryResponseError, match="not a list of audit logs") as raised:
+        audit_logs_body(answer(200, {"data": {}}), "Points", logging.getLogger("test.responses"))
+    assert (raised.value.event_name, raised.value.action) == ("Points", None)

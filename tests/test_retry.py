@@ -143,7 +143,14 @@ def test_a_policy_gives_its_attempts_and_waits_at_least_the_retry_after():
     assert 0.005 <= policy.wait_after(1, None) <= 0.015
 
 
-def run_to_the_end(policy: RetryPolicy, failures: list[BaseException], held: list[float], lines: list[str]):
+def run_to_the_end(
+    policy: RetryPolicy,
+    failures: list[BaseException],
+    held: list[float],
+    lines: list[str],
+    event_name: str | None = "Points",
+    action: str | None = None,
+):
     """Drive tenacity with the module's strategies over a scripted list of failures."""
 
     class Log:
@@ -155,7 +162,7 @@ def run_to_the_end(policy: RetryPolicy, failures: list[BaseException], held: lis
         retry=retry_if_retryable,
         stop=tenacity.stop_after_attempt(policy.attempts),
         wait=wait_by_policy(policy, held.append),
-        before_sleep=log_retry(Log(), "Points", policy.attempts),
+        before_sleep=log_retry(Log(), event_name, policy.attempts, action),
         sleep=slept.append,
         reraise=True,
     )
@@ -197,3 +204,14 @@ def test_what_is_not_retryable_is_raised_at_once():
         run_to_the_end(RetryPolicy(max_retries=3), [refused], [], [])
 
     assert raised.value is refused
+
+
+def test_a_retry_of_a_request_about_no_one_event_is_logged_with_what_it_was_doing():
+    lines: list[str] = []
+    failures = [CapillaryServerError("busy", retryable=True, reason="HTTP 503")]
+
+    run_to_the_end(RetryPolicy(max_retries=1), failures, [], lines, None, "listing the org's events")
+
+    assert [line.split("; retrying in")[0] for line in lines] == [
+        "Capillary request listing the org's events failed on attempt 1 of 2: HTTP 503"
+    ]

@@ -38,14 +38,19 @@ from airflow_capillary_audit.exceptions import (
     CapillaryConnectionError,
     CapillaryRequestError,
     CapillaryTimeoutError,
+    request_subject,
 )
 from airflow_capillary_audit.pacing import PacerStopped, PacerUnavailable, RequestPacer, SharedPacer
 from airflow_capillary_audit.records import AuditLogsBody
 from airflow_capillary_audit.responses import (
+    LISTING_EVENTS,
     Answer,
     AuditLogs,
+    OrgEvent,
+    OrgEvents,
     audit_logs,
     oauth_token,
+    org_events,
     raise_for_status,
     read_answer,
     token_expired,
@@ -53,6 +58,7 @@ from airflow_capillary_audit.responses import (
 from airflow_capillary_audit.retry import RetryPolicy, log_retry, retry_if_retryable, wait_by_policy
 
 AUDIT_LOGS_PATH = "/v2/events/audit_logs"
+EVENTS_PATH = "/v2/events"
 # A probe name for the connection test: Capillary needs some event name, and any answer but
 # 401/403 proves the credentials were accepted.
 CONNECTION_TEST_EVENT = "airflow-connection-test"
@@ -60,7 +66,7 @@ CONNECTION_TEST_EVENT = "airflow-connection-test"
 
 class CapillaryHook(BaseHook):
     """
-    Interact with Capillary's audit-log API with a ``capillary`` connection.
+    Interact with Capillary's audit-log API, and list the org's events, with a ``capillary`` connection.
 
     The hook owns authentication (Basic over the MD5 digest of the password, or an OAuth token), one
     pooled ``requests.Session`` shared by every thread that uses the hook, the per-minute pace, the
@@ -198,6 +204,27 @@ class CapillaryHook(BaseHook):
         answer = self._get(AUDIT_LOGS_PATH, {"format": "json", "eventName": event_name}, event_name)
         return audit_logs(answer, event_name, self.log)
 
+    def list_events(self) -> list[OrgEvent]:
+        """
+        List the behavioural events configured for the org (``GET /v2/events``), in Capillary's order.
+
+        Entries without a usable name are skipped, counted and warned about; see :meth:`fetch_events`.
+        """
+        return self.fetch_events().events
+
+    def list_event_names(self) -> list[str]:
+        """List the names of the org's behavioural events, sorted, each once."""
+        return self.fetch_events().event_names
+
+    def fetch_events(self) -> OrgEvents:
+        """
+        List the org's events, with how many entries were skipped for want of a name and the status,
+        request id and attempts of the answer they came in.
+        """
+        # Capillary documents no parameter for the listing; Accept already asks for JSON.
+        answer = self._get(EVENTS_PATH, {}, None, action=LISTING_EVENTS)
+        return org_events(answer, self.log)
+
     def test_connection(self) -> tuple[bool, str]:
         """Prove the credentials work with one request; say what failed otherwise."""
         try:
@@ -226,9 +253,20 @@ class CapillaryHook(BaseHook):
         )
 
     def _get(
-        self, path: str, params: Mapping[str, str], event_name: str, *, max_retries: int | None = None
+        self,
+        path: str,
+        params: Mapping[str, str],
+        event_name: str | None,
+        *,
+        action: str | None = None,
+        max_retries: int | None = None,
     ) -> Answer:
-        """Send a GET until the policy stops retrying; return the 2xx JSON answer or raise why not."""
+        """
+        Send a GET until the policy stops retrying; return the 2xx JSON answer or raise why not.
+
+        :param event_name: the event whose audit logs are requested, if any, for errors and log lines.
+        :param action: what a request about no one event is doing, for errors and log lines.
+        """
         session = self.get_conn()
         pacer = self._pacer
         assert pacer is not None
@@ -237,49 +275,52 @@ class CapillaryHook(BaseHook):
             retry=retry_if_retryable,
             stop=tenacity.stop_after_attempt(policy.attempts),
             wait=wait_by_policy(policy, pacer.hold),
-            before_sleep=log_retry(self.log, event_name, policy.attempts),
+            before_sleep=log_retry(self.log, event_name, policy.attempts, action),
             sleep=self._wait,
             reraise=True,
         )
         try:
-            answer = retrying(self._attempt, session, pacer, policy, path, params, event_name)
+            answer = retrying(self._attempt, session, pacer, policy, path, params, event_name, action)
         except CapillaryRequestError as failure:
             failure.attempts = retrying.statistics.get("attempt_number", 1)
             failure.event_name = event_name
+            failure.action = action
             raise
         return replace(answer, attempts=retrying.statistics.get("attempt_number", 1))
 
     def _attempt(
         self,
         session: requests.Session,
-        pacer: RequestPacer,
+        pacer: RequestPacer | SharedPacer,
         policy: RetryPolicy,
         path: str,
         params: Mapping[str, str],
-        event_name: str,
+        event_name: str | None,
+        action: str | None,
     ) -> Answer:
         """Make one attempt: take a slot, send, renew a lapsed OAuth token once, read the answer."""
         try:
             pacer.acquire()
-            answer = self._send(session, "GET", path, event_name, params=params)
+            answer = self._send(session, "GET", path, event_name, action=action, params=params)
             oauth = session.auth if isinstance(session.auth, CapillaryOAuth) else None
             if oauth is not None and token_expired(answer):
                 # Capillary let the token lapse before its ttl: fetch a new one and ask again, once.
                 oauth.invalidate(answer.sent_token)
                 pacer.acquire()
-                answer = self._send(session, "GET", path, event_name, params=params)
+                answer = self._send(session, "GET", path, event_name, action=action, params=params)
         except PacerStopped:
             raise CapillaryCancelledError(
-                f"Request for event {event_name!r} not sent: the task was stopped"
+                f"Request {request_subject(event_name, action)} not sent: the task was stopped"
             ) from None
         except PacerUnavailable as err:
             raise CapillaryConnectionError(
-                f"Request for event {event_name!r} not sent: {err}",
+                f"Request {request_subject(event_name, action)} not sent: {err}",
                 event_name=event_name,
+                action=action,
                 retryable=True,
                 reason="shared rate budget unreachable",
             ) from err
-        raise_for_status(answer, event_name, policy)
+        raise_for_status(answer, event_name, policy, action)
         return answer
 
     def _wait(self, seconds: float) -> None:
@@ -330,7 +371,14 @@ class CapillaryHook(BaseHook):
         return token, ttl_seconds
 
     def _send(
-        self, session: requests.Session, method: str, path: str, event_name: str | None, **kwargs: Any
+        self,
+        session: requests.Session,
+        method: str,
+        path: str,
+        event_name: str | None,
+        *,
+        action: str | None = None,
+        **kwargs: Any,
     ) -> Answer:
         """
         Make one HTTP exchange and read its answer; turn transport failures into typed errors.
@@ -352,7 +400,7 @@ class CapillaryHook(BaseHook):
                 **kwargs,
             )
             with response:
-                content = _read_body(response, deadline, self._stopped, event_name)
+                content = _read_body(response, deadline, self._stopped, request_subject(event_name, action))
             # The token the request carried: a refused one is forgotten, unless renewed meanwhile.
             sent_token = response.request.headers.get(OAUTH_TOKEN_HEADER)
             answer = read_answer(response.status_code, response.headers, content, sent_token)
@@ -360,11 +408,12 @@ class CapillaryHook(BaseHook):
             raise CapillaryTimeoutError(
                 f"No answer within {settings.timeout:g} s",
                 event_name=event_name,
+                action=action,
                 retryable=True,
                 reason=f"no answer within {settings.timeout:g} s",
             ) from err
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
-            raise _connection_error(err, settings.base_url, event_name) from err
+            raise _connection_error(err, settings.base_url, event_name, action) from err
         return answer
 
 
@@ -388,17 +437,17 @@ _NO_AUTH = _NoAuth()
 _CHUNK_BYTES = 1 << 20
 
 
-def _read_body(
-    response: requests.Response, deadline: float, stopped: threading.Event, event_name: str | None
-) -> bytes:
+def _read_body(response: requests.Response, deadline: float, stopped: threading.Event, subject: str) -> bytes:
     """
     Read a streamed body whole, one socket read at a time, until EOF, the deadline or a stop.
+
+    :param subject: what the request is for, as a stop's message names it (:func:`request_subject`).
 
     urllib3's errors are raised as requests raises them when it reads a body itself, except that a
     read timeout is a timeout (requests calls it a connection error).
     """
     try:
-        return _read_chunks(response.raw, deadline, stopped, event_name)
+        return _read_chunks(response.raw, deadline, stopped, subject)
     except urllib3.exceptions.TimeoutError as err:
         raise requests.exceptions.ReadTimeout(err) from err
     except urllib3.exceptions.ProtocolError as err:
@@ -408,7 +457,7 @@ def _read_body(
 
 
 def _read_chunks(
-    raw: urllib3.BaseHTTPResponse, deadline: float, stopped: threading.Event, event_name: str | None
+    raw: urllib3.BaseHTTPResponse, deadline: float, stopped: threading.Event, subject: str
 ) -> bytes:
     """Return the body's pieces joined: each socket read (or HTTP chunk) as it arrives."""
     connection = getattr(raw, "connection", None)
@@ -429,7 +478,7 @@ def _read_chunks(
             raise requests.exceptions.ReadTimeout("the body did not arrive whole within the timeout")
         # A stop ends a body still arriving, not one whose last byte is in (length_remaining is 0).
         if chunks and stopped.is_set() and getattr(raw, "length_remaining", None) != 0:
-            raise CapillaryCancelledError(f"Request for event {event_name!r} stopped: the task was stopped")
+            raise CapillaryCancelledError(f"Request {subject} stopped: the task was stopped")
         if sock is not None:
             sock.settimeout(left)
         chunk = next(source, None)
@@ -438,7 +487,9 @@ def _read_chunks(
         chunks.append(chunk)
 
 
-def _connection_error(err: Exception, base_url: str, event_name: str | None) -> CapillaryConnectionError:
+def _connection_error(
+    err: Exception, base_url: str, event_name: str | None, action: str | None = None
+) -> CapillaryConnectionError:
     """Return the error for a failed exchange: retryable, except a certificate that is not trusted."""
     if isinstance(err, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(err):
         # An untrusted certificate stays untrusted: a retry would only delay the error.
@@ -448,10 +499,15 @@ def _connection_error(err: Exception, base_url: str, event_name: str | None) -> 
             + (f" ({detail.group(1).strip()})" if detail else "")
             + "; if the cluster host uses a private CA, set extra 'verify' to its CA bundle path",
             event_name=event_name,
+            action=action,
         )
     reason = f"connection failed ({_short_cause(err)})"
     return CapillaryConnectionError(
-        f"Connection to {base_url} failed: {reason}", event_name=event_name, retryable=True, reason=reason
+        f"Connection to {base_url} failed: {reason}",
+        event_name=event_name,
+        action=action,
+        retryable=True,
+        reason=reason,
     )
 
 

@@ -33,6 +33,16 @@ def _range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected LOW:HIGH, got {text!r}") from None
 
 
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return count
+
+
 def _fault(text: str) -> Fault:
     try:
         return Fault.parse(text)
@@ -44,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the command line's parser; ``benchmarks.stand_in`` adds its own options to it."""
     parser = argparse.ArgumentParser(
         prog="python -m airflow_capillary_audit.sandbox",
-        description="Serve a local stand-in of Capillary's audit-log API (GET /v2/events/audit_logs).",
+        description=(
+            "Serve a local stand-in of Capillary's audit-log API (GET /v2/events/audit_logs) and of its "
+            "list of the org's events (GET /v2/events)."
+        ),
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
@@ -57,7 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a user, with the plain password (repeatable; default store.server:server123)",
     )
     parser.add_argument("--seed", default="42", help="seed of the generated data")
-    parser.add_argument("--events", help="comma-separated event names the org has (default: any name)")
+    parser.add_argument(
+        "--events",
+        help="comma-separated event names the org has, which GET /v2/events lists (default: any name, and "
+        "a default list)",
+    )
+    parser.add_argument(
+        "--nameless-events",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="entries without a usable event name added to GET /v2/events (default: 0)",
+    )
     parser.add_argument("--records-per-event", type=_range, default=(1, 6), metavar="LOW:HIGH")
     parser.add_argument("--history-per-record", type=_range, default=(0, 5), metavar="LOW:HIGH")
     parser.add_argument(
@@ -111,6 +135,7 @@ def build_stand_in(args: argparse.Namespace, *, data_end: datetime | None = None
             history_per_record=args.history_per_record,
             end=data_end,
             unparseable_rate=args.unparseable_rate,
+            nameless_events=args.nameless_events,
         ),
         host=args.host,
         port=args.port,

@@ -1,10 +1,14 @@
-"""Generate the audit-log records the stand-in serves.
+"""Generate the audit-log records and the org's event list the stand-in serves.
 
 Records are a pure function of ``(seed, event_name)`` and the dataset's settings: each event gets
 its own ``random.Random(f"{seed}:{event_name}")``, so what an event serves does not depend on the
 order of requests, on other events or on the process. Capillary documents no format for
 ``changedOn``, so every format seen on neighbouring Capillary endpoints is served, mixed within an
 event, and :meth:`Dataset.instants` gives the true instant behind each string for tests.
+
+The org's event list (``GET /v2/events``, :meth:`Dataset.org_events`) holds the dataset's event names,
+or :data:`DEFAULT_ORG_EVENTS` when any name is served, each with an id and fields derived from the
+seed and its name.
 """
 
 from __future__ import annotations
@@ -50,6 +54,26 @@ VALUES = (
     "",
 )
 JUNK_CHANGED_ON = ("not-a-date", "31/02/2025 25:61", "0000-00-00 00:00:00", "N/A", "")
+# The org's events when any name is served: the example DAGs' daily names among them.
+DEFAULT_ORG_EVENTS = (
+    "TestingEvent_FE",
+    "PointsRedeemed",
+    "PointsIssued",
+    "TierUpgraded",
+    "CouponRedeemed",
+    "CartAbandoned",
+    "Café Visit",
+    "coupons & offers",
+)
+# Fields an event may carry: Capillary names STRING, DOUBLE and CUSTOMER among the types.
+EVENT_FIELDS = (
+    ("customer", "CUSTOMER"),
+    ("storeCode", "STRING"),
+    ("channel", "STRING"),
+    ("amount", "DOUBLE"),
+    ("points", "DOUBLE"),
+    ("couponCode", "STRING"),
+)
 
 # Seconds (iso_z, naive_space) or milliseconds: what each format can carry of the true instant.
 _MILLIS_FORMATS = frozenset({"iso_millis_offset", "epoch_ms", "epoch_ms_number"})
@@ -109,6 +133,10 @@ class Dataset:
     :param unparseable_rate: Fraction of entries given a junk ``changedOn`` such as ``not-a-date``.
     :param unknown_event: With ``event_names`` given, what a name outside it gets: ``"empty"`` (200
         with ``data: []``) or ``"400"`` (a 400 with an ``errors[]`` entry).
+    :param nameless_events: Entries without a usable event name added to the org's event list, one
+        after each named entry and the rest at the end; they take turns at four shapes: no
+        ``eventName``, a ``clickEventsMeta`` that is ``null``, a blank ``eventName``, no
+        ``clickEventsMeta`` at all.
     """
 
     def __init__(
@@ -123,6 +151,7 @@ class Dataset:
         naive_timezone: str = "UTC",
         unparseable_rate: float = 0.0,
         unknown_event: str = "empty",
+        nameless_events: int = 0,
     ) -> None:
         unknown = [f for f in changed_on_formats if f not in CHANGED_ON_FORMATS]
         if not changed_on_formats or unknown:
@@ -131,6 +160,8 @@ class Dataset:
             raise ValueError("unparseable_rate must lie in [0, 1]")
         if unknown_event not in UNKNOWN_EVENT_POLICIES:
             raise ValueError(f"unknown_event must be one of {UNKNOWN_EVENT_POLICIES}")
+        if nameless_events < 0:
+            raise ValueError("nameless_events must not be negative")
         self.seed = seed
         self.event_names = None if event_names is None else tuple(event_names)
         self.records_per_event = _check_range(records_per_event, "records_per_event")
@@ -144,18 +175,75 @@ class Dataset:
         self._naive_zone = ZoneInfo(naive_timezone)
         self.unparseable_rate = unparseable_rate
         self.unknown_event = unknown_event
+        self.nameless_events = int(nameless_events)
         # The org is one tenant: every record carries the same orgId, derived from the seed.
         self.org_id = random.Random(f"{seed}:orgId").randrange(50_000, 1_000_000)
         self._known = None if self.event_names is None else frozenset(self.event_names)
         self._events: dict[str, _Event] = {}
+        self._org_events_body: bytes | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
+        nameless = f", nameless_events={self.nameless_events}" if self.nameless_events else ""
         return (
             f"Dataset(seed={self.seed!r}, event_names={self.event_names!r}, "
             f"records_per_event={self.records_per_event}, history_per_record={self.history_per_record}, "
-            f"start={self.start.isoformat()}, end={self.end.isoformat()})"
+            f"start={self.start.isoformat()}, end={self.end.isoformat()}{nameless})"
         )
+
+    @property
+    def org_event_names(self) -> tuple[str, ...]:
+        """Return the names the org's event list holds: ``event_names``, or :data:`DEFAULT_ORG_EVENTS`."""
+        return DEFAULT_ORG_EVENTS if self.event_names is None else self.event_names
+
+    def org_events_body(self) -> bytes:
+        """Return the exact success body served for ``GET /v2/events``."""
+        body = self._org_events_body
+        if body is None:
+            generated = encode_json({"data": self._generate_org_events(), "warnings": [], "errors": []})
+            with self._lock:
+                if self._org_events_body is None:
+                    self._org_events_body = generated
+                body = self._org_events_body
+        return body
+
+    def org_events(self) -> list[Any]:
+        """Return a fresh copy of the org's event list, nameless entries included, in the served order."""
+        entries: list[Any] = json.loads(self.org_events_body())["data"]
+        return entries
+
+    def _generate_org_events(self) -> list[Any]:
+        named = [self._org_event(name) for name in self.org_event_names]
+        nameless = [self._nameless_event(index) for index in range(self.nameless_events)]
+        entries: list[Any] = []
+        for index, entry in enumerate(named):
+            entries.append(entry)
+            if index < len(nameless):
+                entries.append(nameless[index])
+        entries.extend(nameless[len(named) :])
+        return entries
+
+    def _org_event(self, event_name: str) -> dict[str, Any]:
+        rng = random.Random(f"{self.seed}:eventId:{event_name}")
+        event_id = f"{rng.getrandbits(96):024x}"
+        chosen = rng.sample(EVENT_FIELDS, rng.randint(2, 3))
+        # Capillary does not document what attributes hold, so none are served.
+        fields = [{"name": name, "type": kind, "attributes": {}} for name, kind in chosen]
+        meta = {"eventId": event_id, "eventName": event_name, "actions": {}, "fields": fields}
+        return {"clickEventsMeta": meta}
+
+    def _nameless_event(self, index: int) -> dict[str, Any]:
+        meta: dict[str, Any] = self._org_event(f"nameless {index}")["clickEventsMeta"]
+        shape = index % 4
+        if shape == 0:
+            del meta["eventName"]
+        elif shape == 1:
+            return {"clickEventsMeta": None}
+        elif shape == 2:
+            meta["eventName"] = "   "
+        else:
+            return {"eventsMeta": meta}
+        return {"clickEventsMeta": meta}
 
     def knows(self, event_name: str) -> bool:
         """Tell whether the org has this event name (always true without an ``event_names`` list)."""

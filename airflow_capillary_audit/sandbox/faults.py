@@ -45,8 +45,10 @@ FAULT_KINDS = (
     "body",
 )
 RETRY_AFTER_STYLES = ("seconds", "http-date", "zero", None)
-# Where a fault applies: the audit-log endpoint, or the OAuth token endpoint.
-FAULT_ENDPOINTS = ("audit_logs", "oauth_token")
+# Where a fault applies: the audit-log endpoint, the org's event list, or the OAuth token endpoint.
+FAULT_ENDPOINTS = ("audit_logs", "events", "oauth_token")
+# Kinds that reshape or pad audit-log records, which the event list does not serve.
+AUDIT_LOG_ONLY_KINDS = frozenset({"record_missing_fields", "history_not_list", "huge_body"})
 RATE_LIMIT_ALGORITHMS = ("fixed", "sliding", "leaky")
 
 DEFAULT_SLOW_SECONDS = 5.0
@@ -59,14 +61,17 @@ _EPSILON = 1e-9
 
 @dataclass(frozen=True)
 class Fault:
-    """Describe a failure injected into audit-log requests that passed authentication and rate limiting.
+    """Describe a failure injected into requests that passed authentication and rate limiting.
 
     At each such request the faults are tried in order and the first that applies wins; faults after
     it do not see that request. A fault applies when ``event_names`` (if given) contains the request's
     event name, its first ``after`` matching requests have passed, it has been applied fewer than
-    ``times`` times (if given), and a draw of the stand-in's seeded RNG falls under ``rate``. With
-    ``endpoint="oauth_token"`` a fault applies to OAuth token requests instead, before the key and
-    secret are checked, and ``event_names`` is ignored.
+    ``times`` times (if given), and a draw of the stand-in's seeded RNG falls under ``rate``. A fault
+    applies to audit-log requests by default. With ``endpoint="events"`` it applies to the org's
+    event list (``GET /v2/events``) instead, and ``event_names`` is ignored: every kind applies there
+    but ``record_missing_fields``, ``history_not_list`` and ``huge_body``, and the others serve the
+    event list where they would serve records. With ``endpoint="oauth_token"`` it applies to OAuth
+    token requests, before the key and secret are checked, and ``event_names`` is ignored.
 
     ========================  ============================================================================
     kind                      response
@@ -126,6 +131,8 @@ class Fault:
             raise ValueError(f"unknown fault kind {self.kind!r}; known: {', '.join(FAULT_KINDS)}")
         if self.endpoint not in FAULT_ENDPOINTS:
             raise ValueError(f"endpoint must be one of {', '.join(FAULT_ENDPOINTS)}")
+        if self.endpoint == "events" and self.kind in AUDIT_LOG_ONLY_KINDS:
+            raise ValueError(f"a {self.kind} fault shapes audit-log records; it does not apply to events")
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError("rate must lie in [0, 1]")
         if (self.times is not None and self.times < 0) or self.after < 0:
@@ -153,10 +160,11 @@ class Fault:
 
 @dataclass(frozen=True)
 class RateLimit:
-    """Describe how the stand-in limits audit-log requests; refused requests get a 429.
+    """Describe how the stand-in limits requests to each API; refused requests get a 429.
 
-    Capillary does not document how it counts, so three common gateway algorithms are offered. Only
-    accepted requests count.
+    Capillary counts "per API key and per API", so the audit-log endpoint and the event list each
+    get their own count under the same settings. It does not document how it counts, so three
+    common gateway algorithms are offered. Only accepted requests count.
 
     :param limit: Requests allowed per ``window``.
     :param window: Length of the window in seconds.
@@ -254,7 +262,7 @@ class RateLimiter:
 
 
 class FaultPicker:
-    """Choose the fault, if any, for each audit-log request, deterministically given request order."""
+    """Choose the fault, if any, for each request, deterministically given request order."""
 
     def __init__(self, faults: Sequence[Fault], seed: int) -> None:
         self.faults = tuple(faults)

@@ -3,6 +3,8 @@
 ``GET /v2/events/audit_logs?format=json&eventName=<name>`` is checked in Capillary's order as far as
 it is known: path (404, 405 for other methods), authentication (401), rate limit (429), injected
 faults, parameters (400), then 200 with the :class:`~.data.Dataset`'s records.
+``GET /v2/events`` lists the org's events (the dataset's names) after the same checks, parameters
+aside; its rate limit is counted apart, as Capillary counts per API.
 ``POST /v3/oauth/token/generate`` issues OAuth tokens when OAuth clients are configured.
 Every response carries an ``X-Cap-Requestid`` header.
 """
@@ -51,6 +53,7 @@ from airflow_capillary_audit.sandbox.faults import (
 log = logging.getLogger(__name__)
 
 AUDIT_LOGS_PATH = "/v2/events/audit_logs"
+EVENTS_PATH = "/v2/events"
 OAUTH_TOKEN_PATH = "/v3/oauth/token/generate"
 OAUTH_TOKEN_HEADER = "X-CAP-API-OAUTH-TOKEN"
 REQUEST_ID_HEADER = "X-Cap-Requestid"
@@ -96,6 +99,8 @@ _HTML_200 = (
 _NOT_JSON = b"Internal error: upstream returned an unexpected response\n"
 # A pause before the reset lets the client read the headers, so the failure lands mid-body.
 _RESET_PAUSE_SECONDS = 0.05
+# The APIs a rate limit counts, each apart: Capillary counts per API key and per API.
+_LIMITED_ENDPOINTS = ("audit_logs", "events")
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,7 @@ def _first(values: list[str] | None) -> str | None:
 
 
 class CapillaryStandIn:
-    """Run a local stand-in of Capillary's audit-log API, for demos and tests.
+    """Run a local stand-in of Capillary's audit-log API and event list, for demos and tests.
 
     :param users: Login -> plain password. A request is accepted with
         ``Authorization: Basic base64(login:md5hex(password))``, as Capillary documents; the plain
@@ -171,8 +176,9 @@ class CapillaryStandIn:
     :param host: Address to listen on.
     :param port: Port to listen on; 0 picks a free one.
     :param latency: Seconds waited before every response.
-    :param rate_limit: Rate limit of the audit-log endpoint, or ``None``.
-    :param faults: Faults injected into audit-log requests, tried in order.
+    :param rate_limit: Rate limit of each API (the audit logs, the event list), counted apart, or
+        ``None``.
+    :param faults: Faults injected into requests, tried in order; each applies to its ``endpoint``.
     :param seed: Seed of the RNG that decides partial-rate faults.
     :param ssl_context: Server-side context to serve HTTPS.
     :param oauth_clients: OAuth key -> secret; enables ``POST /v3/oauth/token/generate``.
@@ -207,7 +213,7 @@ class CapillaryStandIn:
         self._port = port
         self._latency = latency
         self._rate_limit = rate_limit
-        self._limiter: RateLimiter | None = None
+        self._limiters: dict[str, RateLimiter] = {}
         self._seed = seed
         self._picker = FaultPicker(faults, seed)
         self._ssl_context = ssl_context
@@ -319,9 +325,14 @@ class CapillaryStandIn:
         return self._rate_limit
 
     def set_rate_limit(self, rate_limit: RateLimit | None) -> None:
-        """Replace the rate limit (``None`` lifts it); counting restarts now."""
+        """Replace the rate limit of every API (``None`` lifts it); counting restarts now, apart for each."""
         self._rate_limit = rate_limit
-        self._limiter = RateLimiter(rate_limit, time.monotonic()) if rate_limit is not None else None
+        now = time.monotonic()
+        self._limiters = (
+            {endpoint: RateLimiter(rate_limit, now) for endpoint in _LIMITED_ENDPOINTS}
+            if rate_limit is not None
+            else {}
+        )
 
     @property
     def latency(self) -> float:
@@ -367,10 +378,10 @@ class CapillaryStandIn:
     def _answer(
         self, method: str, path: str, query: dict[str, list[str]], headers: Message, body: bytes
     ) -> _Reply:
-        if path == AUDIT_LOGS_PATH:
+        if path in (AUDIT_LOGS_PATH, EVENTS_PATH):
             if method != "GET":
                 return _error(405, ERROR_METHOD_NOT_ALLOWED, "Method not allowed", headers={"Allow": "GET"})
-            return self._audit_logs(query, headers)
+            return self._audit_logs(query, headers) if path == AUDIT_LOGS_PATH else self._org_events(headers)
         if path == OAUTH_TOKEN_PATH and self._oauth_clients is not None:
             if method != "POST":
                 return _error(405, ERROR_METHOD_NOT_ALLOWED, "Method not allowed", headers={"Allow": "POST"})
@@ -387,16 +398,9 @@ class CapillaryStandIn:
         return _error(404, ERROR_NOT_FOUND, f"No resource at {path}")
 
     def _audit_logs(self, query: dict[str, list[str]], headers: Message) -> _Reply:
-        refusal = self._authenticate(headers)
+        refusal = self._authenticate(headers) or self._limit("audit_logs")
         if refusal is not None:
             return refusal
-        limiter = self._limiter
-        if limiter is not None:
-            wait = limiter.acquire(time.monotonic())
-            if wait is not None:
-                return self._too_many_requests(
-                    limiter.policy.retry_after, wait, "Rate limit exceeded", "rate_limited"
-                )
         event_name = _first(query.get("eventName"))
         fault = self._picker.pick(event_name)
         if fault is None:
@@ -408,6 +412,33 @@ class CapillaryStandIn:
             reply = self._fault_reply(fault, event_name or "")
         reply.fault = fault.kind
         return reply
+
+    def _org_events(self, headers: Message) -> _Reply:
+        refusal = self._authenticate(headers) or self._limit("events")
+        if refusal is not None:
+            return refusal
+        fault = self._picker.pick(None, "events")
+        if fault is None:
+            return _Reply(200, self.dataset.org_events_body())
+        if fault.kind == "slow":
+            reply = _Reply(200, self.dataset.org_events_body())
+            reply.delay = fault.seconds if fault.seconds is not None else DEFAULT_SLOW_SECONDS
+        else:
+            reply = self._fault_reply(fault, None)
+        reply.fault = fault.kind
+        return reply
+
+    def _limit(self, endpoint: str) -> _Reply | None:
+        """Count a request to ``endpoint`` against its own limiter; return the 429 if it is refused."""
+        limiter = self._limiters.get(endpoint)
+        if limiter is None:
+            return None
+        wait = limiter.acquire(time.monotonic())
+        if wait is None:
+            return None
+        return self._too_many_requests(
+            limiter.policy.retry_after, wait, "Rate limit exceeded", "rate_limited"
+        )
 
     def _audit_logs_reply(self, query: dict[str, list[str]], event_name: str | None) -> _Reply:
         if event_name is None or not event_name.strip():
@@ -482,8 +513,9 @@ class CapillaryStandIn:
         return reply
 
     def _fault_reply(  # noqa: PLR0911, PLR0912 - one branch per fault kind, in the order of FAULT_KINDS
-        self, fault: Fault, event_name: str
+        self, fault: Fault, event_name: str | None
     ) -> _Reply:
+        """Return what ``fault`` answers for an event's audit logs, or for the event list when None."""
         kind = fault.kind
         if kind == "http_500_html":
             return _html_error(500)
@@ -501,10 +533,10 @@ class CapillaryStandIn:
             wait = fault.seconds if fault.seconds is not None else 1.0
             return self._too_many_requests(fault.retry_after, wait, "Too many requests", kind)
         if kind in ("reset", "truncated"):
-            return _Reply(200, self.dataset.body(event_name), delivery=kind)
+            return _Reply(200, self._success_body(event_name), delivery=kind)
         if kind == "trickle":
             pace = fault.bytes_per_second or DEFAULT_TRICKLE_BYTES_PER_SECOND
-            return _Reply(200, self.dataset.body(event_name), delivery=kind, bytes_per_second=pace)
+            return _Reply(200, self._success_body(event_name), delivery=kind, bytes_per_second=pace)
         if kind == "hang":
             return _Reply(
                 0, delivery="hang", delay=fault.seconds if fault.seconds is not None else DEFAULT_HANG_SECONDS
@@ -514,8 +546,11 @@ class CapillaryStandIn:
         if kind == "not_json_200":
             return _Reply(200, _NOT_JSON)
         if kind == "errors_in_body":
+            if event_name is None:
+                return _error(200, ERROR_IN_BODY, "Unable to fetch the events of the org")
             return _error(200, ERROR_IN_BODY, "Unable to fetch audit logs for the event")
         if kind == "huge_body":
+            assert event_name is not None, "Fault rejects huge_body for the event list"
             return _Reply(200, self._huge_body(event_name, fault.size or DEFAULT_HUGE_BODY_SIZE))
         if kind == "redirect":
             assert fault.location is not None
@@ -525,22 +560,25 @@ class CapillaryStandIn:
             return _Reply(fault.status, fault.body)
         return _Reply(200, encode_json(self._malformed(kind, event_name)))
 
-    def _malformed(self, kind: str, event_name: str) -> Any:
-        """Return the document a malformed-shape or warnings fault serves."""
-        records = self.dataset.records(event_name)
+    def _success_body(self, event_name: str | None) -> bytes:
+        """Return the body served without a fault: an event's audit logs, or the event list for None."""
+        return self.dataset.org_events_body() if event_name is None else self.dataset.body(event_name)
+
+    def _malformed(self, kind: str, event_name: str | None) -> Any:
+        """Return the document a malformed-shape or warnings fault serves (the event list for None)."""
+        entries = self.dataset.org_events() if event_name is None else self.dataset.records(event_name)
         if kind == "warnings_in_body":
-            warning = {
-                "status": True,
-                "code": WARNING_IN_BODY,
-                "message": "Audit log history may be incomplete",
-            }
-            return {"data": records, "warnings": [warning], "errors": []}
+            note = "Audit log history may be incomplete" if event_name else "Event list may be incomplete"
+            warning = {"status": True, "code": WARNING_IN_BODY, "message": note}
+            return {"data": entries, "warnings": [warning], "errors": []}
         if kind == "json_list":
-            return records
+            return entries
         if kind == "no_data":
             return {"warnings": [], "errors": []}
         if kind == "data_not_list":
-            return {"data": records[0] if records else {}, "warnings": [], "errors": []}
+            return {"data": entries[0] if entries else {}, "warnings": [], "errors": []}
+        assert event_name is not None, "Fault rejects record-shaping kinds for the event list"
+        records = entries
         # The remaining shapes break records, so serve at least one even for an event without any.
         if not records:
             records = [

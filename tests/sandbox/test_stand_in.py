@@ -26,11 +26,13 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault, RateLimit
+from airflow_capillary_audit.sandbox import DEFAULT_ORG_EVENTS, CapillaryStandIn, Dataset, Fault, RateLimit
+from airflow_capillary_audit.sandbox.__main__ import build_parser, build_stand_in
 from airflow_capillary_audit.sandbox.data import CHANGED_ON_FORMATS
 from airflow_capillary_audit.sandbox.faults import RateLimiter, retry_after_value
 
 PATH = "/v2/events/audit_logs"
+EVENTS_PATH = "/v2/events"
 USERS = {"store.server": "server123"}
 START = datetime(2025, 5, 1, tzinfo=timezone.utc)
 END = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -55,6 +57,22 @@ def audit(
     options.setdefault("headers", AUTH)
     options.setdefault("timeout", 5)
     return (session or requests).get(stand_in.url + PATH, params=params, **options)
+
+
+def listing(stand_in: CapillaryStandIn, session: requests.Session | None = None, **options: Any) -> requests.Response:
+    options.setdefault("headers", AUTH)
+    options.setdefault("timeout", 5)
+    return (session or requests).get(stand_in.url + EVENTS_PATH, **options)
+
+
+def listed_names(body: Any) -> list[Any]:
+    """Return each entry's ``clickEventsMeta.eventName``, or None where an entry has no usable one."""
+    names = []
+    for entry in body["data"]:
+        meta = entry.get("clickEventsMeta") if isinstance(entry, dict) else None
+        name = meta.get("eventName") if isinstance(meta, dict) else None
+        names.append(name if isinstance(name, str) and name.strip() else None)
+    return names
 
 
 def error_codes(response: requests.Response) -> list[int]:
@@ -784,3 +802,251 @@ def test_command_line_serves_until_sigterm(tmp_path):
         stdout, stderr = process.communicate(timeout=10)
     assert process.returncode == 0, stderr
     assert stdout.strip() == url
+
+
+# The org's event list: GET /v2/events -----------------------------------------------------------------
+
+
+def test_the_event_list_has_capillarys_shape_and_the_default_names(stand_in):
+    response = listing(stand_in)
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert response.headers["X-Cap-Requestid"]
+    assert response.content == stand_in.dataset.org_events_body()
+    body = response.json()
+    assert (body["warnings"], body["errors"]) == ([], [])
+    assert listed_names(body) == list(DEFAULT_ORG_EVENTS)
+    for entry in body["data"]:
+        assert set(entry) == {"clickEventsMeta"}
+        meta = entry["clickEventsMeta"]
+        assert set(meta) == {"eventId", "eventName", "actions", "fields"}
+        assert re.fullmatch(r"[0-9a-f]{24}", meta["eventId"])
+        assert meta["actions"] == {}
+        assert len(meta["fields"]) >= 2
+        for field in meta["fields"]:
+            assert set(field) == {"name", "type", "attributes"}
+            assert field["type"] in {"STRING", "DOUBLE", "CUSTOMER"}
+    assert len({entry["clickEventsMeta"]["eventId"] for entry in body["data"]}) == len(DEFAULT_ORG_EVENTS)
+
+
+def test_the_default_names_include_what_the_daily_example_dag_fetches():
+    # The names of dags_examples/capillary_audit_daily.py, so that a run over the org's events covers them.
+    assert {"PointsRedeemed", "TierUpgraded", "Café Visit", "coupons & offers"} <= set(DEFAULT_ORG_EVENTS)
+    assert len(set(DEFAULT_ORG_EVENTS)) == len(DEFAULT_ORG_EVENTS) == 8
+
+
+def test_the_event_list_holds_exactly_the_given_names_in_their_order():
+    names = ["tier_change", "Ünïcödé 東京 🎉", "points_update", "tier_change"]
+    with CapillaryStandIn(users=USERS, dataset=Dataset(seed=1, event_names=names)) as stand_in:
+        assert listed_names(listing(stand_in).json()) == names
+    with CapillaryStandIn(users=USERS, dataset=Dataset(seed=1, event_names=[])) as stand_in:
+        assert listing(stand_in).json() == {"data": [], "warnings": [], "errors": []}
+
+
+def test_event_ids_and_fields_are_a_function_of_the_seed_and_the_name():
+    def by_name(dataset: Dataset) -> dict[str, Any]:
+        return {entry["clickEventsMeta"]["eventName"]: entry for entry in dataset.org_events()}
+
+    first = by_name(Dataset(seed=7))
+    assert by_name(Dataset(seed=7)) == first
+    assert by_name(Dataset(seed=7, event_names=["CartAbandoned", "other"]))["CartAbandoned"] == first["CartAbandoned"]
+    other_seed = by_name(Dataset(seed=8))
+    assert all(
+        other_seed[name]["clickEventsMeta"]["eventId"] != entry["clickEventsMeta"]["eventId"]
+        for name, entry in first.items()
+    )
+
+
+def test_nameless_entries_are_added_between_and_after_the_named_ones():
+    dataset = Dataset(seed=3, event_names=["a", "b"], nameless_events=5)
+    entries = dataset.org_events()
+
+    assert listed_names({"data": entries}) == ["a", None, "b", None, None, None, None]
+    assert {"clickEventsMeta": None} in entries
+    assert any("clickEventsMeta" not in entry for entry in entries)
+    assert any(entry.get("clickEventsMeta") and "eventName" not in entry["clickEventsMeta"] for entry in entries)
+    assert any((entry.get("clickEventsMeta") or {}).get("eventName") == "   " for entry in entries)
+    assert repr(dataset).endswith(", nameless_events=5)")
+    assert "nameless_events" not in repr(Dataset(seed=3))
+    with pytest.raises(ValueError, match="^nameless_events must not be negative$"):
+        Dataset(nameless_events=-1)
+
+
+def test_the_command_line_sets_the_names_and_the_nameless_entries():
+    stand_in = build_stand_in(build_parser().parse_args(["--events", "a,b", "--nameless-events", "3"]))
+
+    assert stand_in.dataset.event_names == ("a", "b")
+    assert stand_in.dataset.nameless_events == 3
+    assert build_stand_in(build_parser().parse_args([])).dataset.nameless_events == 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--nameless-events", "-1"])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param(basic(secret="server123"), id="plain-password"),
+        pytest.param(basic(login="someone.else"), id="unknown-user"),
+        pytest.param({"Authorization": "Bearer 8a16a6b7"}, id="other-scheme"),
+        pytest.param({"X-CAP-API-OAUTH-TOKEN": "never-issued"}, id="unknown-token"),
+    ],
+)
+def test_the_event_list_refuses_bad_credentials(stand_in, headers):
+    response = listing(stand_in, headers=headers)
+
+    assert response.status_code == 401
+    assert len(error_codes(response)) == 1
+    assert stand_in.requests[-1].path == EVENTS_PATH
+
+
+def test_the_event_list_takes_an_oauth_token_and_refuses_basic_when_it_is_off():
+    with CapillaryStandIn(users=USERS, basic_auth_enabled=False, oauth_clients={"k": "s"}) as stand_in:
+        assert listing(stand_in).status_code == 401
+        token = requests.post(
+            stand_in.url + "/v3/oauth/token/generate", json={"key": "k", "secret": "s"}, timeout=5
+        )
+        headers = {"X-CAP-API-OAUTH-TOKEN": token.json()["data"]["accessToken"]}
+        assert listing(stand_in, headers=headers).status_code == 200
+        stand_in.expire_oauth_tokens()
+        assert error_codes(listing(stand_in, headers=headers)) == [498]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_the_event_list_answers_only_get(stand_in, method):
+    response = requests.request(method, stand_in.url + EVENTS_PATH, headers=AUTH, timeout=5)
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET"
+    assert error_codes(response) == [405]
+
+
+def test_each_api_has_its_own_rate_limit_under_the_same_settings(stand_in):
+    stand_in.set_rate_limit(RateLimit(limit=2, window=60))
+    with requests.Session() as session:
+        assert [audit(stand_in, session=session).status_code for _ in range(3)] == [200, 200, 429]
+        assert [listing(stand_in, session=session).status_code for _ in range(3)] == [200, 200, 429]
+        refused = listing(stand_in, session=session)
+        assert refused.headers["Retry-After"] == "60"
+        assert error_codes(refused) == [429]
+        # Authentication comes first: a refused credential is not counted and gets its 401.
+        assert listing(stand_in, session=session, headers={}).status_code == 401
+
+        stand_in.set_rate_limit(RateLimit(limit=1, window=60))
+        assert [listing(stand_in, session=session).status_code for _ in range(2)] == [200, 429]
+        assert audit(stand_in, session=session).status_code == 200
+
+        stand_in.set_rate_limit(None)
+        assert [listing(stand_in, session=session).status_code for _ in range(3)] == [200] * 3
+    assert stand_in.rate_limit is None
+
+
+def test_the_rate_limit_given_at_start_limits_the_event_list_too():
+    with CapillaryStandIn(users=USERS, rate_limit=RateLimit(limit=1, window=60)) as stand_in:
+        assert [listing(stand_in).status_code for _ in range(2)] == [200, 429]
+        assert audit(stand_in).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "content_type", "code"),
+    [
+        ("http_500_html", 500, "text/html", None),
+        ("http_503", 503, "text/html", None),
+        ("http_401", 401, "application/json", 401),
+        ("http_403", 403, "application/json", 4000),
+        ("http_404", 404, "application/json", 404),
+        ("rate_limited", 429, "application/json", 429),
+        ("html_200", 200, "text/html", None),
+        ("errors_in_body", 200, "application/json", 8084),
+    ],
+)
+def test_status_faults_on_the_event_list(stand_in, kind, status, content_type, code):
+    stand_in.set_faults([Fault(kind, endpoint="events")])
+
+    response = listing(stand_in)
+
+    assert response.status_code == status
+    assert response.headers["Content-Type"].startswith(content_type)
+    if code is not None:
+        assert error_codes(response) == [code]
+    else:
+        assert response.text.lstrip().startswith("<")
+    recorded = stand_in.requests[-1]
+    assert (recorded.path, recorded.event_name, recorded.fault, recorded.status) == (EVENTS_PATH, None, kind, status)
+    # The fault is the event list's: the audit logs are served as ever.
+    assert audit(stand_in).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kind", "check"),
+    [
+        ("json_list", lambda body, full: body == full["data"]),
+        ("no_data", lambda body, full: body == {"warnings": [], "errors": []}),
+        ("data_not_list", lambda body, full: body["data"] == full["data"][0]),
+        (
+            "warnings_in_body",
+            lambda body, full: body["data"] == full["data"] and body["warnings"][0]["code"] == 8090,
+        ),
+    ],
+)
+def test_shape_faults_on_the_event_list_reshape_the_list(stand_in, kind, check):
+    stand_in.set_faults([Fault(kind, endpoint="events")])
+
+    response = listing(stand_in)
+
+    assert response.status_code == 200
+    assert check(response.json(), json.loads(stand_in.dataset.org_events_body()))
+
+
+def test_body_faults_on_the_event_list(stand_in):
+    stand_in.set_faults(
+        [
+            Fault("not_json_200", times=1, endpoint="events"),
+            Fault("body", times=1, endpoint="events", status=200, body='{"data": null}'),
+            Fault("slow", seconds=0.3, times=1, endpoint="events"),
+        ]
+    )
+    with pytest.raises(ValueError, match="Expecting value"):
+        listing(stand_in).json()
+    assert listing(stand_in).content == b'{"data": null}'
+    started = time.monotonic()
+    assert listing(stand_in).content == stand_in.dataset.org_events_body()
+    assert time.monotonic() - started >= 0.25
+    assert [r.fault for r in stand_in.requests] == ["not_json_200", "body", "slow"]
+
+
+def test_transport_faults_on_the_event_list(stand_in):
+    stand_in.set_faults([Fault("truncated", times=1, endpoint="events"), Fault("hang", seconds=0.3, endpoint="events")])
+    connection = http.client.HTTPConnection(stand_in.host, stand_in.port, timeout=5)
+    connection.request("GET", EVENTS_PATH, headers=AUTH)
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.getheader("Content-Length") == str(len(stand_in.dataset.org_events_body()))
+    with pytest.raises(http.client.IncompleteRead):
+        response.read()
+    connection.close()
+    with pytest.raises(requests.ConnectionError):
+        listing(stand_in)
+    assert stand_in.requests[-1].fault == "hang"
+
+
+def test_a_reset_on_the_event_list(stand_in):
+    stand_in.set_faults([Fault("reset", times=1, endpoint="events")])
+    with pytest.raises((requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+        listing(stand_in)
+    assert listing(stand_in).status_code == 200
+
+
+def test_event_list_faults_ignore_event_names_and_audit_log_faults_skip_the_list(stand_in):
+    stand_in.set_faults([Fault("http_503", event_names=["other"], endpoint="events", times=1), Fault("http_404")])
+
+    assert listing(stand_in).status_code == 503
+    assert listing(stand_in).status_code == 200
+    assert audit(stand_in).status_code == 404
+
+
+@pytest.mark.parametrize("kind", ["record_missing_fields", "history_not_list", "huge_body"])
+def test_faults_that_shape_records_do_not_apply_to_the_event_list(kind):
+    with pytest.raises(ValueError, match=f"^a {kind} fault shapes audit-log records"):
+        Fault(kind, endpoint="events")
