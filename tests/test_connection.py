@@ -44,6 +44,7 @@ def test_every_extra_is_read_with_its_type(monkeypatch):
         "retry_max_wait": 9,
         "retry_initial_wait": "0.25",
         "requests_per_minute": "120",
+        "rate_limit_redis_conn_id": " budget_redis ",
         "verify": "False",
         "allow_insecure_http": " true ",
         "timezone": "Asia/Kolkata",
@@ -61,6 +62,7 @@ def test_every_extra_is_read_with_its_type(monkeypatch):
         retry_max_wait=9.0,
         retry_initial_wait=0.25,
         requests_per_minute=120,
+        rate_limit_redis_conn_id="budget_redis",
         verify=False,
         allow_insecure_http=True,
         timezone="Asia/Kolkata",
@@ -81,8 +83,9 @@ def test_unknown_extras_are_named_with_the_known_ones(monkeypatch, capfd, caplog
     out, err = capfd.readouterr()
     assert (
         "Connection 'capillary_default': ignoring unknown extras ['colour', 'extra__capillary__size']; known "
-        "extras are ['allow_insecure_http', 'auth_type', 'max_retries', 'password_is_md5', 'requests_per_minute', "
-        "'retry_initial_wait', 'retry_max_wait', 'timeout', 'timezone', 'verify']"
+        "extras are ['allow_insecure_http', 'auth_type', 'max_retries', 'password_is_md5', "
+        "'rate_limit_redis_conn_id', 'requests_per_minute', 'retry_initial_wait', 'retry_max_wait', 'timeout', "
+        "'timezone', 'verify']"
     ) in out + err + caplog.text
 
 
@@ -145,6 +148,14 @@ REFUSED = [
     ({"extra": {"retry_max_wait": -0.5}}, "extra 'retry_max_wait' must not be negative, got -0.5"),
     ({"extra": {"requests_per_minute": 0}}, "extra 'requests_per_minute' must be greater than 0, got 0"),
     ({"extra": {"requests_per_minute": "2.5"}}, "extra 'requests_per_minute' must be a whole number, got '2.5'"),
+    (
+        {"extra": {"rate_limit_redis_conn_id": 7}},
+        "extra 'rate_limit_redis_conn_id' must be an Airflow connection id, got 7",
+    ),
+    (
+        {"extra": {"rate_limit_redis_conn_id": "  "}},
+        "extra 'rate_limit_redis_conn_id' must be an Airflow connection id, got '  '",
+    ),
     (
         {"extra": {"verify": "/no/such/ca.pem"}},
         "extra 'verify' is '/no/such/ca.pem', which is neither true/false nor an existing CA bundle path",

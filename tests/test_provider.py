@@ -113,7 +113,13 @@ def test_provider_info_points_at_this_package():
     assert modules == {
         "hooks": [{"integration-name": "Capillary", "python-modules": ["airflow_capillary_audit.hooks.capillary"]}],
         "operators": [
-            {"integration-name": "Capillary", "python-modules": ["airflow_capillary_audit.operators.audit_logs"]}
+            {
+                "integration-name": "Capillary",
+                "python-modules": [
+                    "airflow_capillary_audit.operators.audit_logs",
+                    "airflow_capillary_audit.operators.events",
+                ],
+            }
         ],
     }
     for entries in modules.values():
