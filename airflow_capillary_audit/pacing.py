@@ -28,6 +28,8 @@ class RequestPacer:
 
     :param requests_per_minute: the cap; ``None`` means no cap (``hold`` still works).
     :param stop: once set, waiting callers wake and every ``acquire`` raises :class:`PacerStopped`.
+    :param first_slot_in: seconds before the first slot; pacers that split one rate and start
+        together each take a different offset, so that their requests interleave instead of bursting.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class RequestPacer:
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        first_slot_in: float = 0.0,
     ) -> None:
         self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
         self._clock = clock
@@ -44,7 +47,7 @@ class RequestPacer:
         self._stop = stop
         self._lock = threading.Lock()
         self._turn = threading.Lock()
-        self._next_slot = float("-inf")
+        self._next_slot = clock() + first_slot_in if first_slot_in > 0 else float("-inf")
 
     def acquire(self) -> float:
         """Block until this caller's slot comes; return the seconds waited."""

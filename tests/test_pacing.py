@@ -131,3 +131,11 @@ def test_pacer_hold_never_shortens_a_later_slot():
     pacer.acquire()
     pacer.hold(1)
     assert pacer.acquire() == 10
+
+
+def test_a_first_slot_offset_delays_only_the_first_slot():
+    clock = FakeClock()
+    pacer = RequestPacer(600, clock=clock, sleep=clock.sleep, first_slot_in=0.25)
+    pacer.acquire()
+    pacer.acquire()
+    assert clock.slept == [0.25, 0.1]

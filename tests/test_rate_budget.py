@@ -157,7 +157,9 @@ def test_hooks_with_budgets_of_their_own_overflow_the_same_limit(stand_in, monke
 def test_a_429_on_one_hook_holds_the_other_through_the_budget(stand_in, monkeypatch, redis_conn):
     from airflow_capillary_audit.sandbox import Fault
 
-    stand_in.set_faults([Fault("rate_limited", times=1, event_names=["first"], retry_after="seconds", seconds=1)])
+    stand_in.set_faults(
+        [Fault("rate_limited", times=1, event_names=["first"], retry_after="seconds", seconds=1)]
+    )
     use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id=redis_conn)
     holder, other = CapillaryHook(), CapillaryHook()
     holder.get_conn()
@@ -214,3 +216,22 @@ def test_an_unreachable_budget_fails_the_request_after_its_retries(stand_in, mon
 def test_a_share_below_one_is_refused(share):
     with pytest.raises(CapillaryConfigError, match="^rate_share must be a whole number of at least 1, got "):
         CapillaryHook(rate_share=share)
+
+
+def test_shares_that_start_together_interleave(stand_in, monkeypatch):
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE)
+    hooks = [CapillaryHook(rate_share=3, rate_share_index=index) for index in range(3)]
+
+    with ThreadPoolExecutor(3) as pool:
+        list(
+            pool.map(
+                lambda pair: [pair[1].get_audit_logs(f"e{pair[0]}-{n}") for n in range(3)], enumerate(hooks)
+            )
+        )
+
+    first = {
+        index: min(r.monotonic for r in stand_in.requests if r.event_name.startswith(f"e{index}-"))
+        for index in range(3)
+    }
+    # Share i sends its first request i intervals of the whole rate (0.1 s) after share 0's.
+    assert first[1] - first[0] >= 0.1 - SLACK and first[2] - first[0] >= 0.2 - SLACK

@@ -78,6 +78,9 @@ class CapillaryHook(BaseHook):
         (mapped task instances): each paces at ``requests_per_minute / rate_share``. With the
         connection's ``rate_limit_redis_conn_id`` every hook takes its slots from the one budget in
         Redis instead, and this is ignored.
+    :param rate_share_index: which of the ``rate_share`` shares this hook paces (0 to
+        ``rate_share - 1``): its first request waits that many intervals of the whole rate, so that
+        shares that start together interleave instead of sending a burst.
     :param clock: monotonic seconds by which OAuth tokens age, replaceable in tests.
     """
 
@@ -92,6 +95,7 @@ class CapillaryHook(BaseHook):
         *,
         pool_size: int = 16,
         rate_share: int = 1,
+        rate_share_index: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
@@ -100,6 +104,7 @@ class CapillaryHook(BaseHook):
         self.capillary_conn_id = capillary_conn_id
         self.pool_size = pool_size
         self.rate_share = rate_share
+        self.rate_share_index = rate_share_index
         self._clock = clock
         self._lock = threading.Lock()
         self._settings: CapillarySettings | None = None
@@ -153,7 +158,8 @@ class CapillaryHook(BaseHook):
                     self.rate_share,
                     rate,
                 )
-                return RequestPacer(rate / self.rate_share, stop=self._stopped)
+                offset = (self.rate_share_index % self.rate_share) * 60.0 / rate
+                return RequestPacer(rate / self.rate_share, stop=self._stopped, first_slot_in=offset)
             return RequestPacer(rate, stop=self._stopped)
         try:
             from airflow.providers.redis.hooks.redis import RedisHook  # noqa: PLC0415 - optional extra

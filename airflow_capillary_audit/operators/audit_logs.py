@@ -190,6 +190,7 @@ class CapillaryAuditLogsOperator(BaseOperator):
         default_tz = settings.tzinfo
         if settings.requests_per_minute is not None and settings.rate_limit_redis_conn_id is None:
             hook.rate_share = self._instances_at_once(context)
+            hook.rate_share_index = max(0, getattr(context.get("ti"), "map_index", 0) or 0)
         hook.get_conn()
         self._hook = hook
         try:
