@@ -261,3 +261,20 @@ def test_the_example_org_dag_runs(org, airflow_db, monkeypatch, tmp_path):
     manifests = manifests_in(day)
     assert sorted(m["map_index"] for m in manifests.values()) == [0, 1]
     assert sorted(e["event_name"] for m in manifests.values() for e in m["events"]) == sorted(ORG)
+
+
+def test_a_failed_listing_fails_before_any_audit_log_request_and_touches_nothing(org, airflow_db, tmp_path):
+    from airflow_capillary_audit.exceptions import CapillaryServerError
+    from airflow_capillary_audit.sandbox import Fault
+    from tests.helpers import files_in
+
+    CapillaryAuditLogsOperator(task_id="fetch", event_names="*", destination=str(tmp_path)).execute({})
+    before = files_in(tmp_path)
+    org.clear_requests()
+    org.set_faults([Fault("http_503", endpoint="events")])
+
+    with pytest.raises(CapillaryServerError, match="listing the org's events"):
+        CapillaryAuditLogsOperator(task_id="fetch", event_names="*", destination=str(tmp_path)).execute({})
+
+    assert audit_requests(org) == [] and listings(org) == FAST_EXTRAS["max_retries"] + 1
+    assert files_in(tmp_path) == before
