@@ -6,9 +6,10 @@ An audit log record, as ``GET /v2/events/audit_logs`` returns it under ``data``:
     {"id": "...", "orgId": 100, "eventName": "...", "updatedType": "...", "requestId": "...",
      "valueHistory": [{"value": "...", "changedOn": "2025-05-08T08:56:57Z"}, ...]}
 
-Flattening yields one row per value-history entry (see :data:`ROW_COLUMNS`); ``changedOn`` is read
-by :mod:`airflow_capillary_audit.changed_on`. This module is pure: it imports nothing from Airflow
-and does no I/O, so the operator and the tests share it as is.
+Flattening yields one row per value-history entry (see :data:`ROW_COLUMNS`), a record's rows ordered
+by ``changedOn`` with each row carrying the value its change replaced; ``changedOn`` is read by
+:mod:`airflow_capillary_audit.changed_on`. This module is pure: it imports nothing from Airflow and
+does no I/O, so the operator and the tests share it as is.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from fnmatch import fnmatchcase
 from functools import partial
+from operator import itemgetter
 from typing import Any, TypedDict
 
 from airflow_capillary_audit.changed_on import (
@@ -65,6 +67,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "updated_type",
     "request_id",
     "value",
+    "previous_value",
     "changed_on",
     "changed_on_raw",
 )
@@ -81,6 +84,10 @@ MAX_UNPARSEABLE_SAMPLES = 5
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _EVENT_NAMES_HINT = "give an event name string such as 'TestingEvent_FE' or a list of them"
+
+# Earlier than any changedOn, so the first readable entry of a history is always in order.
+_EARLIEST = datetime.min
+_BY_MOMENT = itemgetter(0)
 
 
 class RecordShapeError(ValueError):
@@ -171,23 +178,32 @@ def iter_rows(
     stats: FlattenStats | None = None,
 ) -> Iterator[dict[str, Any]]:
     """
-    Flatten audit log records into one row per value-history entry, in Capillary's order.
+    Flatten audit log records into one row per value-history entry, each record's rows by time.
 
     Each row is a dict with the keys of :data:`ROW_COLUMNS`, in that order:
 
     * ``event_name``: the event name asked for; ``id``, ``org_id``, ``updated_type`` and
       ``request_id`` from the record (``orgId``, ``updatedType``, ``requestId``), None if missing;
     * ``value`` from the entry;
+    * ``previous_value``: the ``value`` of the record's entry just before this one in time, the
+      value this change replaced; None for the earliest entry;
     * ``changed_on``: the entry's ``changedOn`` in UTC in one canonical ISO 8601 form,
       ``YYYY-MM-DDTHH:MM:SS+00:00``, with ``.ffffff`` before the offset only when the microseconds
       are not zero; None when missing or unreadable;
     * ``changed_on_raw``: ``changedOn`` as sent, as a string (an epoch number becomes its decimal
       text), None when missing.
 
-    A record with a missing or empty value history yields one row whose ``value``, ``changed_on``
-    and ``changed_on_raw`` are None. With a window (``since <= changed_on < until``, either bound
-    optional), entries outside it, entries without a readable time and empty-history records are
-    dropped and counted instead. Nothing is read before the first row is asked for.
+    Records keep Capillary's order; a record's rows come ordered by ``changed_on`` ascending,
+    entries at the same instant in Capillary's order. An entry whose ``changedOn`` is missing or
+    unreadable is outside that order: its row comes after the record's timed rows, in Capillary's
+    order, with ``previous_value`` None, and it is no other row's ``previous_value``.
+
+    A record with a missing or empty value history yields one row whose ``value``,
+    ``previous_value``, ``changed_on`` and ``changed_on_raw`` are None. With a window
+    (``since <= changed_on < until``, either bound optional), entries outside it, entries without a
+    readable time and empty-history records are dropped and counted instead; ``previous_value`` is
+    still taken from the whole history, so the first row in the window names the value it replaced
+    even when that entry is outside. Nothing is read before the first row is asked for.
 
     :param event_name: the event name the records were fetched for.
     :param records: the ``data`` list of Capillary's answer.
@@ -291,11 +307,17 @@ def _window_pass(  # noqa: PLR0912, PLR0915 - the per-entry hot path, one loop f
                         "updated_type": updated_type,
                         "request_id": request_id,
                         "value": None,
+                        "previous_value": None,
                         "changed_on": None,
                         "changed_on_raw": None,
                     }
                 continue
             narrowed: list[Any] = []
+            # A record's rows wait for its whole history: their order and previous values depend on all of it.
+            timed: list[tuple[datetime, Any, str | None]] = []
+            untimed: list[tuple[Any, str | None]] = []
+            last = _EARLIEST
+            ordered = True
             for entry in history:
                 if entry.__class__ is not dict and not isinstance(entry, dict):
                     raise _bad_entry(event_name, index, history)
@@ -319,28 +341,65 @@ def _window_pass(  # noqa: PLR0912, PLR0915 - the per-entry hot path, one loop f
                 if moment is None:
                     if windowed:
                         n_no_time += 1
+                    elif keep_records:
+                        n_rows += 1
+                    else:
+                        untimed.append((entry.get("value"), raw_text))
+                    continue
+                if keep_records:
+                    if windowed and (
+                        (since is not None and moment < since) or (until is not None and moment >= until)
+                    ):
+                        n_window += 1
                         continue
-                elif windowed and (
+                    n_rows += 1
+                    narrowed.append(entry)
+                    continue
+                if moment < last:
+                    ordered = False
+                last = moment
+                timed.append((moment, entry.get("value"), raw_text))
+            if keep_records:
+                if not windowed or narrowed:
+                    yield {**record, "valueHistory": narrowed} if windowed else record
+                continue
+            if not ordered:
+                timed.sort(key=_BY_MOMENT)
+            previous = None
+            # The window only picks rows: an entry outside it is still the next one's previous value.
+            for moment, value, raw_text in timed:
+                if windowed and (
                     (since is not None and moment < since) or (until is not None and moment >= until)
                 ):
                     n_window += 1
+                    previous = value
                     continue
                 n_rows += 1
-                if keep_records:
-                    narrowed.append(entry)
-                    continue
                 yield {
                     "event_name": event_name,
                     "id": record_id,
                     "org_id": org_id,
                     "updated_type": updated_type,
                     "request_id": request_id,
-                    "value": entry.get("value"),
-                    "changed_on": None if moment is None else moment.isoformat() + "+00:00",
+                    "value": value,
+                    "previous_value": previous,
+                    "changed_on": moment.isoformat() + "+00:00",
                     "changed_on_raw": raw_text,
                 }
-            if keep_records and (not windowed or narrowed):
-                yield {**record, "valueHistory": narrowed} if windowed else record
+                previous = value
+            for value, raw_text in untimed:
+                n_rows += 1
+                yield {
+                    "event_name": event_name,
+                    "id": record_id,
+                    "org_id": org_id,
+                    "updated_type": updated_type,
+                    "request_id": request_id,
+                    "value": value,
+                    "previous_value": None,
+                    "changed_on": None,
+                    "changed_on_raw": raw_text,
+                }
     finally:
         if stats is not None:
             # Counted in locals and added once: attribute updates per row would cost more than the row.

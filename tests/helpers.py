@@ -245,7 +245,13 @@ def read_xcom(dag_run, task_id: str, map_index: int = -1):
 
 
 def expected_rows(dataset, names, since=None, until=None) -> list[dict]:
-    """Build the rows independently from the stand-in's own record of what it generated."""
+    """
+    Build the rows independently from the stand-in's own record of what it generated.
+
+    A record's entries go by true instant, ties in the order served, each naming the value of the one
+    before it as ``previous_value``; entries without a time follow, naming none. The window then picks
+    rows, and entries without a time leave with it.
+    """
     windowed = since is not None or until is not None
     rows = []
     for name in names:
@@ -259,22 +265,39 @@ def expected_rows(dataset, names, since=None, until=None) -> list[dict]:
             }
             if not record["valueHistory"]:
                 if not windowed:
-                    rows.append({**base, "value": None, "changed_on": None, "changed_on_raw": None})
+                    empty = dict.fromkeys(("value", "previous_value", "changed_on", "changed_on_raw"))
+                    rows.append({**base, **empty})
                 continue
-            for entry, instant in zip(record["valueHistory"], instants):
-                if windowed and (
-                    instant is None
-                    or (since is not None and instant < since)
-                    or (until is not None and instant >= until)
-                ):
+            served = list(zip(record["valueHistory"], instants))
+            # Positions are distinct, so ties go by the order served and entries are never compared.
+            timed = sorted(
+                (instant, position, entry)
+                for position, (entry, instant) in enumerate(served)
+                if instant is not None
+            )
+            for number, (instant, _, entry) in enumerate(timed):
+                if (since is not None and instant < since) or (until is not None and instant >= until):
                     continue
                 rows.append(
                     {
                         **base,
                         "value": entry["value"],
-                        "changed_on": instant.astimezone(timezone.utc).isoformat() if instant else None,
+                        "previous_value": timed[number - 1][2]["value"] if number else None,
+                        "changed_on": instant.astimezone(timezone.utc).isoformat(),
                         "changed_on_raw": str(entry["changedOn"]),
                     }
+                )
+            if not windowed:
+                rows.extend(
+                    {
+                        **base,
+                        "value": entry["value"],
+                        "previous_value": None,
+                        "changed_on": None,
+                        "changed_on_raw": str(entry["changedOn"]),
+                    }
+                    for entry, instant in served
+                    if instant is None
                 )
     return rows
 

@@ -654,6 +654,25 @@ def test_parquet_columns_keep_their_types_when_every_value_is_null() -> None:
     assert table.column("value").to_pylist() == [None]
 
 
+def test_previous_value_is_written_as_value_is_in_every_format() -> None:
+    values = [5, None, 2.5, True, "x"]
+    history = [{"value": value, "changedOn": f"2026-01-0{day}T00:00:00Z"} for day, value in enumerate(values, 1)]
+    rows = list(iter_rows("E", [{"valueHistory": history}]))
+    assert [row["previous_value"] for row in rows] == [None, 5, None, 2.5, True]
+    # JSON keeps each value's JSON type.
+    for output_format in ("jsonl", "json"):
+        text = write(output_format, rows).decode()
+        read = [json.loads(line) for line in text.splitlines()] if output_format == "jsonl" else json.loads(text)
+        assert [row["previous_value"] for row in read] == [None, 5, None, 2.5, True]
+    # CSV and Parquet hold text: a number or a boolean becomes str(value), as in value.
+    read = list(csv.DictReader(io.StringIO(write("csv", rows).decode(), newline="")))
+    assert [row["previous_value"] for row in read] == ["", "5", "", "2.5", "True"]
+    table = pq.read_table(io.BytesIO(write("parquet", rows)))
+    assert str(table.schema.field("previous_value").type) == "string"
+    assert table.column("previous_value").to_pylist() == [None, "5", None, "2.5", "True"]
+    assert table.column("value").to_pylist() == ["5", None, "2.5", "True", "x"]
+
+
 def test_parquet_is_snappy_compressed() -> None:
     metadata = pq.ParquetFile(io.BytesIO(write("parquet", sample_rows()))).metadata
     compressions = {

@@ -77,7 +77,7 @@ def row(**values: object) -> dict:
     return base
 
 
-def test_iter_rows_flattens_in_capillarys_order() -> None:
+def test_iter_rows_flattens_each_record_by_time_keeping_capillarys_record_order() -> None:
     stats = FlattenStats()
     rows = list(iter_rows("TestingEvent_FE", audit_logs(), stats=stats))
     common = {"org_id": 100458}
@@ -97,19 +97,12 @@ def test_iter_rows_flattens_in_capillarys_order() -> None:
             updated_type="CREATED",
             request_id="req-1",
             value="disabled",
+            previous_value="enabled",
             changed_on="2025-06-19T05:16:36+00:00",
             changed_on_raw="2025-06-19T05:16:36.000+0000",
         ),
         row(id="66a0c2", **common, updated_type="MODIFIED", request_id="req-2"),
-        row(
-            id="66a0c3",
-            **common,
-            updated_type="MODIFIED",
-            request_id="req-3",
-            value="Café 日本",
-            changed_on="2024-05-08T08:56:57+00:00",
-            changed_on_raw="1715158617000",
-        ),
+        # Capillary sent 2024 before 2022: the rows come by time, the unreadable ones last.
         row(
             id="66a0c3",
             **common,
@@ -118,6 +111,16 @@ def test_iter_rows_flattens_in_capillarys_order() -> None:
             value="naive",
             changed_on="2022-08-18T12:00:00+00:00",
             changed_on_raw="2022-08-18 12:00:00",
+        ),
+        row(
+            id="66a0c3",
+            **common,
+            updated_type="MODIFIED",
+            request_id="req-3",
+            value="Café 日本",
+            previous_value="naive",
+            changed_on="2024-05-08T08:56:57+00:00",
+            changed_on_raw="1715158617000",
         ),
         row(
             id="66a0c3",
@@ -154,10 +157,10 @@ def test_iter_rows_writes_one_canonical_changed_on() -> None:
         }
     ]
     assert [r["changed_on"] for r in iter_rows("E", records, default_tz=KOLKATA)] == [
-        "2025-06-19T05:16:36.120000+00:00",
-        "2025-06-19T05:16:36+00:00",
-        "2024-05-08T08:56:57.001000+00:00",
         "2022-08-18T06:30:00+00:00",
+        "2024-05-08T08:56:57.001000+00:00",
+        "2025-06-19T05:16:36+00:00",
+        "2025-06-19T05:16:36.120000+00:00",
     ]
 
 
@@ -189,7 +192,11 @@ def test_iter_rows_window_keeps_since_and_drops_until() -> None:
             stats=stats,
         )
     )
-    assert [r["value"] for r in rows] == ["at since", "inside, other spelling", "last microsecond"]
+    assert [(r["value"], r["previous_value"]) for r in rows] == [
+        ("at since", "before"),
+        ("inside, other spelling", "at since"),
+        ("last microsecond", "inside, other spelling"),
+    ]
     assert stats == FlattenStats(
         records=3,
         rows=3,
@@ -332,6 +339,191 @@ def test_naive_times_at_a_clock_change_are_counted_whether_kept_or_not(
         else:
             filter_records(CLOCK_CHANGE_RECORDS, default_tz=default_tz, stats=stats, **window)
         assert (stats.ambiguous_times, stats.nonexistent_times) == counts
+
+
+# --- previous_value and the order of a record's rows -----------------------------------------
+
+
+def entry(value: object, changed_on: object) -> dict:
+    return {"value": value, "changedOn": changed_on}
+
+
+def day(number: int) -> str:
+    return f"2026-01-{number:02d}T00:00:00Z"
+
+
+def chain(history: list, **arguments: object) -> list[tuple[object, object, str | None]]:
+    """Flatten one record; return each row's value, previous value and raw changedOn."""
+    rows = iter_rows("E", [{"id": "r", "valueHistory": history}], **arguments)
+    return [(r["value"], r["previous_value"], r["changed_on_raw"]) for r in rows]
+
+
+def test_previous_value_sits_right_after_value() -> None:
+    assert ROW_COLUMNS.index("previous_value") == ROW_COLUMNS.index("value") + 1
+    (flat,) = iter_rows("E", [{"valueHistory": [entry("v", day(1))]}])
+    assert list(flat) == list(ROW_COLUMNS)
+
+
+def test_an_ascending_history_keeps_its_order_and_chains_previous_values() -> None:
+    history = [entry("a", day(1)), entry("b", day(2)), entry("c", day(3))]
+    assert chain(history) == [("a", None, day(1)), ("b", "a", day(2)), ("c", "b", day(3))]
+
+
+def test_a_descending_history_comes_out_ascending() -> None:
+    history = [entry("c", day(3)), entry("b", day(2)), entry("a", day(1))]
+    rows = list(iter_rows("E", [{"valueHistory": history}]))
+    assert [(r["value"], r["previous_value"]) for r in rows] == [("a", None), ("b", "a"), ("c", "b")]
+    assert [r["changed_on"] for r in rows] == sorted(r["changed_on"] for r in rows)
+
+
+def test_an_unordered_history_is_sorted_by_time_and_the_input_left_alone() -> None:
+    history = [entry("b", day(2)), entry("d", day(4)), entry("a", day(1)), entry("c", day(3))]
+    records = [{"valueHistory": history}]
+    before = [dict(e) for e in history]
+    assert [v[:2] for v in chain(history)] == [("a", None), ("b", "a"), ("c", "b"), ("d", "c")]
+    assert records == [{"valueHistory": before}]
+
+
+@pytest.mark.parametrize(
+    ("history", "expected"),
+    [
+        # Already in order: the same instant in two spellings stays in Capillary's order.
+        (
+            [entry("first", day(1)), entry("second", 1767225600000), entry("third", day(2))],
+            [("first", None), ("second", "first"), ("third", "second")],
+        ),
+        # Out of order, so sorted: ties still keep Capillary's order, not the order of their values.
+        (
+            [
+                entry("y", day(2)),
+                entry("x", day(1)),
+                entry("w", "2026-01-01T05:30:00+05:30"),  # day(1) in another spelling
+                entry("v", day(2)),
+            ],
+            [("x", None), ("w", "x"), ("y", "w"), ("v", "y")],
+        ),
+        (
+            [entry("late", day(9)), *(entry(str(i), day(1)) for i in range(4, -1, -1))],
+            [("4", None), ("3", "4"), ("2", "3"), ("1", "2"), ("0", "1"), ("late", "0")],
+        ),
+    ],
+)
+def test_entries_at_the_same_instant_keep_capillarys_order(history: list, expected: list) -> None:
+    assert [v[:2] for v in chain(history)] == expected
+
+
+def test_entries_without_a_readable_time_come_last_and_chain_nothing() -> None:
+    history = [
+        entry("junk", "n/a"),
+        entry("late", day(3)),
+        {"value": "missing"},
+        entry("early", day(1)),
+        entry("null time", None),
+        entry("middle", day(2)),
+        entry("not a time", True),
+    ]
+    stats = FlattenStats()
+    assert chain(history, stats=stats) == [
+        ("early", None, day(1)),
+        ("middle", "early", day(2)),
+        ("late", "middle", day(3)),
+        ("junk", None, "n/a"),
+        ("missing", None, None),
+        ("null time", None, None),
+        ("not a time", None, "true"),
+    ]
+    assert stats == FlattenStats(
+        records=1, rows=7, unparseable=2, unparseable_samples=["n/a", "true"], missing_fields=1
+    )
+
+
+def test_a_history_of_unreadable_times_keeps_capillarys_order() -> None:
+    history = [entry("z", "z"), entry("a", "a"), {"value": "m"}]
+    assert chain(history) == [("z", None, "z"), ("a", None, "a"), ("m", None, None)]
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_the_window_picks_rows_but_previous_values_come_from_the_whole_history(descending: bool) -> None:
+    history = [entry("a", day(1)), entry("junk", "n/a"), *(entry(v, day(n)) for n, v in enumerate("bcd", 2))]
+    if descending:
+        history.reverse()
+    stats = FlattenStats()
+    rows = chain(history, since=utc(2026, 1, 2), until=utc(2026, 1, 4), stats=stats)
+    assert rows == [("b", "a", day(2)), ("c", "b", day(3))]
+    assert (stats.rows, stats.excluded_window, stats.excluded_no_time) == (2, 2, 1)
+    assert stats.rows + stats.excluded_no_time + stats.excluded_window == len(history) + stats.empty_history
+    # Only the first entry in the window: its previous value is still the earlier one outside it.
+    assert chain(history, since=utc(2026, 1, 4)) == [("d", "c", day(4))]
+    assert chain(history, until=utc(2026, 1, 2)) == [("a", None, day(1))]
+
+
+def test_a_record_without_history_has_no_previous_value() -> None:
+    rows = list(iter_rows("E", [{"id": "empty", "valueHistory": []}, {"id": "missing"}]))
+    assert [(r["id"], r["value"], r["previous_value"]) for r in rows] == [
+        ("empty", None, None),
+        ("missing", None, None),
+    ]
+
+
+def test_mixed_changed_on_spellings_are_ordered_by_instant_not_by_text() -> None:
+    history = [
+        entry("offset", "2026-01-01T10:00:00+05:30"),  # 04:30 UTC
+        entry("epoch number", 1767225600000),  # 00:00 UTC
+        entry("naive, in Kolkata", "2026-01-01 07:00:00"),  # 01:30 UTC
+        entry("epoch text", "1767236400000"),  # 03:00 UTC
+        entry("the day before", "2025-12-31T23:00:00.000+0000"),
+        entry("z", "2026-01-01T02:00:00Z"),
+    ]
+    rows = list(iter_rows("E", [{"valueHistory": history}], default_tz=KOLKATA))
+    assert [(r["value"], r["previous_value"]) for r in rows] == [
+        ("the day before", None),
+        ("epoch number", "the day before"),
+        ("naive, in Kolkata", "epoch number"),
+        ("z", "naive, in Kolkata"),
+        ("epoch text", "z"),
+        ("offset", "epoch text"),
+    ]
+    assert [r["changed_on"] for r in rows] == [
+        "2025-12-31T23:00:00+00:00",
+        "2026-01-01T00:00:00+00:00",
+        "2026-01-01T01:30:00+00:00",
+        "2026-01-01T02:00:00+00:00",
+        "2026-01-01T03:00:00+00:00",
+        "2026-01-01T04:30:00+00:00",
+    ]
+
+
+def test_previous_values_keep_their_json_type_and_a_null_value_is_still_a_predecessor() -> None:
+    tier = {"tier": "gold"}
+    history = [
+        entry(10, day(1)),
+        entry(None, day(2)),
+        entry(False, day(3)),
+        {"changedOn": day(4)},
+        entry(0, day(5)),
+        entry(tier, day(6)),
+        entry(2.5, day(7)),
+    ]
+    rows = chain(list(reversed(history)))
+    assert [v[:2] for v in rows] == [
+        (10, None),
+        (None, 10),
+        (False, None),
+        (None, False),
+        (0, None),
+        (tier, 0),
+        (2.5, tier),
+    ]
+    assert rows[6][1] is tier
+    assert [type(v[1]) for v in rows] == [type(None), int, type(None), bool, type(None), int, dict]
+
+
+def test_filter_records_keeps_capillarys_order_and_adds_no_previous_value() -> None:
+    history = [entry("c", day(3)), entry("junk", "n/a"), entry("b", day(2)), entry("a", day(1))]
+    records = [{"id": "r", "valueHistory": history}]
+    assert filter_records(records) == [{"id": "r", "valueHistory": history}]
+    (kept,) = filter_records(records, since=utc(2026, 1, 2))
+    assert kept == {"id": "r", "valueHistory": [history[0], history[2]]}
 
 
 # --- filter_records --------------------------------------------------------------------------
@@ -503,7 +695,7 @@ def test_non_string_changed_on_keeps_its_json_text() -> None:
     moment = datetime(2025, 5, 8, 8, 56, 57, tzinfo=UTC)
     history = [{"changedOn": {"at": "été"}}, {"changedOn": moment}, {"changedOn": 1.5e12}]
     rows = list(iter_rows("E", [{"valueHistory": history}]))
-    assert [r["changed_on_raw"] for r in rows] == ['{"at": "été"}', str(moment), "1500000000000.0"]
+    assert [r["changed_on_raw"] for r in rows] == ["1500000000000.0", str(moment), '{"at": "été"}']
     assert rows[1]["changed_on"] == "2025-05-08T08:56:57+00:00"
 
 

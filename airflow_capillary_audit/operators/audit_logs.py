@@ -96,7 +96,9 @@ class CapillaryAuditLogsOperator(BaseOperator):
     :param changed_since: keep value-history entries changed at or after this time: a datetime or
         an ISO 8601 string such as ``{{ data_interval_start }}``. (templated)
     :param changed_until: keep entries changed before this time. (templated)
-    :param flatten: one row per value-history entry (default); ``False`` keeps Capillary's records.
+    :param flatten: one row per value-history entry, each record's rows by time and each naming
+        the value its change replaced (default; see :func:`~airflow_capillary_audit.records.iter_rows`);
+        ``False`` keeps Capillary's records.
     :param destination: folder URI or local path for the files; ``None`` pushes rows to XCom.
         (templated)
     :param destination_conn_id: the Airflow connection with the store's credentials. (templated)

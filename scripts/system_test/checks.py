@@ -318,12 +318,22 @@ def load_dag_file(name: str) -> ModuleType:
 
 
 def expected_rows(dataset: Any, names: list[str], since: datetime, until: datetime) -> list[dict[str, Any]]:
-    """Build the rows of a window from the stand-in's own record of what it generated."""
+    """
+    Build the rows of a window from the stand-in's own record of what it generated.
+
+    A record's timed entries go by true instant, ties in the order served; each names the value of the
+    one before it, inside the window or not, as ``previous_value``.
+    """
     rows = []
     for name in names:
         for record, instants in zip(dataset.records(name), dataset.instants(name)):
-            for entry, instant in zip(record["valueHistory"], instants):
-                if instant is None or not since <= instant < until:
+            timed = sorted(
+                (instant, position, entry)
+                for position, (entry, instant) in enumerate(zip(record["valueHistory"], instants))
+                if instant is not None
+            )
+            for number, (instant, _, entry) in enumerate(timed):
+                if not since <= instant < until:
                     continue
                 rows.append(
                     {
@@ -333,6 +343,7 @@ def expected_rows(dataset: Any, names: list[str], since: datetime, until: dateti
                         "updated_type": record["updatedType"],
                         "request_id": record["requestId"],
                         "value": entry["value"],
+                        "previous_value": timed[number - 1][2]["value"] if number else None,
                         "changed_on": instant.astimezone(timezone.utc).isoformat(),
                         "changed_on_raw": str(entry["changedOn"]),
                     }

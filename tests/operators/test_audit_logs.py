@@ -551,11 +551,12 @@ def test_unreadable_changed_on_values_are_kept_and_logged(capillary_conn, airflo
 
     rows = CapillaryAuditLogsOperator(task_id="t", event_names=[WINDOW_EVENT]).execute({})
 
-    assert [(r["value"], r["changed_on"], r["changed_on_raw"]) for r in rows] == [
-        ("x", None, "N/A"),
-        ("y", "2026-03-01T08:00:00+00:00", "2026-03-01T08:00:00Z"),
-        ("z", None, "31/02/2026 25:61"),
-        (None, None, None),
+    # Within a record, an entry without a readable time comes after the timed ones and follows none.
+    assert [(r["id"], r["value"], r["previous_value"], r["changed_on"], r["changed_on_raw"]) for r in rows] == [
+        ("a", "y", None, "2026-03-01T08:00:00+00:00", "2026-03-01T08:00:00Z"),
+        ("a", "x", None, None, "N/A"),
+        ("b", "z", None, None, "31/02/2026 25:61"),
+        ("c", None, None, None, None),
     ]
     text = logged(capfd, caplog)
     assert (
@@ -983,13 +984,15 @@ def test_csv_formulas_are_neutralized_only_when_asked(capillary_conn, run_dag, t
     assert dag_run.state == "success"
     rows = read_back(tmp_path / event_file_name(WINDOW_EVENT, "csv"), "csv")
     values = [row["value"] for row in rows]
+    # All at one instant, so in the order served: each row's previous value is the value before it.
+    assert [row["previous_value"] for row in rows] == [None, *values[:-1]]
     if neutralize:
         assert values == ["'=1+1", "'+1", "'-5", "'@SUM(A1)", "'\tTAB", "'\rCR", "a=b", None, "'=quoted", "2026-03-01"]
         assert {row["id"] for row in rows} == {"'=HYPERLINK(\"x\")"}
         # A number is a number to a spreadsheet: -5 as an integer is left alone.
         assert {row["org_id"] for row in rows} == {-5}
         assert (
-            f"Event {WINDOW_EVENT!r}: 16 value(s) began like a spreadsheet formula, written with a "
+            f"Event {WINDOW_EVENT!r}: 22 value(s) began like a spreadsheet formula, written with a "
             "leading ' in csv (csv_neutralize_formulas)"
         ) in logged(capfd, caplog)
     else:
@@ -1024,14 +1027,15 @@ def test_naive_times_in_a_fold_or_gap_are_read_as_before_and_warned_about(
     dag_run, xcom = run_dag(dag_source(f"CapillaryAuditLogsOperator(task_id='fetch', event_names=[{DST_EVENT!r}])"))
 
     assert dag_run.state == "success"
-    assert [row["changed_on"] for row in xcom("fetch")] == [
-        "2026-03-08T06:59:59+00:00",
-        "2026-03-08T07:30:00+00:00",  # the offset before the gap (-05:00): 03:30 after it
-        "2026-03-08T07:00:00+00:00",
-        "2026-11-01T05:30:00+00:00",  # the earlier of 05:30 and 06:30 UTC
-        "2026-11-01T05:00:00+00:00",
-        "2026-11-01T07:00:00+00:00",
-        "2026-11-01T06:30:00+00:00",
+    # The rows go by the instants read, so a time read past the jump comes after the one at 03:00.
+    assert [(row["value"], row["changed_on"]) for row in xcom("fetch")] == [
+        ("before the gap", "2026-03-08T06:59:59+00:00"),
+        ("after the gap", "2026-03-08T07:00:00+00:00"),
+        ("in the gap", "2026-03-08T07:30:00+00:00"),  # the offset before the gap (-05:00): 03:30 after it
+        ("in the fold too", "2026-11-01T05:00:00+00:00"),
+        ("in the fold", "2026-11-01T05:30:00+00:00"),  # the earlier of 05:30 and 06:30 UTC
+        ("with an offset", "2026-11-01T06:30:00+00:00"),
+        ("after the fold", "2026-11-01T07:00:00+00:00"),
     ]
     text = logged(capfd, caplog)
     assert (

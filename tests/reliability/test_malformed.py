@@ -118,6 +118,7 @@ def test_records_missing_fields_are_read_with_nulls(api, monkeypatch, airflow_db
             "updated_type": record["updatedType"],
             "request_id": record["requestId"],
             "value": None,
+            "previous_value": None,
             "changed_on": None,
             "changed_on_raw": None,
         }
