@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import tzinfo
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import quote
 
 import pendulum
 from airflow.sdk import Asset
 
-from airflow_capillary_audit._compat import BaseOperator
-from airflow_capillary_audit.changed_on import parse_window_bound, validate_window
-from airflow_capillary_audit.exceptions import (
-    CapillaryAuthError,
-    CapillaryConfigError,
-    CapillaryEventsError,
-    CapillaryResponseError,
-)
+from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.formats import (
     OUTPUT_FORMATS,
     HashingWriter,
@@ -27,18 +19,8 @@ from airflow_capillary_audit.formats import (
     event_file_name,
     write_rows,
 )
-from airflow_capillary_audit.records import (
-    ALL_EVENTS,
-    RECORD_FIELDS,
-    ROW_COLUMNS,
-    FlattenStats,
-    RecordShapeError,
-    event_names_from,
-    exclude_event_names,
-    exclude_patterns_from,
-    filter_records,
-    iter_rows,
-)
+from airflow_capillary_audit.operators.base import CapillaryAuditLogsBaseOperator, Selection
+from airflow_capillary_audit.records import ALL_EVENTS, ROW_COLUMNS, FlattenStats
 from airflow_capillary_audit.sinks import (
     EventFile,
     FolderSink,
@@ -51,16 +33,14 @@ from airflow_capillary_audit.sinks import (
 )
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
     from airflow_capillary_audit.hooks.capillary import CapillaryHook
     from airflow_capillary_audit.responses import AuditLogs
 
-_Result = TypeVar("_Result")
-_Shaped = TypeVar("_Shaped")
+# Importable from here too: the operator's "every event of the org".
+__all__ = ["ALL_EVENTS", "CapillaryAuditLogsOperator", "FolderSummary"]
 
 
 class FolderSummary(TypedDict):
@@ -73,13 +53,14 @@ class FolderSummary(TypedDict):
     total_rows: int
 
 
-class CapillaryAuditLogsOperator(BaseOperator):
+class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
     """
     Fetch the audit logs of Capillary behavioural events and push them to XCom or write them to files.
 
     One request per event name (Capillary returns an event's whole history each time), run on a
     bounded pool of threads that share the hook's session, pace and back-off. Rows are kept when
-    ``changed_since <= changed_on < changed_until``.
+    ``changed_since <= changed_on < changed_until``. Selecting, fetching and shaping are
+    :class:`~airflow_capillary_audit.operators.base.CapillaryAuditLogsBaseOperator`'s.
 
     With ``destination`` set, each event is written to its own file in that folder, whole or not at
     all, and the task instance's manifest (``_manifest.<dag_id>.<task_id>.json``) is written last,
@@ -113,15 +94,10 @@ class CapillaryAuditLogsOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "event_names",
-        "exclude_event_names",
-        "changed_since",
-        "changed_until",
+        *CapillaryAuditLogsBaseOperator.template_fields,
         "destination",
         "destination_conn_id",
     )
-    ui_color = "#fde2c8"
-    ui_fgcolor = "#4a2a00"
 
     def __init__(
         self,
@@ -144,21 +120,22 @@ class CapillaryAuditLogsOperator(BaseOperator):
             asset = _destination_asset(destination)
             if asset is not None:
                 kwargs["outlets"] = [asset]
-        super().__init__(**kwargs)
-        self.event_names = event_names
-        self.exclude_event_names = exclude_event_names
-        self.capillary_conn_id = capillary_conn_id
-        self.changed_since = changed_since
-        self.changed_until = changed_until
+        super().__init__(
+            event_names=event_names,
+            capillary_conn_id=capillary_conn_id,
+            changed_since=changed_since,
+            changed_until=changed_until,
+            exclude_event_names=exclude_event_names,
+            max_active_requests=max_active_requests,
+            **kwargs,
+        )
         self.flatten = flatten
         self.destination = destination
         self.destination_conn_id = destination_conn_id
         self.output_format = output_format
         self.max_xcom_rows = max_xcom_rows
-        self.max_active_requests = max_active_requests
         self.csv_neutralize_formulas = csv_neutralize_formulas
         self._lineage: _Lineage | None = None
-        self._hook: CapillaryHook | None = None
         self._check_static_arguments()
 
     def _check_static_arguments(self) -> None:
@@ -178,30 +155,16 @@ class CapillaryAuditLogsOperator(BaseOperator):
                 f"output_format {self.output_format!r} needs flat rows; set flatten=True, or use "
                 "output_format 'jsonl' or 'json' to keep Capillary's nested records"
             )
-        for name in ("max_xcom_rows", "max_active_requests"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise CapillaryConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+        value = self.max_xcom_rows
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CapillaryConfigError(f"max_xcom_rows must be a whole number of at least 1, got {value!r}")
 
     def execute(self, context: Context) -> list[dict[str, Any]] | FolderSummary:
-        from airflow_capillary_audit.hooks.capillary import CapillaryHook  # noqa: PLC0415 - it imports requests (~70 ms)
-
         plan = self._plan()
-        hook = CapillaryHook(self.capillary_conn_id, pool_size=max(16, self.max_active_requests))
-        settings = hook.settings  # checks the connection before any request
-        default_tz = settings.tzinfo
-        if settings.requests_per_minute is not None and settings.rate_limit_redis_conn_id is None:
-            hook.rate_share = self._instances_at_once(context)
-            hook.rate_share_index = max(0, getattr(context.get("ti"), "map_index", 0) or 0)
-        hook.get_conn()
-        self._hook = hook
+        hook = self._open_hook(context)
+        default_tz = hook.settings.tzinfo
         try:
-            if plan.discover:
-                plan = self._selected(plan, hook.list_event_names())
-            if not plan.event_names:
-                listed_none = plan.discover and not plan.excluded
-                why = "the org lists no event" if listed_none else "exclude_event_names leaves none"
-                self.log.warning("No event to fetch: %s; the task succeeds with no rows", why)
+            plan = self._with_file_names(self._listed(hook, plan))
             if plan.sink is None:
                 rows = self._to_xcom(hook, plan, default_tz)
                 self._lineage = _Lineage(hook.settings.base_url, plan.event_names, [])
@@ -212,11 +175,6 @@ class CapillaryAuditLogsOperator(BaseOperator):
             return summary
         finally:
             hook.close()
-
-    def on_kill(self) -> None:
-        """Stop the pending requests: running ones end after their current exchange."""
-        if self._hook is not None:
-            self._hook.stop()
 
     def _record_asset_event(self, context: Context, summary: FolderSummary) -> None:
         """Describe this run's folder on the outlet asset's event, for consumers scheduled on it."""
@@ -252,149 +210,24 @@ class CapillaryAuditLogsOperator(BaseOperator):
 
     def _plan(self) -> _Plan:
         """Check every rendered argument and name every file, before any request is sent."""
-        discover = isinstance(self.event_names, str) and self.event_names == ALL_EVENTS
-        try:
-            names = [] if discover else event_names_from(self.event_names)
-            patterns = exclude_patterns_from(self.exclude_event_names)
-            since = parse_window_bound(self.changed_since, "changed_since")
-            until = parse_window_bound(self.changed_until, "changed_until")
-            validate_window(since, until)
-        except ValueError as err:
-            raise CapillaryConfigError(str(err)) from None
+        selection = self._selection()
         sink = None
         if self.destination is not None:
             sink = FolderSink(self.destination, self.destination_conn_id)
-        plan = _Plan([], since, until, sink, {}, patterns, discover)
-        plan = plan if discover else self._selected(plan, names)
+        plan = self._with_file_names(_Plan(**vars(selection), sink=sink))
         if sink is not None:
             sink.check()
         return plan
 
-    def _selected(self, plan: _Plan, names: list[str]) -> _Plan:
-        """Return the plan for ``names`` less the excluded ones, each with its file name."""
-        kept, excluded = exclude_event_names(names, plan.exclude)
-        if excluded:
-            self.log.info(
-                "Leaving out %d event(s) that match exclude_event_names %s: %s",
-                len(excluded),
-                plan.exclude,
-                ", ".join(map(repr, excluded)),
-            )
-        file_names: dict[str, str] = {}
-        if plan.sink is not None:
-            try:
-                file_names = {name: event_file_name(name, self.output_format) for name in kept}
-            except ValueError as err:
-                raise CapillaryConfigError(str(err)) from None
-        return replace(plan, event_names=kept, file_names=file_names, excluded=excluded)
-
-    def _instances_at_once(self, context: Context) -> int:
-        """
-        Return how many instances of this mapped task may send requests at the same time: the map's
-        size, capped by ``max_active_tis_per_dagrun`` and ``max_active_tis_per_dag``; 1 unmapped.
-        """
-        ti = context.get("ti")
-        if ti is None or getattr(ti, "map_index", -1) in (None, -1):
-            return 1
-        size = context.get("expanded_ti_count")
-        if not size:
-            try:
-                size = ti.get_ti_count(dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id])
-            except Exception as err:  # noqa: BLE001 - the caps below still apply; the warning says why
-                self.log.warning("Could not read how many instances this mapped task has: %s", err)
-        limits = [n for n in (size, self.max_active_tis_per_dagrun, self.max_active_tis_per_dag) if n]
-        if not limits:
-            self.log.warning(
-                "Each mapped instance paces at the connection's whole requests_per_minute: set "
-                "max_active_tis_per_dagrun, or the connection's rate_limit_redis_conn_id"
-            )
-            return 1
-        return max(1, min(limits))
-
-    def _fetch_all(
-        self,
-        hook: CapillaryHook,
-        plan: _Plan,
-        handle: Callable[[str, AuditLogs], _Result],
-        discard: Callable[[str], None] | None = None,
-    ) -> dict[str, _Result]:
-        """
-        Run ``handle(event_name, audit_logs)`` for every event on the pool; fail naming every failed event.
-
-        ``discard(event_name)`` is called for each event without a result, so nothing of an earlier
-        run stands beside this run's files as if it were current.
-        """
-
-        def job(name: str) -> _Result:
-            return handle(name, hook.fetch_audit_logs(name))
-
-        results: dict[str, _Result] = {}
-        failures: dict[str, BaseException] = {}
-        pool = ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="capillary")
+    def _with_file_names(self, plan: _Plan) -> _Plan:
+        """Return the plan with each event's file name; an event name no file can have is refused."""
+        if plan.sink is None:
+            return plan
         try:
-            futures = {pool.submit(job, name): name for name in plan.event_names}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    if future.cancelled():
-                        continue
-                    name = futures[future]
-                    error = future.exception()
-                    if error is None:
-                        results[name] = future.result()
-                        continue
-                    failures[name] = error
-                    # Every other request would be refused too, and retries could lock the till out.
-                    if isinstance(error, CapillaryAuthError):
-                        for other in pending:
-                            other.cancel()
-        except BaseException:
-            # A timeout or kill lands here: end the retries and waits, run no queued event.
-            hook.stop()
-            pool.shutdown(wait=True, cancel_futures=True)
-            # An earlier run's file of an event this run did not finish must not pass for this run's.
-            ended = {futures[f] for f in futures if f.done() and not f.cancelled() and f.exception() is None}
-            self._discard_quietly(discard, [n for n in plan.event_names if n not in ended])
-            raise
-        pool.shutdown(wait=True)
-        if failures:
-            skipped = [n for n in plan.event_names if n not in results and n not in failures]
-            self._discard_quietly(discard, [*failures, *skipped])
-            raise CapillaryEventsError(plan.event_names, failures, skipped)
-        return results
-
-    def _discard_quietly(self, discard: Callable[[str], None] | None, event_names: list[str]) -> None:
-        """Discard what a failed or stopped run did not finish; a failed clean-up is logged, not raised."""
-        if discard is None:
-            return
-        for name in event_names:
-            try:
-                discard(name)
-            except Exception as err:  # noqa: BLE001 - the run's own failure is the error to raise
-                self.log.warning("Could not remove the earlier file of event %r: %s", name, err)
-
-    def _shape(
-        self, name: str, fetched: AuditLogs, plan: _Plan, default_tz: tzinfo, stats: FlattenStats
-    ) -> Iterable[dict[str, Any]]:
-        """Return the event's rows (or narrowed records) as an iterator or list."""
-        if self.flatten:
-            return iter_rows(
-                name,
-                fetched.body["data"],
-                default_tz=default_tz,
-                since=plan.since,
-                until=plan.until,
-                stats=stats,
-            )
-        return filter_records(
-            fetched.body["data"],
-            default_tz=default_tz,
-            since=plan.since,
-            until=plan.until,
-            stats=stats,
-            event_name=name,
-        )
+            file_names = {name: event_file_name(name, self.output_format) for name in plan.event_names}
+        except ValueError as err:
+            raise CapillaryConfigError(str(err)) from None
+        return replace(plan, file_names=file_names)
 
     def _to_xcom(self, hook: CapillaryHook, plan: _Plan, default_tz: tzinfo) -> list[dict[str, Any]]:
         def handle(name: str, fetched: AuditLogs) -> tuple[list[dict[str, Any]], FlattenStats]:
@@ -459,7 +292,8 @@ class CapillaryAuditLogsOperator(BaseOperator):
             events = []
             for name in plan.event_names:
                 written, stats, written_stats = results[name]
-                self._report(name, stats, written.rows, written.uri, plan, written_stats)
+                self._report(name, stats, written.rows, written.uri, plan)
+                self._report_written(name, written_stats)
                 events.append(EventFile(event_name=name, file=written, records=stats.records))
             run = RunInfo(
                 dag_id=dag_id,
@@ -514,76 +348,16 @@ class CapillaryAuditLogsOperator(BaseOperator):
         except Exception as err:  # noqa: BLE001 - the run's own outcome is what the task reports
             self.log.warning("Could not remove this task instance's claim; delete it by hand: %s", err)
 
-    def _checked(self, fetched: AuditLogs, shape: Callable[[], _Shaped]) -> _Shaped:
-        """Run ``shape``; turn a malformed record into a response error naming the event and its answer."""
-        try:
-            return shape()
-        except RecordShapeError as err:
-            raise CapillaryResponseError(
-                f"Capillary's audit logs are malformed: {err}",
-                event_name=fetched.event_name,
-                status=fetched.status,
-                request_id=fetched.request_id,
-                attempts=fetched.attempts,
-            ) from err
-
-    def _report(
-        self,
-        name: str,
-        stats: FlattenStats,
-        count: int,
-        where: str,
-        plan: _Plan,
-        written: WriteStats | None = None,
-    ) -> None:
-        # A window also leaves out the records without any history, which have no entry to read.
-        windowed = plan.since is not None or plan.until is not None
-        entries_without_time = stats.excluded_no_time - (stats.empty_history if windowed else 0)
-
-        self.log.info("Event %r: %d record(s), %d row(s) -> %s", name, stats.records, count, where)
-        if stats.unparseable:
-            self.log.warning(
-                "Event %r: %d changedOn value(s) could not be read as a time (e.g. %s)",
-                name,
-                stats.unparseable,
-                ", ".join(repr(s) for s in stats.unparseable_samples),
-            )
-        if stats.missing_fields:
-            self.log.warning(
-                "Event %r: %d record(s) lack fields Capillary documents (%s); read with nulls",
-                name,
-                stats.missing_fields,
-                ", ".join(RECORD_FIELDS),
-            )
-        if entries_without_time:
-            self.log.warning(
-                "Event %r: %d value-history entr(ies) without a readable time left out of the window",
-                name,
-                entries_without_time,
-            )
-        if stats.ambiguous_times:
-            self.log.warning(
-                "Event %r: %d changedOn value(s) without an offset name a time that happens twice in the "
-                "connection's timezone (the clocks went back); read as the earlier of the two",
-                name,
-                stats.ambiguous_times,
-            )
-        if stats.nonexistent_times:
-            self.log.warning(
-                "Event %r: %d changedOn value(s) without an offset name a time that never happens in the "
-                "connection's timezone (the clocks went forward); read with the offset before the jump, "
-                "which puts them past it (02:30 in a jump from 02:00 to 03:00 reads as 03:30)",
-                name,
-                stats.nonexistent_times,
-            )
-        if written is not None and written.lone_surrogates:
+    def _report_written(self, name: str, written: WriteStats) -> None:
+        """Log what writing changed in an event's values."""
+        if written.lone_surrogates:
             self.log.warning(
                 "Event %r: %d value(s) held lone surrogates, written as U+FFFD in %s",
                 name,
                 written.lone_surrogates,
                 self.output_format,
             )
-        if written is not None and written.neutralized_formulas:
+        if written.neutralized_formulas:
             self.log.info(
                 "Event %r: %d value(s) began like a spreadsheet formula, written with a leading ' in %s "
                 "(csv_neutralize_formulas)",
@@ -594,18 +368,11 @@ class CapillaryAuditLogsOperator(BaseOperator):
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """What one run will do, checked before the first request."""
+class _Plan(Selection):
+    """What one run will do, checked before the first request: the selection, the folder, the files."""
 
-    event_names: list[str]
-    since: datetime | None
-    until: datetime | None
-    sink: FolderSink | None
-    file_names: dict[str, str]
-    exclude: list[str]
-    # event_names="*": the names come from the org's listing, at run time.
-    discover: bool = False
-    excluded: list[str] = field(default_factory=list)
+    sink: FolderSink | None = None
+    file_names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

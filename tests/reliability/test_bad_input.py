@@ -44,6 +44,18 @@ BAD_INPUT = [
     ("name with tab", {"event_names": ["a\tb"]}, {}, "control character '\\t'"),
     ("name with C1 control", {"event_names": "next\x85line"}, {}, "control character '\\x85'"),
     ("name with a lone surrogate", {"event_names": ["ok", "bad\ud800"]}, {}, "holds the unpaired surrogate"),
+    (
+        "exclusions a number",
+        {"event_names": "*", "exclude_event_names": 5},
+        {},
+        "exclude_event_names must be a glob pattern or a list of them",
+    ),
+    (
+        "exclusion not a string",
+        {"event_names": ["ok"], "exclude_event_names": ["Test*", None]},
+        {},
+        "exclude_event_names[1] is a NoneType (None), not a glob pattern string",
+    ),
     # connection
     ("host blank", {}, {"host": "   "}, "host is empty"),
     ("host with API path", {}, {"host": "{url}/v2/events/audit_logs"}, "carries a path or query"),
@@ -89,6 +101,12 @@ BAD_INPUT = [
         "'verify' must be true, false or a CA bundle path",
     ),
     ("extra timezone a number", {}, {"extra": {"timezone": 530}}, "'timezone' must be an IANA zone name"),
+    (
+        "extra rate budget connection a number",
+        {},
+        {"extra": {"rate_limit_redis_conn_id": 6379}},
+        "extra 'rate_limit_redis_conn_id' must be an Airflow connection id, got 6379",
+    ),
     ("extra auth_type unknown", {}, {"extra": {"auth_type": "kerberos"}}, "'auth_type'"),
     (
         "extra password_is_md5 not a bool",
