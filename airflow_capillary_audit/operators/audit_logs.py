@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, TypedDict
-from urllib.parse import quote
 
 import pendulum
 from airflow.sdk import Asset
@@ -19,7 +18,12 @@ from airflow_capillary_audit.formats import (
     event_file_name,
     write_rows,
 )
-from airflow_capillary_audit.operators.base import CapillaryAuditLogsBaseOperator, Selection
+from airflow_capillary_audit.operators.base import (
+    CapillaryAuditLogsBaseOperator,
+    Selection,
+    event_lineage_name,
+)
+from airflow_capillary_audit.operators.sql import CapillaryAuditLogsToSqlOperator
 from airflow_capillary_audit.records import ALL_EVENTS, ROW_COLUMNS, FlattenStats
 from airflow_capillary_audit.sinks import (
     EventFile,
@@ -39,8 +43,13 @@ if TYPE_CHECKING:
     from airflow_capillary_audit.hooks.capillary import CapillaryHook
     from airflow_capillary_audit.responses import AuditLogs
 
-# Importable from here too: the operator's "every event of the org".
-__all__ = ["ALL_EVENTS", "CapillaryAuditLogsOperator", "FolderSummary"]
+# Importable from here too: "every event of the org", and the table sink beside the folder one.
+__all__ = [
+    "ALL_EVENTS",
+    "CapillaryAuditLogsOperator",
+    "CapillaryAuditLogsToSqlOperator",
+    "FolderSummary",
+]
 
 
 class FolderSummary(TypedDict):
@@ -196,14 +205,11 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
         from airflow.providers.common.compat.openlineage.facet import Dataset  # noqa: PLC0415 - optional, heavy
         from airflow.providers.openlineage.extractors import OperatorLineage  # noqa: PLC0415 - optional, heavy
 
-        from airflow_capillary_audit.hooks.capillary import AUDIT_LOGS_PATH  # noqa: PLC0415 - imports requests
-
         if self._lineage is None:
             return OperatorLineage()
         lineage = self._lineage
         inputs = [
-            Dataset(namespace=lineage.base_url, name=f"{AUDIT_LOGS_PATH}?eventName={quote(name, safe='')}")
-            for name in lineage.event_names
+            Dataset(namespace=lineage.base_url, name=event_lineage_name(name)) for name in lineage.event_names
         ]
         outputs = [Dataset(namespace=f.namespace, name=f.name) for f in map(lineage_name, lineage.files)]
         return OperatorLineage(inputs=inputs, outputs=outputs)

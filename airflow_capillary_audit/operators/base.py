@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 from airflow_capillary_audit._compat import BaseOperator
 from airflow_capillary_audit.changed_on import parse_window_bound, validate_window
@@ -336,6 +337,13 @@ class CapillaryAuditLogsBaseOperator(BaseOperator):
                 name,
                 stats.nonexistent_times,
             )
+
+
+def event_lineage_name(event_name: str) -> str:
+    """Return how OpenLineage names one event's audit logs: the endpoint with its event name."""
+    from airflow_capillary_audit.hooks.capillary import AUDIT_LOGS_PATH  # noqa: PLC0415 - it imports requests
+
+    return f"{AUDIT_LOGS_PATH}?eventName={quote(event_name, safe='')}"
 
 
 def _check_whole_number(name: str, value: object) -> None:
