@@ -125,6 +125,11 @@ class Table:
         values = ", ".join([placeholder] * len(TABLE_COLUMNS))
         return f"INSERT INTO {self.qualified} ({columns}) VALUES ({values})"
 
+    def copy_statement(self) -> str:
+        """Return PostgreSQL's ``COPY table (columns) FROM STDIN``, the bulk path of psycopg 3."""
+        columns = ", ".join(self.quote(c) for c in TABLE_COLUMNS)
+        return f"COPY {self.qualified} ({columns}) FROM STDIN"
+
     def insert_prefix(self) -> str:
         """Return ``INSERT INTO table (columns) VALUES`` for drivers that expand many rows at once."""
         columns = ", ".join(self.quote(c) for c in TABLE_COLUMNS)

@@ -178,6 +178,77 @@ def redis_server(folder: Path) -> Iterator[int]:
     raise RuntimeError(f"redis-server did not start; see the logs in {folder}")
 
 
+@contextmanager
+def postgres_server() -> Iterator[dict[str, Any]]:
+    """
+    Run a throw-away PostgreSQL cluster on a Unix socket (no TCP listener); give an Airflow connection.
+
+    Skipped where PostgreSQL's server or Airflow's PostgreSQL provider is not installed. As root the
+    server runs as the ``postgres`` user, which PostgreSQL requires.
+    """
+    import glob
+    import shutil
+    import signal
+    import tempfile
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("PostgreSQL's server is not installed (apt-get install postgresql)")
+    pytest.importorskip("airflow.providers.postgres.hooks.postgres")
+    bin_dir = Path(found[-1]).parent
+    user = "postgres" if os.geteuid() == 0 else None
+    folder = Path(tempfile.mkdtemp(prefix="capillary-pg-"))
+    if user:
+        shutil.chown(folder, user)
+    server = None
+    try:
+        subprocess.run(
+            [str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "--auth=trust"],
+            check=True,
+            capture_output=True,
+            user=user,
+        )
+        with open(folder / "server.log", "wb") as log:
+            server = subprocess.Popen(
+                [
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(folder / "data"),
+                    "-k",
+                    str(folder),
+                    "-c",
+                    "listen_addresses=",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=user,
+            )
+        deadline = time.monotonic() + 60
+        ready = [str(bin_dir / "pg_isready"), "-q", "-h", str(folder), "-U", "postgres"]
+        while subprocess.run(ready, check=False).returncode != 0:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start; see {folder / 'server.log'}")
+            time.sleep(0.1)
+        yield {
+            "conn_type": "postgres",
+            "host": str(folder),
+            "login": "postgres",
+            "schema": "postgres",
+            "port": 5432,
+        }
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+            server.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     """Write a self-signed certificate for 127.0.0.1 and its key; return their paths."""
     from cryptography import x509

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,7 +12,7 @@ from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsToSql
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
 from airflow_capillary_audit.tables import check_identifier, text_value
-from tests.helpers import FAST_EXTRAS, LOGIN, PASSWORD, connection_json, expected_rows
+from tests.helpers import FAST_EXTRAS, LOGIN, PASSWORD, connection_json, expected_rows, postgres_server
 
 pytestmark = pytest.mark.airflow
 
@@ -33,23 +32,71 @@ def api(monkeypatch):
         yield server
 
 
-@pytest.fixture
-def database(tmp_path, monkeypatch):
-    path = tmp_path / "warehouse.db"
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
-    return path
+class Warehouse:
+    """A database behind the Airflow connection ``warehouse``, read back with plain DB-API calls."""
+
+    def __init__(self, dialect: str, connection: dict) -> None:
+        self.dialect = dialect
+        self.connection = connection
+
+    def hook(self):
+        from airflow.sdk import Connection
+
+        return Connection(conn_id="warehouse", **{**self.connection, "extra": "{}"}).get_hook()
+
+    def execute(self, *statements: str) -> None:
+        connection = self.hook().get_conn()
+        try:
+            cursor = connection.cursor()
+            for statement in statements:
+                cursor.execute(statement)
+            connection.commit()
+        finally:
+            connection.close()
+
+    def query(self, statement: str) -> list[tuple]:
+        connection = self.hook().get_conn()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(statement)
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            connection.close()
+
+    def rows(self, table: str = "audit_rows") -> list[dict]:
+        """Return the table's rows as dicts, times as ISO 8601 UTC text, in a fixed order."""
+        columns = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
+        out = []
+        for values in self.query(f'SELECT {columns} FROM "{table}"'):
+            row = dict(zip(ROW_COLUMNS, values))
+            if isinstance(row["changed_on"], datetime):
+                row["changed_on"] = row["changed_on"].astimezone(timezone.utc).isoformat()
+            out.append(row)
+        return sorted(out, key=key)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as connection:
+        yield connection
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path, monkeypatch):
+    if request.param == "sqlite":
+        connection = {"conn_type": "sqlite", "host": str(tmp_path / "warehouse.db")}
+    else:
+        connection = request.getfixturevalue("postgres")
+    warehouse = Warehouse(request.param, connection)
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(connection))
+    if request.param == "postgresql":
+        warehouse.execute('DROP TABLE IF EXISTS "audit_rows"', "DROP FUNCTION IF EXISTS refuse() CASCADE")
+    return warehouse
 
 
 def load(**arguments):
     arguments = {"event_names": NAMES, "sql_conn_id": "warehouse", "table": "audit_rows", **arguments}
     return CapillaryAuditLogsToSqlOperator(task_id="load", **arguments).execute({})
-
-
-def table_rows(path, table="audit_rows") -> list[dict]:
-    with sqlite3.connect(path) as connection:
-        connection.row_factory = sqlite3.Row
-        rows = connection.execute(f'SELECT * FROM "{table}" ORDER BY rowid').fetchall()
-    return [dict(row) for row in rows]
 
 
 def as_table_rows(rows: list[dict]) -> list[dict]:
@@ -65,36 +112,46 @@ def window_rows(api, since, until) -> list[dict]:
 
 
 def key(row: dict) -> tuple:
-    return tuple((c, str(row[c])) for c in ROW_COLUMNS)
+    return tuple(str(row[c]) for c in ROW_COLUMNS)
 
 
 def test_a_load_creates_the_table_and_holds_every_row(api, database, airflow_db):
     summary = load()
 
-    assert table_rows(database) == as_table_rows(expected_rows(api.dataset, NAMES))
+    assert database.rows() == sorted(as_table_rows(expected_rows(api.dataset, NAMES)), key=key)
     assert summary == {
         "table": "audit_rows",
         "rows_deleted": 0,
-        "rows_inserted": len(table_rows(database)),
+        "rows_inserted": len(database.rows()),
         "events": len(NAMES),
     }
-    with sqlite3.connect(database) as connection:
-        columns = [row[1] for row in connection.execute('PRAGMA table_info("audit_rows")')]
-        indexes = connection.execute('PRAGMA index_list("audit_rows")').fetchall()
-        (index,) = [row[1] for row in indexes]
-        indexed = [row[2] for row in connection.execute(f'PRAGMA index_info("{index}")')]
-    assert columns == list(ROW_COLUMNS)
+    if database.dialect == "sqlite":
+        columns = [(row[1], row[2]) for row in database.query('PRAGMA table_info("audit_rows")')]
+        (index,) = [row[1] for row in database.query('PRAGMA index_list("audit_rows")')]
+        indexed = [row[2] for row in database.query(f'PRAGMA index_info("{index}")')]
+        assert dict(columns)["changed_on"] == "TEXT" and dict(columns)["org_id"] == "INTEGER"
+    else:
+        columns = database.query(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'audit_rows' ORDER BY ordinal_position"
+        )
+        (definition,) = database.query("SELECT indexdef FROM pg_indexes WHERE tablename = 'audit_rows'")
+        indexed = definition[0].split("(", 1)[1].rstrip(")").replace('"', "").split(", ")
+        assert (
+            dict(columns)["changed_on"] == "timestamp with time zone" and dict(columns)["org_id"] == "bigint"
+        )
+    assert [name for name, _ in columns] == list(ROW_COLUMNS)
     assert indexed == ["event_name", "changed_on"]
 
 
 def test_a_rerun_of_a_window_leaves_the_same_table(api, database, airflow_db):
     since, until = END - 3 * DAY, END - 2 * DAY
     first = load(changed_since=since, changed_until=until)
-    before = table_rows(database)
+    before = database.rows()
 
     second = load(changed_since=since, changed_until=until)
 
-    assert sorted(map(key, table_rows(database))) == sorted(map(key, before))
+    assert sorted(map(key, database.rows())) == sorted(map(key, before))
     assert sorted(map(key, before)) == sorted(map(key, window_rows(api, since, until)))
     assert second["rows_deleted"] == first["rows_inserted"] == second["rows_inserted"] > 0
 
@@ -106,47 +163,54 @@ def test_adjacent_windows_add_up_without_duplicates_or_gaps(api, database, airfl
     # A rerun of the middle day in between changes nothing.
     load(changed_since=days[1], changed_until=days[2])
 
-    got = sorted(map(key, table_rows(database)))
+    got = sorted(map(key, database.rows()))
     assert got == sorted(map(key, window_rows(api, days[0], days[-1])))
     assert len(got) == len(set(got))
 
 
 def test_a_window_removes_only_its_own_rows(api, database, airflow_db):
     load()
-    everything = table_rows(database)
+    everything = database.rows()
     since, until = END - 3 * DAY, END - 2 * DAY
 
     summary = load(changed_since=since, changed_until=until)
 
     # The day's rows were replaced by the same rows; every other row stayed.
-    assert sorted(map(key, table_rows(database))) == sorted(map(key, everything))
+    assert sorted(map(key, database.rows())) == sorted(map(key, everything))
     assert summary["rows_deleted"] == len(window_rows(api, since, until)) == summary["rows_inserted"]
 
 
 def test_a_failed_event_leaves_the_table_as_it_was(api, database, airflow_db):
     load()
-    before = table_rows(database)
+    before = database.rows()
     api.set_faults([Fault("http_400", event_names=["TierUpgraded"])])
 
     with pytest.raises(CapillaryEventsError, match="TierUpgraded"):
         load()
 
-    assert table_rows(database) == before
+    assert database.rows() == before
 
 
 def test_a_database_failure_rolls_back_the_delete_too(api, database, airflow_db):
     load()
-    before = table_rows(database)
-    with sqlite3.connect(database) as connection:
-        connection.execute(
+    before = database.rows()
+    if database.dialect == "sqlite":
+        database.execute(
             "CREATE TRIGGER refuse AFTER INSERT ON \"audit_rows\" WHEN NEW.event_name = 'coupons & offers' "
             "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
         )
+    else:
+        database.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.event_name = 'coupons & offers' THEN RAISE EXCEPTION 'refused by the test'; END IF; "
+            "RETURN NEW; END $$",
+            'CREATE TRIGGER refuse BEFORE INSERT ON "audit_rows" FOR EACH ROW EXECUTE FUNCTION refuse()',
+        )
 
-    with pytest.raises(sqlite3.IntegrityError, match="refused by the test"):
+    with pytest.raises(Exception, match="refused by the test"):
         load()
 
-    assert table_rows(database) == before
+    assert database.rows() == before
 
 
 def test_names_and_values_cannot_inject_sql(database, airflow_db, monkeypatch):
@@ -173,7 +237,7 @@ def test_names_and_values_cannot_inject_sql(database, airflow_db, monkeypatch):
         load(event_names=[evil])
         load(event_names=[evil])
 
-    (row,) = table_rows(database)
+    (row,) = database.rows()
     assert (row["event_name"], row["value"], row["request_id"]) == (evil, value, '"; --')
 
 
@@ -197,8 +261,7 @@ def test_bad_input_fails_before_any_request(api, database, airflow_db, arguments
 
 
 def test_a_table_whose_columns_do_not_fit_is_refused_before_any_request(api, database, airflow_db):
-    with sqlite3.connect(database) as connection:
-        connection.execute('CREATE TABLE "audit_rows" (event_name TEXT, value TEXT)')
+    database.execute('CREATE TABLE "audit_rows" (event_name TEXT, value TEXT)')
 
     with pytest.raises(CapillaryConfigError, match=r"table 'audit_rows' exists without the columns \['id', "):
         load()
@@ -206,14 +269,14 @@ def test_a_table_whose_columns_do_not_fit_is_refused_before_any_request(api, dat
 
 
 def test_an_existing_table_with_every_column_is_used_as_it_is(api, database, airflow_db):
-    with sqlite3.connect(database) as connection:
-        columns = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
-        connection.execute(f'CREATE TABLE "audit_rows" ({columns}, "loaded_by" TEXT DEFAULT \'etl\')')
+    timestamp = "TEXT" if database.dialect == "sqlite" else "TIMESTAMP WITH TIME ZONE"
+    columns = ", ".join(f'"{c}" {timestamp if c == "changed_on" else "TEXT"}' for c in ROW_COLUMNS)
+    database.execute(f'CREATE TABLE "audit_rows" ({columns}, "loaded_by" TEXT DEFAULT \'etl\')')
 
     load(create_table=False)
 
-    rows = table_rows(database)
-    assert rows and {row["loaded_by"] for row in rows} == {"etl"}
+    loaded_by = database.query('SELECT DISTINCT "loaded_by" FROM "audit_rows"')
+    assert database.rows() and loaded_by == [("etl",)]
 
 
 @pytest.mark.parametrize("name", ["audit_rows", "Audit_Rows_2", "_x", "order"])
@@ -248,7 +311,7 @@ def test_a_dag_run_records_the_tables_asset_event(api, database, run_dag):
 
     assert dag_run.state == "success"
     summary = xcom("load")
-    assert summary["rows_inserted"] == len(table_rows(database)) > 0
+    assert summary["rows_inserted"] == len(database.rows()) > 0
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select

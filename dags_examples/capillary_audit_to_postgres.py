@@ -1,0 +1,45 @@
+"""
+Yesterday's Capillary audit-log changes into a PostgreSQL table, one transaction a run.
+
+Each run deletes the table's rows of its events inside its data interval and inserts the rows
+Capillary returns for that interval, then commits: a rerun of a day leaves the same table, and days
+add up without duplicates or gaps. ``CAPILLARY_AUDIT_SQL_CONN_ID`` names the database connection
+(``postgres_default`` by default; any connection whose hook is a DbApiHook works), and
+``CAPILLARY_AUDIT_TABLE`` the table, created on the first run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsToSqlOperator
+
+try:
+    from airflow.sdk import CronDataIntervalTimetable
+except ImportError:  # Airflow 3.0 and 3.1
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+SQL_CONN_ID = os.environ.get("CAPILLARY_AUDIT_SQL_CONN_ID", "postgres_default")
+TABLE = os.environ.get("CAPILLARY_AUDIT_TABLE", "capillary_audit_logs")
+EVENT_NAMES = ["PointsRedeemed", "TierUpgraded", "Café Visit", "coupons & offers"]
+
+with DAG(
+    dag_id="capillary_audit_to_postgres",
+    description="Yesterday's Capillary audit-log changes, loaded into a PostgreSQL table",
+    schedule=CronDataIntervalTimetable("30 0 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["capillary", "example"],
+) as dag:
+    CapillaryAuditLogsToSqlOperator(
+        task_id="load_audit_logs",
+        event_names=EVENT_NAMES,
+        changed_since="{{ data_interval_start }}",
+        changed_until="{{ data_interval_end }}",
+        sql_conn_id=SQL_CONN_ID,
+        table=TABLE,
+    )
