@@ -322,3 +322,31 @@ def test_a_dag_run_records_the_tables_asset_event(api, database, run_dag):
         ).all()
     extras = [extra for uri, extra in events if uri == "capillary-table://warehouse/_/audit_rows"]
     assert extras and extras[-1]["rows_inserted"] == summary["rows_inserted"]
+
+
+def test_openlineage_reports_events_in_and_the_table_out(api, database, airflow_db):
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+    operator = CapillaryAuditLogsToSqlOperator(
+        task_id="load",
+        event_names=["coupons & offers", "TierUpgraded"],
+        sql_conn_id="warehouse",
+        table="audit_rows",
+    )
+    assert operator.get_openlineage_facets_on_complete(None) == OperatorLineage()
+    operator.execute({})
+
+    lineage = operator.get_openlineage_facets_on_complete(None)
+
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [
+        (api.url, "/v2/events/audit_logs?eventName=coupons%20%26%20offers"),
+        (api.url, "/v2/events/audit_logs?eventName=TierUpgraded"),
+    ]
+    (output,) = lineage.outputs
+    if database.dialect == "sqlite":
+        # The SQLite hook gives no database info: the connection id names the database.
+        assert (output.namespace, output.name) == ("sqlite://warehouse", "audit_rows")
+    else:
+        # PostgreSQL's hook names the server, the database and the default schema, as OpenLineage does.
+        assert output.namespace.startswith("postgres://") and output.namespace.endswith(":5432")
+        assert output.name == "postgres.public.audit_rows"
