@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 CHANGED_ON_FORMATS = ("iso_z", "iso_millis_offset", "epoch_ms", "epoch_ms_number", "naive_space")
 UNKNOWN_EVENT_POLICIES = ("empty", "400")
+HISTORY_ORDERS = ("ascending", "descending", "shuffled")
 
 # Capillary does not enumerate updatedType ("creation, modification or deletion"); updates dominate.
 UPDATED_TYPES = ("CREATED", "UPDATED", "UPDATED", "UPDATED", "DELETED")
@@ -131,6 +132,8 @@ class Dataset:
         data stays the same all UTC day and windows for "today" and "yesterday" have rows.
     :param naive_timezone: IANA zone the ``naive_space`` strings are rendered in.
     :param unparseable_rate: Fraction of entries given a junk ``changedOn`` such as ``not-a-date``.
+    :param history_order: Order of each record's ``valueHistory``, which Capillary does not document:
+        ``"ascending"`` by time (default), ``"descending"``, or ``"shuffled"`` (seeded, per record).
     :param unknown_event: With ``event_names`` given, what a name outside it gets: ``"empty"`` (200
         with ``data: []``) or ``"400"`` (a 400 with an ``errors[]`` entry).
     :param nameless_events: Entries without a usable event name added to the org's event list, one
@@ -151,6 +154,7 @@ class Dataset:
         naive_timezone: str = "UTC",
         unparseable_rate: float = 0.0,
         unknown_event: str = "empty",
+        history_order: str = "ascending",
         nameless_events: int = 0,
     ) -> None:
         unknown = [f for f in changed_on_formats if f not in CHANGED_ON_FORMATS]
@@ -160,6 +164,8 @@ class Dataset:
             raise ValueError("unparseable_rate must lie in [0, 1]")
         if unknown_event not in UNKNOWN_EVENT_POLICIES:
             raise ValueError(f"unknown_event must be one of {UNKNOWN_EVENT_POLICIES}")
+        if history_order not in HISTORY_ORDERS:
+            raise ValueError(f"history_order must be one of {HISTORY_ORDERS}")
         if nameless_events < 0:
             raise ValueError("nameless_events must not be negative")
         self.seed = seed
@@ -175,6 +181,7 @@ class Dataset:
         self._naive_zone = ZoneInfo(naive_timezone)
         self.unparseable_rate = unparseable_rate
         self.unknown_event = unknown_event
+        self.history_order = history_order
         self.nameless_events = int(nameless_events)
         # The org is one tenant: every record carries the same orgId, derived from the seed.
         self.org_id = random.Random(f"{seed}:orgId").randrange(50_000, 1_000_000)
@@ -185,10 +192,11 @@ class Dataset:
 
     def __repr__(self) -> str:
         nameless = f", nameless_events={self.nameless_events}" if self.nameless_events else ""
+        order = f", history_order={self.history_order!r}" if self.history_order != "ascending" else ""
         return (
             f"Dataset(seed={self.seed!r}, event_names={self.event_names!r}, "
             f"records_per_event={self.records_per_event}, history_per_record={self.history_per_record}, "
-            f"start={self.start.isoformat()}, end={self.end.isoformat()}{nameless})"
+            f"start={self.start.isoformat()}, end={self.end.isoformat()}{nameless}{order})"
         )
 
     @property
@@ -310,6 +318,15 @@ class Dataset:
                     continue
                 history.append({"value": value, "changedOn": self._format(kind, moment)})
                 truths.append(moment if kind in _MILLIS_FORMATS else moment - moment % 1000)
+            if self.history_order != "ascending" and len(history) > 1:
+                # Its own generator: the order never changes what the other draws give.
+                order = list(range(len(history)))
+                if self.history_order == "descending":
+                    order.reverse()
+                else:
+                    random.Random(f"{self.seed}:{event_name}:{record_id}:order").shuffle(order)
+                history = [history[i] for i in order]
+                truths = [truths[i] for i in order]
             records.append(
                 {
                     "id": record_id,

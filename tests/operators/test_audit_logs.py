@@ -153,7 +153,10 @@ def test_a_failing_event_leaves_no_manifest_and_no_partial_file(capillary_conn, 
     earlier, _ = run_dag(source, dag_id="failed_rerun")
     assert earlier.state == "success" and manifest_of(tmp_path) is not None
     capillary_conn.set_faults(
-        [Fault("http_503", event_names=["coupons & offers"]), Fault("truncated", event_names=["tier upgrade"])]
+        [
+            Fault("http_503", event_names=["coupons & offers"]),
+            Fault("truncated", event_names=["tier upgrade"]),
+        ]
     )
     dag_run, _ = run_dag(source, dag_id="failed_rerun")
 
@@ -329,13 +332,17 @@ def test_event_names_never_leave_the_destination(capillary_conn, airflow_db, tmp
 def test_naive_times_use_the_connections_timezone(stand_in, monkeypatch, airflow_db):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
-    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata"))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata")
+    )
     rows = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES).execute({})
     naive = [r for r in rows if r["changed_on_raw"] and " " in r["changed_on_raw"]]
     assert naive
     for row in naive:
         local = datetime.strptime(row["changed_on_raw"], "%Y-%m-%d %H:%M:%S")
-        expected = local.replace(tzinfo=__import__("zoneinfo").ZoneInfo("Asia/Kolkata")).astimezone(timezone.utc)
+        expected = local.replace(tzinfo=__import__("zoneinfo").ZoneInfo("Asia/Kolkata")).astimezone(
+            timezone.utc
+        )
         assert row["changed_on"] == expected.isoformat()
 
 
@@ -365,13 +372,16 @@ def test_the_demo_dag_runs(airflow_db, monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url))
 
     for name in ("capillary_audit_daily.py", "capillary_audit_consumer.py"):
-        shutil.copy(Path(__file__).resolve().parents[2] / "dags_examples" / name, AIRFLOW_HOME / "dags" / name)
+        shutil.copy(
+            Path(__file__).resolve().parents[2] / "dags_examples" / name, AIRFLOW_HOME / "dags" / name
+        )
     monkeypatch.setenv("CAPILLARY_AUDIT_BASE", str(tmp_path))
 
     bag = DagBag(dag_folder=str(AIRFLOW_HOME / "dags" / "capillary_audit_daily.py"))
     dag = bag.get_dag("capillary_audit_daily")
     write_dag_files_to_db(
-        AIRFLOW_HOME / "dags" / "capillary_audit_daily.py", AIRFLOW_HOME / "dags" / "capillary_audit_consumer.py"
+        AIRFLOW_HOME / "dags" / "capillary_audit_daily.py",
+        AIRFLOW_HOME / "dags" / "capillary_audit_consumer.py",
     )
     try:
         dag_run = dag.test()
@@ -514,7 +524,11 @@ def test_unflattened_records_are_narrowed_to_the_window(capillary_conn, airflow_
         records = json.loads(path.read_bytes())
         assert result["rows"] == {WINDOW_EVENT: len(expected)}
         manifest = manifest_of(tmp_path)
-        assert (manifest["flatten"], manifest["changed_since"], manifest["changed_until"]) == (False, SINCE, UNTIL)
+        assert (manifest["flatten"], manifest["changed_since"], manifest["changed_until"]) == (
+            False,
+            SINCE,
+            UNTIL,
+        )
         assert manifest["events"][0]["records"] == len(WINDOW_RECORDS)
     else:
         records = result
@@ -554,7 +568,9 @@ def test_unreadable_changed_on_values_are_kept_and_logged(capillary_conn, airflo
     rows = CapillaryAuditLogsOperator(task_id="t", event_names=[WINDOW_EVENT]).execute({})
 
     # Within a record, an entry without a readable time comes after the timed ones and follows none.
-    assert [(r["id"], r["value"], r["previous_value"], r["changed_on"], r["changed_on_raw"]) for r in rows] == [
+    assert [
+        (r["id"], r["value"], r["previous_value"], r["changed_on"], r["changed_on_raw"]) for r in rows
+    ] == [
         ("a", "y", None, "2026-03-01T08:00:00+00:00", "2026-03-01T08:00:00Z"),
         ("a", "x", None, None, "N/A"),
         ("b", "z", None, None, "31/02/2026 25:61"),
@@ -651,10 +667,14 @@ def test_a_run_outside_a_dag_writes_a_manifest_that_says_so(capillary_conn, airf
     assert summary["manifest"] == f"file://{tmp_path}/_manifest.t.json"
 
 
-def test_an_object_store_folder_with_a_trailing_slash_names_each_file_once(capillary_conn, airflow_db, memory_store):
+def test_an_object_store_folder_with_a_trailing_slash_names_each_file_once(
+    capillary_conn, airflow_db, memory_store
+):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
-    op = CapillaryAuditLogsOperator(task_id="t", event_names=["a", "b c"], destination="memory://bucket/audit/")
+    op = CapillaryAuditLogsOperator(
+        task_id="t", event_names=["a", "b c"], destination="memory://bucket/audit/"
+    )
     summary = op.execute({})
 
     assert summary["files"] == ["memory://bucket/audit/a.jsonl", "memory://bucket/audit/b%20c.jsonl"]
@@ -664,7 +684,9 @@ def test_an_object_store_folder_with_a_trailing_slash_names_each_file_once(capil
 def test_files_read_naive_times_in_the_connections_timezone(stand_in, monkeypatch, airflow_db, tmp_path):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
-    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata"))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata")
+    )
     CapillaryAuditLogsOperator(task_id="t", event_names=NAMES, destination=str(tmp_path)).execute({})
 
     rows = [r for name in NAMES for r in read_back(tmp_path / event_file_name(name, "jsonl"), "jsonl")]
@@ -677,11 +699,15 @@ def test_files_read_naive_times_in_the_connections_timezone(stand_in, monkeypatc
 
 
 @pytest.mark.parametrize("to_files", [False, True])
-def test_each_event_is_reported_with_where_its_rows_went(capillary_conn, airflow_db, tmp_path, capfd, caplog, to_files):
+def test_each_event_is_reported_with_where_its_rows_went(
+    capillary_conn, airflow_db, tmp_path, capfd, caplog, to_files
+):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
     destination = str(tmp_path) if to_files else None
-    CapillaryAuditLogsOperator(task_id="t", event_names=["PointsRedeemed"], destination=destination).execute({})
+    CapillaryAuditLogsOperator(task_id="t", event_names=["PointsRedeemed"], destination=destination).execute(
+        {}
+    )
 
     records = len(capillary_conn.dataset.records("PointsRedeemed"))
     rows = len(expected_rows(capillary_conn.dataset, ["PointsRedeemed"]))
@@ -706,13 +732,17 @@ def test_the_manifest_time_is_utc_whatever_the_workers_zone(capillary_conn, airf
     assert abs(datetime.fromisoformat(fetched_at) - datetime.now(timezone.utc)).total_seconds() < 600
 
 
-def test_one_bound_is_a_window_too_for_the_warning_about_unreadable_times(capillary_conn, airflow_db, capfd, caplog):
+def test_one_bound_is_a_window_too_for_the_warning_about_unreadable_times(
+    capillary_conn, airflow_db, capfd, caplog
+):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
     body = json.dumps({"data": UNREADABLE_RECORDS, "warnings": [], "errors": []})
     capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
 
-    rows = CapillaryAuditLogsOperator(task_id="t", event_names=[WINDOW_EVENT], changed_since=SINCE).execute({})
+    rows = CapillaryAuditLogsOperator(task_id="t", event_names=[WINDOW_EVENT], changed_since=SINCE).execute(
+        {}
+    )
 
     assert [r["value"] for r in rows] == ["y"]
     assert (
@@ -720,7 +750,9 @@ def test_one_bound_is_a_window_too_for_the_warning_about_unreadable_times(capill
     ) in logged(capfd, caplog)
 
 
-def test_records_that_lack_documented_fields_are_named_in_a_warning(capillary_conn, airflow_db, capfd, caplog):
+def test_records_that_lack_documented_fields_are_named_in_a_warning(
+    capillary_conn, airflow_db, capfd, caplog
+):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
     capillary_conn.set_faults([Fault("record_missing_fields", event_names=[WINDOW_EVENT])])
@@ -736,7 +768,9 @@ def test_records_that_lack_documented_fields_are_named_in_a_warning(capillary_co
 def test_unflattened_records_read_naive_times_in_the_connections_timezone(stand_in, monkeypatch, airflow_db):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
-    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata"))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(stand_in.url, timezone="Asia/Kolkata")
+    )
     # 03:00 in Kolkata is 21:30 UTC the day before: inside the window only when read in Kolkata.
     records = [audit_log("k", [{"value": "kolkata", "changedOn": "2026-03-02 03:00:00"}])]
     stand_in.set_faults([Fault("body", body=json.dumps({"data": records}), event_names=[WINDOW_EVENT])])
@@ -759,7 +793,9 @@ def test_the_failure_lists_one_event_per_line(capillary_conn, airflow_db):
     capillary_conn.set_faults([Fault("http_404", event_names=["b"]), Fault("http_400", event_names=["c"])])
 
     with pytest.raises(CapillaryError) as caught:
-        CapillaryAuditLogsOperator(task_id="t", event_names=["a", "b", "c"], max_active_requests=1).execute({})
+        CapillaryAuditLogsOperator(task_id="t", event_names=["a", "b", "c"], max_active_requests=1).execute(
+            {}
+        )
 
     lines = str(caught.value).splitlines()
     assert lines[0] == "2 of 3 event(s) failed; nothing of this run is marked complete:"
@@ -782,7 +818,12 @@ def test_the_documented_defaults():
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
     op = CapillaryAuditLogsOperator(task_id="t", event_names="a")
-    assert (op.capillary_conn_id, op.flatten, op.destination, op.output_format) == ("capillary_default", True, None, "jsonl")
+    assert (op.capillary_conn_id, op.flatten, op.destination, op.output_format) == (
+        "capillary_default",
+        True,
+        None,
+        "jsonl",
+    )
     assert (op.max_xcom_rows, op.max_active_requests) == (10_000, 4)
     assert (op.changed_since, op.changed_until, op.destination_conn_id) == (None, None, None)
     assert op.csv_neutralize_formulas is False
@@ -844,7 +885,9 @@ def test_each_failed_event_is_named_with_its_error_type_status_attempts_and_requ
     assert list(caught.value.failures) == ["bad"]
     assert type(error).__name__ == kind
     assert (error.event_name, error.status) == ("bad", status)
-    attempts = 1 if kind == "CapillaryAuthError" or fault.kind in ("errors_in_body", "history_not_list") else 2
+    attempts = (
+        1 if kind == "CapillaryAuthError" or fault.kind in ("errors_in_body", "history_not_list") else 2
+    )
     assert error.attempts == attempts
     answered = [r for r in stand_in.requests if r.event_name == "bad" and r.status is not None]
     assert error.request_id == (answered[-1].request_id if answered else None)
@@ -875,7 +918,9 @@ with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, t
 """
 
 
-@pytest.mark.skipif(not DAG_TEST_RUNS_TASK_CALLBACKS, reason="dag.test() runs task callbacks from Airflow 3.3")
+@pytest.mark.skipif(
+    not DAG_TEST_RUNS_TASK_CALLBACKS, reason="dag.test() runs task callbacks from Airflow 3.3"
+)
 def test_a_failure_callback_tells_the_kinds_of_failure_apart(stand_in, monkeypatch, run_dag, tmp_path):
     use_connection(monkeypatch, stand_in.url, max_retries=0)
     stand_in.set_faults(
@@ -952,7 +997,9 @@ def test_lone_surrogates_are_written_as_the_replacement_character_and_warned_abo
 
 
 @pytest.mark.parametrize("output_format", ["jsonl", "json"])
-def test_json_output_keeps_lone_surrogates_escaped(capillary_conn, run_dag, tmp_path, capfd, caplog, output_format):
+def test_json_output_keeps_lone_surrogates_escaped(
+    capillary_conn, run_dag, tmp_path, capfd, caplog, output_format
+):
     dag_run = run_on_surrogates(capillary_conn, run_dag, tmp_path, output_format)
 
     assert dag_run.state == "success"
@@ -970,9 +1017,11 @@ FORMULA_VALUES = ["=1+1", "+1", "-5", "@SUM(A1)", "\tTAB", "\rCR", "a=b", "", "'
 
 
 @pytest.mark.parametrize("neutralize", [True, False], ids=["neutralized", "by default"])
-def test_csv_formulas_are_neutralized_only_when_asked(capillary_conn, run_dag, tmp_path, capfd, caplog, neutralize):
+def test_csv_formulas_are_neutralized_only_when_asked(
+    capillary_conn, run_dag, tmp_path, capfd, caplog, neutralize
+):
     history = [{"value": value, "changedOn": "2026-03-01T08:00:00Z"} for value in FORMULA_VALUES]
-    record = {**audit_log("=HYPERLINK(\"x\")", history), "orgId": -5}
+    record = {**audit_log('=HYPERLINK("x")', history), "orgId": -5}
     body = json.dumps({"data": [record], "warnings": [], "errors": []})
     capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
     option = ", csv_neutralize_formulas=True" if neutralize else ""
@@ -989,8 +1038,19 @@ def test_csv_formulas_are_neutralized_only_when_asked(capillary_conn, run_dag, t
     # All at one instant, so in the order served: each row's previous value is the value before it.
     assert [row["previous_value"] for row in rows] == [None, *values[:-1]]
     if neutralize:
-        assert values == ["'=1+1", "'+1", "'-5", "'@SUM(A1)", "'\tTAB", "'\rCR", "a=b", None, "'=quoted", "2026-03-01"]
-        assert {row["id"] for row in rows} == {"'=HYPERLINK(\"x\")"}
+        assert values == [
+            "'=1+1",
+            "'+1",
+            "'-5",
+            "'@SUM(A1)",
+            "'\tTAB",
+            "'\rCR",
+            "a=b",
+            None,
+            "'=quoted",
+            "2026-03-01",
+        ]
+        assert {row["id"] for row in rows} == {'\'=HYPERLINK("x")'}
         # A number is a number to a spreadsheet: -5 as an integer is left alone.
         assert {row["org_id"] for row in rows} == {-5}
         assert (
@@ -999,7 +1059,7 @@ def test_csv_formulas_are_neutralized_only_when_asked(capillary_conn, run_dag, t
         ) in logged(capfd, caplog)
     else:
         assert values == [value or None for value in FORMULA_VALUES]
-        assert {row["id"] for row in rows} == {"=HYPERLINK(\"x\")"}
+        assert {row["id"] for row in rows} == {'=HYPERLINK("x")'}
         assert "spreadsheet formula" not in logged(capfd, caplog)
 
 
@@ -1026,7 +1086,9 @@ def test_naive_times_in_a_fold_or_gap_are_read_as_before_and_warned_about(
     body = json.dumps({"data": [record], "warnings": [], "errors": []})
     stand_in.set_faults([Fault("body", body=body, event_names=[DST_EVENT])])
 
-    dag_run, xcom = run_dag(dag_source(f"CapillaryAuditLogsOperator(task_id='fetch', event_names=[{DST_EVENT!r}])"))
+    dag_run, xcom = run_dag(
+        dag_source(f"CapillaryAuditLogsOperator(task_id='fetch', event_names=[{DST_EVENT!r}])")
+    )
 
     assert dag_run.state == "success"
     # The rows go by the instants read, so a time read past the jump comes after the one at 03:00.
@@ -1061,7 +1123,9 @@ def mapped_context(dag_id: str, run_id: str, map_index: int) -> dict:
     return {"ti": ti, "run_id": run_id}
 
 
-def test_an_event_another_running_instance_claims_is_refused_before_any_request(capillary_conn, airflow_db, tmp_path):
+def test_an_event_another_running_instance_claims_is_refused_before_any_request(
+    capillary_conn, airflow_db, tmp_path
+):
     from airflow_capillary_audit.exceptions import CapillaryConfigError
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
@@ -1080,7 +1144,9 @@ def test_an_event_another_running_instance_claims_is_refused_before_any_request(
     assert list(files_in(tmp_path)) == [claim_name(running)]  # no file, no manifest, no claim of its own
 
 
-def test_a_claim_of_another_run_or_by_the_instance_itself_does_not_stop_it(capillary_conn, airflow_db, tmp_path):
+def test_a_claim_of_another_run_or_by_the_instance_itself_does_not_stop_it(
+    capillary_conn, airflow_db, tmp_path
+):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
     sink = FolderSink(str(tmp_path))
@@ -1096,7 +1162,9 @@ def test_a_claim_of_another_run_or_by_the_instance_itself_does_not_stop_it(capil
     assert (tmp_path / manifest_name("daily", "fetch", 0)).exists()
 
 
-def test_an_event_in_two_groups_is_refused_and_the_manifest_written_stays_true(capillary_conn, run_dag, tmp_path):
+def test_an_event_in_two_groups_is_refused_and_the_manifest_written_stays_true(
+    capillary_conn, run_dag, tmp_path
+):
     groups = [["a", "shared"], ["shared", "b"]]
     source = dag_source(
         f"CapillaryAuditLogsOperator.partial(task_id='fetch', destination={str(tmp_path)!r})"
@@ -1131,3 +1199,23 @@ def test_a_failed_instance_leaves_no_claim(capillary_conn, run_dag, tmp_path):
     assert dag_run.state == "failed"
     assert claims_in(tmp_path) == []
     assert list(manifests_in(tmp_path)) == [manifest_name(dag_run.dag_id, "fetch", 0)]
+
+
+@pytest.mark.parametrize("order", ["descending", "shuffled"])
+def test_histories_in_any_order_give_rows_by_time_with_the_value_each_change_replaced(
+    monkeypatch, airflow_db, order
+):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+    from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
+
+    dataset = Dataset(seed=3, records_per_event=(20, 30), history_per_record=(2, 8), history_order=order)
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset) as server:
+        use_connection(monkeypatch, server.url)
+        rows = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES).execute({})
+
+    assert rows == expected_rows(dataset, NAMES)
+    # The stand-in served them out of order: the operator's order is its own.
+    served = [e["changedOn"] for r in dataset.records(NAMES[0]) for e in r["valueHistory"]]
+    assert served != [r["changed_on_raw"] for r in rows if r["event_name"] == NAMES[0]]
+    chained = [r for r in rows if r["previous_value"] is not None]
+    assert chained

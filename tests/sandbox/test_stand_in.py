@@ -1050,3 +1050,24 @@ def test_event_list_faults_ignore_event_names_and_audit_log_faults_skip_the_list
 def test_faults_that_shape_records_do_not_apply_to_the_event_list(kind):
     with pytest.raises(ValueError, match=f"^a {kind} fault shapes audit-log records"):
         Fault(kind, endpoint="events")
+
+
+@pytest.mark.parametrize("order", ["descending", "shuffled"])
+def test_history_order_reorders_each_history_and_changes_nothing_else(order):
+    plain = Dataset(seed=9, history_per_record=(3, 6))
+    reordered = Dataset(seed=9, history_per_record=(3, 6), history_order=order)
+
+    for before, after in zip(plain.records("x"), reordered.records("x"), strict=True):
+        assert {k: v for k, v in before.items() if k != "valueHistory"} == {
+            k: v for k, v in after.items() if k != "valueHistory"
+        }
+        history = before["valueHistory"]
+        assert sorted(map(str, history)) == sorted(map(str, after["valueHistory"]))
+        if order == "descending":
+            assert after["valueHistory"] == history[::-1]
+    assert [r["valueHistory"] for r in plain.records("x")] != [r["valueHistory"] for r in reordered.records("x")]
+
+
+def test_an_unknown_history_order_is_refused():
+    with pytest.raises(ValueError, match="history_order must be one of"):
+        Dataset(history_order="random")
