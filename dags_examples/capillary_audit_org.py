@@ -6,7 +6,8 @@ this file was written is fetched from its next run on, and returns them in group
 ``CAPILLARY_AUDIT_GROUP_SIZE``. ``fetch_audit_logs`` is mapped over the groups: each instance writes
 its group's files and its own manifest under one folder per day, below ``CAPILLARY_AUDIT_ORG_BASE``
 (a local path by default; ``s3://bucket/prefix`` with ``CAPILLARY_AUDIT_DESTINATION_CONN_ID`` naming
-the AWS connection). That base folder is the task's outlet Asset.
+the AWS connection). That base folder is the task's outlet Asset. Both tasks use the ``capillary``
+connection ``CAPILLARY_AUDIT_CONN_ID`` (default ``capillary_default``).
 
 The instances share the connection's ``requests_per_minute``: through one budget in Redis when the
 connection sets ``rate_limit_redis_conn_id``, or else split evenly between the instances that may
@@ -29,6 +30,7 @@ try:
 except ImportError:  # Airflow 3.0 and 3.1
     from airflow.timetables.interval import CronDataIntervalTimetable
 
+CONN_ID = os.environ.get("CAPILLARY_AUDIT_CONN_ID", "capillary_default")
 # Fixed when the DAG is parsed, so the task can declare it as an Asset; runs write below it.
 ORG_BASE = os.environ.get("CAPILLARY_AUDIT_ORG_BASE", "/tmp/capillary-audit-org").rstrip("/")
 DESTINATION_CONN_ID = os.environ.get("CAPILLARY_AUDIT_DESTINATION_CONN_ID") or None
@@ -47,12 +49,14 @@ with DAG(
 ) as dag:
     events = CapillaryListEventsOperator(
         task_id="list_events",
+        capillary_conn_id=CONN_ID,
         group_size=GROUP_SIZE,
         # Events used only to test Capillary's set-up carry no audit value.
         exclude_event_names=["airflow-connection-test"],
     )
     CapillaryAuditLogsOperator.partial(
         task_id="fetch_audit_logs",
+        capillary_conn_id=CONN_ID,
         changed_since="{{ data_interval_start }}",
         changed_until="{{ data_interval_end }}",
         destination=ORG_BASE + "/{{ data_interval_start | ds }}",

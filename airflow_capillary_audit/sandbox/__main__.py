@@ -3,7 +3,8 @@
 Example::
 
     python -m airflow_capillary_audit.sandbox --port 8765 --user store.server:server123 --seed 42 \\
-        --events "points_update,tier_change" --rate-limit 600 --fault http_503:0.05 --ready-file /tmp/url
+        --events "points_update,tier_change" --rate-limit 600 --fault http_503:0.05 --ready-file /tmp/url \\
+        --request-log /tmp/requests.jsonl
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--oauth-ttl", type=int, default=300, help="OAuth token lifetime in seconds")
     parser.add_argument("--no-basic-auth", action="store_true", help="refuse Basic authentication")
     parser.add_argument("--ready-file", help="write the URL to this file once listening")
+    parser.add_argument(
+        "--request-log",
+        metavar="FILE",
+        help="append one JSON line per request answered to FILE, as it is answered: wall, monotonic "
+        "(times received), method, path, event_name, status, fault, request_id",
+    )
     return parser
 
 
@@ -146,6 +153,7 @@ def build_stand_in(args: argparse.Namespace, *, data_end: datetime | None = None
         oauth_clients=dict(args.oauth_client) if args.oauth_client else None,
         oauth_ttl_seconds=args.oauth_ttl,
         basic_auth_enabled=not args.no_basic_auth,
+        request_log=args.request_log,
     )
 
 

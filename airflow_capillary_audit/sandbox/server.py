@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 from airflow_capillary_audit.sandbox.data import Dataset, encode_json
@@ -186,6 +186,9 @@ class CapillaryStandIn:
     :param basic_auth_enabled: Whether Basic authentication is accepted; Capillary lets an org switch
         it off.
     :param oauth_expired_status: HTTP status for an expired token (its ``errors[]`` code is 498).
+    :param request_log: A file to append one JSON line to per request answered, as it is recorded
+        (see :meth:`request_log_line`), so that another process can read what the stand-in received,
+        even after a crash; opened on :meth:`start`, closed on :meth:`stop`.
     """
 
     def __init__(
@@ -203,6 +206,7 @@ class CapillaryStandIn:
         oauth_ttl_seconds: int = 300,
         basic_auth_enabled: bool = True,
         oauth_expired_status: int = 401,
+        request_log: str | os.PathLike[str] | None = None,
     ) -> None:
         self.dataset = dataset if dataset is not None else Dataset(seed=42)
         self._digests = {
@@ -224,6 +228,8 @@ class CapillaryStandIn:
         self._tokens: dict[str, float] = {}
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
+        self._request_log_path = request_log
+        self._request_log: TextIO | None = None
         self._request_ids = itertools.count(1)
         self._request_id_base = int.from_bytes(os.urandom(8), "big")
         self._huge_bodies: dict[tuple[str, int], bytes] = {}
@@ -239,6 +245,9 @@ class CapillaryStandIn:
             raise RuntimeError("the stand-in is already running")
         self._stopping = threading.Event()
         self.set_rate_limit(self._rate_limit)
+        if self._request_log_path is not None:
+            # Line-buffered: each request's line reaches the file in one write, as it is recorded.
+            self._request_log = open(self._request_log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed by stop()
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         self._server = _Server((self._host, self._port), self, family)
         self._port = self._server.server_address[1]
@@ -262,6 +271,10 @@ class CapillaryStandIn:
         server.server_close()
         thread.join(timeout=5)
         self._server = self._thread = None
+        with self._lock:
+            request_log, self._request_log = self._request_log, None
+        if request_log is not None:
+            request_log.close()
 
     def serve_until_signalled(self, ready_file: str | None = None, *, announce: bool = True) -> None:
         """Start, print the URL (with ``announce``) and write it to ``ready_file``, serve until SIGINT or
@@ -366,9 +379,32 @@ class CapillaryStandIn:
         with self._lock:
             self._requests.clear()
 
+    @staticmethod
+    def request_log_line(request: RecordedRequest) -> str:
+        """Return the ``request_log`` line of a request: when it was received, what it asked, the answer.
+
+        One JSON object with ``wall`` (Unix time), ``monotonic`` (this machine's monotonic clock),
+        ``method``, ``path``, ``event_name``, ``status``, ``fault`` and ``request_id``, as in
+        :class:`RecordedRequest`; no header and no query, so no credential reaches the file.
+        """
+        fields = {
+            "wall": request.wall,
+            "monotonic": request.monotonic,
+            "method": request.method,
+            "path": request.path,
+            "event_name": request.event_name,
+            "status": request.status,
+            "fault": request.fault,
+            "request_id": request.request_id,
+        }
+        return json.dumps(fields, ensure_ascii=False) + "\n"
+
     def _record(self, request: RecordedRequest) -> None:
+        line = self.request_log_line(request) if self._request_log is not None else None
         with self._lock:
             self._requests.append(request)
+            if line is not None and self._request_log is not None:
+                self._request_log.write(line)
 
     def _next_request_id(self) -> str:
         return str(uuid.UUID(int=(self._request_id_base << 64) | next(self._request_ids)))

@@ -2,25 +2,41 @@
 Run the example DAGs on a distributed Airflow and check what they land: the production path.
 
 Everything runs on this machine, lives under one temporary folder and is stopped afterwards by the
-process ids this script started. No port is picked in advance: a server that can bind port 0 does
-so and names the port it got, and the others listen on Unix sockets, so no other process can take
-an address between its choice and its use:
+process ids this script started:
 
-- PostgreSQL (Airflow's metadata DB and Celery's result backend) and Redis (the Celery broker), from
-  Debian's packages, each with its own data folder and a Unix socket in it;
-- an S3-compatible server (moto) and the Capillary stand-in, on 127.0.0.1;
+- PostgreSQL (Airflow's metadata DB and Celery's result backend) and Redis (the Celery broker in
+  database 0, the shared rate budget in database 1, behind a password), from Debian's packages,
+  each with its own data folder and a Unix socket in it;
+- an S3-compatible server (moto) and two Capillary stand-ins on 127.0.0.1: one for the first two
+  DAGs, and the org's, with 300 events, a limit of 600 requests a minute (a leaky bucket of 5) and
+  a log of every request it answers (``--request-log``);
 - Airflow with the CeleryExecutor: ``api-server`` (on 127.0.0.1), ``scheduler``, ``dag-processor`` and two
   ``celery worker`` processes. Each worker runs in its own UTS namespace, so it has a host name of its
   own, as on two machines. Only the workers get the connections, as environment variables.
+
+A server that can bind port 0 does so and names the port it got, and PostgreSQL and Redis listen on
+Unix sockets, so no other process can take an address between its choice and its use. The one port
+chosen before its server binds it is Redis's TCP port, for Airflow's Redis provider, which connects
+over TCP only: the kernel names a free port, Redis is started again on another if that one was taken
+meanwhile, and the server answering there must report the process id this script started.
 
 Then it checks, through the REST API, the bucket and the files:
 
 1. ``capillary_audit_mapped_s3``, triggered for one day: each event's object holds exactly the
    stand-in's rows of the window, each event once; every map index's manifest is complete; the mapped
-   instances ran on both workers; the task logs the workers wrote hold no secret.
+   instances ran on both workers.
 2. ``capillary_audit_daily``, backfilled over the three days before today: the three windows' rows
    are disjoint and together equal every row whose change falls in those days.
-3. It prints the figures: run times, rows, instances per worker.
+3. ``capillary_audit_org``, triggered for one day, on the org's stand-in with a connection of
+   ``requests_per_minute=600`` and a shared rate budget in Redis: the listing task's 300 events in 6
+   mapped groups of 50, on both workers; each event's object exactly the stand-in's rows; a complete
+   manifest and one asset event per map index; the budget's key in Redis's database 1. From the
+   stand-in's request log: each event asked once, no 429, and the span from the first audit-log
+   request to the last within 1.15 times the floor the rate sets (299 intervals of 0.1 s, 29.9 s).
+   Measured: 30.3 and 30.5 s, 1.015 and 1.021 times the floor, no gap between two requests longer
+   than 0.25 s.
+4. The task logs of every run, the workers' logs and the org stand-in's request log hold no secret.
+5. It prints the figures: run times, rows, instances per worker, the org's requests and pace.
 
 Usage, from the repository's root: ``python3 -m scripts.system_test [--keep]`` (``make system-test``).
 The first run installs what is missing: ``postgresql`` and ``redis-server`` with apt-get (as root),
@@ -31,9 +47,9 @@ The modules, in the order a run uses them:
 - ``__main__``: the command line; re-runs itself inside ``.venv-system`` after ``install``;
 - ``install``: the Debian packages and ``.venv-system`` (installs, checks nothing);
 - ``runner``: one run, its phases and its teardown;
-- ``services``: PostgreSQL, Redis, moto and the stand-in;
+- ``services``: PostgreSQL, Redis, moto and the stand-ins;
 - ``cluster``: Airflow's processes, their configuration and its REST API;
-- ``checks``: the two DAG runs, what they wrote, the workers' logs, and the figures printed at the end;
+- ``checks``: the three DAGs' runs, what they wrote and sent, the logs, and the figures printed at the end;
 - ``processes`` and ``common``: starting and stopping processes, waiting, errors, settings.
 
 Every module imports only the standard library at its top: the command line runs first outside

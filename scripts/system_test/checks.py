@@ -1,7 +1,7 @@
-"""Run both example DAGs through the REST API, check what they wrote and logged, print the figures.
+"""Run the example DAGs through the REST API, check what they wrote, sent and logged, print the figures.
 
-Every expected row comes from the stand-in's own record of what it generated (``Dataset``), never
-from the provider's code.
+Every expected row comes from a stand-in's own record of what it generated (``Dataset``), and every
+request counted from the org stand-in's own log of what it received, never from the provider's code.
 """
 
 from __future__ import annotations
@@ -9,12 +9,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import itertools
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from scripts.system_test.cluster import Cluster
 from scripts.system_test.common import (
@@ -22,6 +25,12 @@ from scripts.system_test.common import (
     DAILY_DAG,
     LOGIN,
     MAPPED_DAG,
+    ORG_DAG,
+    ORG_EVENTS,
+    ORG_GROUP_SIZE,
+    ORG_PREFIX,
+    ORG_RATE_LIMIT,
+    ORG_SPAN_TOLERANCE,
     PASSWORD,
     ROOT,
     TASK_ID,
@@ -29,7 +38,13 @@ from scripts.system_test.common import (
     SystemTestError,
     step,
 )
-from scripts.system_test.services import Services
+from scripts.system_test.services import BROKER_DB, BUDGET_DB, Services
+
+# Capillary's paths, as the org stand-in logs them.
+AUDIT_LOGS_PATH = "/v2/events/audit_logs"
+EVENTS_PATH = "/v2/events"
+# What each task's log says once its work is done.
+TASK_LOG_LINES = {TASK_ID: "Wrote ", "list_events": "The org has "}
 
 # --- The mapped DAG ---------------------------------------------------------------------------------
 
@@ -38,7 +53,8 @@ def run_mapped_dag(cluster: Cluster, services: Services) -> dict[str, Any]:
     """Trigger the mapped DAG for yesterday's interval and check the bucket, manifests and workers."""
     dag_file = load_dag_file("capillary_audit_mapped_s3.py")
     groups: list[list[str]] = dag_file.EVENT_GROUPS
-    run_id, run, elapsed = _trigger_mapped_dag(cluster)
+    # The interval a scheduled run of "0 2 * * *" covers: yesterday 02:00 to today 02:00.
+    run_id, run, elapsed = _trigger_for_yesterday(cluster, MAPPED_DAG, hour=2)
     since, until = parse_time(run["data_interval_start"]), parse_time(run["data_interval_end"])
     tis = [ti for ti in cluster.task_instances(MAPPED_DAG, run_id) if ti["task_id"] == TASK_ID]
     if sorted(ti["map_index"] for ti in tis) != list(range(len(groups))):
@@ -51,7 +67,10 @@ def run_mapped_dag(cluster: Cluster, services: Services) -> dict[str, Any]:
         raise SystemTestError(
             f"the mapped instances ran on {dict(per_worker)}, not on both {WORKER_HOSTS}"
         )
-    total = _check_bucket(services, groups, run_id, since, until)
+    objects = _check_bucket(
+        services.dataset(), services, MAPPED_DAG, f"capillary/{since:%Y-%m-%d}/", groups, run_id, since, until
+    )
+    total = sum(objects.rows.values())
     return {
         "runs": [(MAPPED_DAG, run_id)],
         "elapsed": elapsed,
@@ -62,18 +81,20 @@ def run_mapped_dag(cluster: Cluster, services: Services) -> dict[str, Any]:
     }
 
 
-def _trigger_mapped_dag(cluster: Cluster) -> tuple[str, dict[str, Any], float]:
-    """Trigger the run a schedule would make today; return its id, its final state, its seconds."""
+def _trigger_for_yesterday(cluster: Cluster, dag_id: str, hour: int) -> tuple[str, dict[str, Any], float]:
+    """Trigger the run a daily schedule at ``hour`` o'clock UTC would make today; wait for it.
+
+    Return the run's id, its final state and the seconds from the trigger to its end.
+    """
     today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    # The interval a scheduled run of "0 2 * * *" covers: yesterday 02:00 to today 02:00.
-    start, end = today - timedelta(days=1) + timedelta(hours=2), today + timedelta(hours=2)
+    start, end = today - timedelta(days=1) + timedelta(hours=hour), today + timedelta(hours=hour)
     run_id = f"system_test__{start:%Y-%m-%d}"
-    step(f"Triggering {MAPPED_DAG} through the REST API for {start.isoformat()} .. {end.isoformat()}")
-    cluster.api.call("PATCH", f"/dags/{MAPPED_DAG}", json={"is_paused": False})
+    step(f"Triggering {dag_id} through the REST API for {start.isoformat()} .. {end.isoformat()}")
+    cluster.api.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
     started = time.monotonic()
     cluster.api.call(
         "POST",
-        f"/dags/{MAPPED_DAG}/dagRuns",
+        f"/dags/{dag_id}/dagRuns",
         json={
             "dag_run_id": run_id,
             "logical_date": start.isoformat(),
@@ -81,16 +102,29 @@ def _trigger_mapped_dag(cluster: Cluster) -> tuple[str, dict[str, Any], float]:
             "data_interval_end": end.isoformat(),
         },
     )
-    [run] = cluster.wait_for_runs(MAPPED_DAG, [run_id])
+    [run] = cluster.wait_for_runs(dag_id, [run_id])
     return run_id, run, time.monotonic() - started
 
 
+@dataclass(frozen=True)
+class _Objects:
+    """What a mapped run wrote: each map index's manifest, and each event's rows."""
+
+    manifests: dict[int, dict[str, Any]]
+    rows: dict[str, int]
+
+
 def _check_bucket(
-    services: Services, groups: list[list[str]], run_id: str, since: datetime, until: datetime
-) -> int:
+    dataset: Any,
+    services: Services,
+    dag_id: str,
+    prefix: str,
+    groups: list[list[str]],
+    run_id: str,
+    since: datetime,
+    until: datetime,
+) -> _Objects:
     """Check the run's objects: each event's rows once, exactly, and a complete manifest per group."""
-    dataset = services.dataset()
-    prefix = f"capillary/{since:%Y-%m-%d}/"
     objects = services.list_objects(prefix)
     if any(key.rsplit("/", 1)[1].startswith(".") for key in objects):
         raise SystemTestError(f"temporary objects left in s3://{BUCKET}/{prefix}: {sorted(objects)}")
@@ -116,21 +150,163 @@ def _check_bucket(
     manifest_names = sorted(name for name in by_key if name.startswith("_"))
     # The provider names each task instance's manifest _manifest.<dag_id>.<task_id>[.map-N].json.
     wanted_manifests = sorted(
-        f"_manifest.{MAPPED_DAG}.{TASK_ID}.map-{index}.json" for index in range(len(groups))
+        f"_manifest.{dag_id}.{TASK_ID}.map-{index}.json" for index in range(len(groups))
     )
     if manifest_names != wanted_manifests:
         raise SystemTestError(f"manifests {manifest_names}, expected {wanted_manifests}")
+    manifests = {}
     for index, group in enumerate(groups):
-        manifest = json.loads(by_key[f"_manifest.{MAPPED_DAG}.{TASK_ID}.map-{index}.json"])
+        manifest = json.loads(by_key[f"_manifest.{dag_id}.{TASK_ID}.map-{index}.json"])
         check_manifest(
             manifest, group, by_key, run_id, since, until, f"s3://{BUCKET}/{prefix}", map_index=index
         )
-    total = sum(rows_per_event.values())
+        manifests[index] = manifest
     print(
-        f"s3://{BUCKET}/{prefix}: {len(event_objects)} objects, {total} rows, each event once, "
-        f"{len(manifest_names)} complete manifests"
+        f"s3://{BUCKET}/{prefix}: {len(event_objects)} objects, {sum(rows_per_event.values())} rows, "
+        f"each event once, {len(manifest_names)} complete manifests"
     )
-    return total
+    return _Objects(manifests, rows_per_event)
+
+
+# --- The org's DAG ----------------------------------------------------------------------------------
+
+
+def run_org_dag(cluster: Cluster, services: Services) -> dict[str, Any]:
+    """Trigger the org's DAG for yesterday; check its groups, objects, asset events, budget and pace."""
+    run_id, run, elapsed = _trigger_for_yesterday(cluster, ORG_DAG, hour=1)
+    since, until = parse_time(run["data_interval_start"]), parse_time(run["data_interval_end"])
+    names = sorted(ORG_EVENTS)
+    # The listing task returns the org's names sorted, in consecutive groups of the group size.
+    groups = [names[start : start + ORG_GROUP_SIZE] for start in range(0, len(names), ORG_GROUP_SIZE)]
+    tis = [ti for ti in cluster.task_instances(ORG_DAG, run_id) if ti["task_id"] == TASK_ID]
+    if sorted(ti["map_index"] for ti in tis) != list(range(len(groups))):
+        raise SystemTestError(
+            f"{ORG_DAG}: expected map indexes 0..{len(groups) - 1} of {TASK_ID}, got "
+            f"{sorted(ti['map_index'] for ti in tis)}"
+        )
+    per_worker = Counter(ti["hostname"] for ti in tis)
+    print(f"Run {run_id}: {run['state']} in {elapsed:.1f} s; instances per worker: {dict(per_worker)}")
+    if set(per_worker) != set(WORKER_HOSTS):
+        raise SystemTestError(f"the org's instances ran on {dict(per_worker)}, not on both {WORKER_HOSTS}")
+    # First: the budget's key lapses a minute after the last slot taken.
+    _check_budget_in_redis(cluster, services, run_id)
+    prefix = f"{ORG_PREFIX}/{since:%Y-%m-%d}/"
+    objects = _check_bucket(services.org_dataset(), services, ORG_DAG, prefix, groups, run_id, since, until)
+    _check_org_asset_events(cluster, run_id, prefix, objects.manifests)
+    pace = _check_org_pace(services.org_requests())
+    return {
+        "runs": [(ORG_DAG, run_id)],
+        "elapsed": elapsed,
+        "rows": sum(objects.rows.values()),
+        "events": len(names),
+        "instances": len(tis),
+        "per_worker": per_worker,
+        **pace,
+    }
+
+
+def _check_org_asset_events(
+    cluster: Cluster, run_id: str, prefix: str, manifests: dict[int, dict[str, Any]]
+) -> None:
+    """Check that each instance recorded one event of the base folder's Asset, naming its manifest."""
+    listed = cluster.api.call(
+        "GET", "/assets/events", params={"source_dag_id": ORG_DAG, "source_run_id": run_id, "limit": 100}
+    )["asset_events"]
+    by_index = {event["source_map_index"]: event for event in listed}
+    if len(listed) != len(manifests) or set(by_index) != set(manifests):
+        raise SystemTestError(
+            f"asset events of map indexes {sorted(e['source_map_index'] for e in listed)}, expected one for "
+            f"each of {sorted(manifests)}"
+        )
+    folder = f"s3://{BUCKET}/{ORG_PREFIX}"
+    for index, event in by_index.items():
+        extra = event["extra"] or {}
+        manifest_uri = f"s3://{BUCKET}/{prefix}_manifest.{ORG_DAG}.{TASK_ID}.map-{index}.json"
+        if (
+            event["uri"] != folder
+            or event["source_task_id"] != TASK_ID
+            or _object_of(extra.get("manifest")) != _object_of(manifest_uri)
+            or extra.get("total_rows") != manifests[index]["total_rows"]
+        ):
+            raise SystemTestError(
+                f"asset event of map index {index}: uri {event['uri']!r}, task {event['source_task_id']!r}, "
+                f"extra {extra}; expected {folder!r}, {TASK_ID!r}, manifest {manifest_uri!r} with "
+                f"{manifests[index]['total_rows']} rows"
+            )
+    print(f"{len(listed)} asset events of {folder}, one per map index, each naming its manifest and rows")
+
+
+def _object_of(uri: object) -> tuple[str, str | None, str] | None:
+    """Return a store URI's scheme, bucket and key, without the connection id it may name."""
+    if not isinstance(uri, str):
+        return None
+    # Airflow's ObjectStoragePath writes s3://<conn_id>@<bucket>/<key>.
+    parts = urlsplit(uri)
+    return parts.scheme, parts.hostname, parts.path
+
+
+def _check_budget_in_redis(cluster: Cluster, services: Services, run_id: str) -> None:
+    """Check that the instances paced from the shared budget in Redis's second database, not a split."""
+    keys = services.budget_keys()
+    if not keys[BUDGET_DB] or keys[BROKER_DB]:
+        raise SystemTestError(
+            f"shared rate budget keys by Redis database: {keys}; expected some in {BUDGET_DB}, "
+            f"none in the broker's {BROKER_DB}"
+        )
+    folder = cluster.airflow_home / "logs" / f"dag_id={ORG_DAG}" / f"run_id={run_id}" / f"task_id={TASK_ID}"
+    logs = sorted(folder.rglob("*.log"))
+    # The hook's own line: the instance took its slots from Redis rather than a share of the rate.
+    shared = "from the shared budget"
+    unshared = [str(path) for path in logs if shared not in path.read_text(errors="replace")]
+    if not logs or unshared:
+        raise SystemTestError(f"task logs that do not pace from the shared budget: {unshared or folder}")
+
+
+def _check_org_pace(requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Check what the org stand-in received: each event asked once, no 429, the span near the floor."""
+    audit = sorted(r["monotonic"] for r in requests if r["path"] == AUDIT_LOGS_PATH)
+    listing = sorted(r["monotonic"] for r in requests if r["path"] == EVENTS_PATH)
+    rejected = [r for r in requests if r["status"] == 429]
+    asked = Counter(r["event_name"] for r in requests if r["path"] == AUDIT_LOGS_PATH)
+    others = Counter((r["path"], r["status"]) for r in requests if r["status"] != 200 and r["status"] != 429)
+    floor = (len(audit) - 1) * 60 / ORG_RATE_LIMIT
+    span = audit[-1] - audit[0] if audit else 0.0
+    gaps = [later - earlier for earlier, later in itertools.pairwise(audit)]
+    pace = {
+        "requests": len(requests),
+        "audit_requests": len(audit),
+        "rejected": len(rejected),
+        "listing_gap": audit[0] - listing[-1] if audit and listing else float("nan"),
+        "span": span,
+        "floor": floor,
+        "ratio": span / floor if floor else float("nan"),
+        "longest_gap": max(gaps, default=0.0),
+    }
+    print(
+        f"Org stand-in: {pace['requests']} requests ({len(listing)} listing, {len(audit)} audit-log), "
+        f"{len(rejected)} answered 429; audit-log span {span:.2f} s, {pace['ratio']:.3f}x the floor of "
+        f"{floor:.1f} s ({len(audit) - 1} intervals of {60 / ORG_RATE_LIMIT:.2f} s); longest gap "
+        f"{pace['longest_gap']:.2f} s; listing to first audit-log request {pace['listing_gap']:.2f} s"
+    )
+    problems = []
+    if rejected:
+        problems.append(f"{len(rejected)} requests answered 429, e.g. {rejected[0]}")
+    if others:
+        problems.append(f"answers other than 200: {dict(others)}")
+    if asked != Counter(ORG_EVENTS):
+        twice = sorted(name for name, count in asked.items() if count > 1)
+        missing = sorted(set(ORG_EVENTS) - set(asked))
+        problems.append(f"audit logs asked twice for {twice[:5]}, never for {missing[:5]}")
+    if len(listing) != 1:
+        problems.append(f"{len(listing)} listing requests, expected 1")
+    if audit and span > ORG_SPAN_TOLERANCE * floor:
+        problems.append(
+            f"the audit-log requests spanned {span:.2f} s, {pace['ratio']:.3f}x the floor of {floor:.1f} s; "
+            f"at most {ORG_SPAN_TOLERANCE}x is allowed (longest gap {pace['longest_gap']:.2f} s)"
+        )
+    if problems:
+        raise SystemTestError(f"{ORG_DAG} at the org stand-in: " + "; ".join(problems))
+    return pace
 
 
 # --- The daily DAG ----------------------------------------------------------------------------------
@@ -256,6 +432,7 @@ def check_logs(cluster: Cluster, services: Services, runs: list[tuple[str, str]]
         "its MD5": md5,
         "the Basic token": token,
         "the AWS secret key": services.aws_secret,
+        "the Redis password": services.redis_password,
     }
     task_logs = []
     for dag_id, run_id in runs:
@@ -265,18 +442,20 @@ def check_logs(cluster: Cluster, services: Services, runs: list[tuple[str, str]]
         if not found:
             raise SystemTestError(f"no task log for {dag_id} {run_id}")
         for path in found:
-            if "Wrote " not in path.read_text(errors="replace"):
-                raise SystemTestError(f"{path} does not hold the operator's 'Wrote ...' line")
+            task_folder = next(part for part in path.parts if part.startswith("task_id="))
+            said = TASK_LOG_LINES[task_folder.removeprefix("task_id=")]
+            if said not in path.read_text(errors="replace"):
+                raise SystemTestError(f"{path} does not hold the operator's {said!r} line")
         task_logs += found
     worker_logs = [cluster.processes.log(f"worker-{n}") for n in range(1, len(WORKER_HOSTS) + 1)]
-    for path in task_logs + worker_logs:
+    for path in [*task_logs, *worker_logs, services.org_request_log]:
         text = path.read_text(errors="replace")
         for what, secret in needles.items():
             if secret in text:
                 raise SystemTestError(f"{path} holds {what}")
     print(
-        f"{len(task_logs)} task logs and {len(worker_logs)} worker logs: no password, MD5, Basic token "
-        "or AWS secret key"
+        f"{len(task_logs)} task logs, {len(worker_logs)} worker logs and the org stand-in's request log: "
+        "no password, MD5, Basic token, AWS secret key or Redis password"
     )
 
 
@@ -284,9 +463,9 @@ def check_logs(cluster: Cluster, services: Services, runs: list[tuple[str, str]]
 
 
 def print_figures(
-    total: float, phases: dict[str, float], mapped: dict[str, Any], daily: dict[str, Any]
+    total: float, phases: dict[str, float], mapped: dict[str, Any], daily: dict[str, Any], org: dict[str, Any]
 ) -> None:
-    """Print the run's figures: where the time went, rows, instances per worker."""
+    """Print the run's figures: where the time went, rows, instances per worker, the org's pace."""
     step("Figures")
     print(f"  total run time                      {total:6.1f} s")
     for name, seconds in phases.items():
@@ -298,6 +477,20 @@ def print_figures(
     print(f"    instances per worker              {format_counts(mapped['per_worker'])}")
     print(f"  daily backfill, 3 days              {daily['elapsed']:6.1f} s: 3 runs, {daily['rows']} rows")
     print(f"    instances per worker              {format_counts(daily['per_worker'])}")
+    print(
+        f"  org run (trigger to success)        {org['elapsed']:6.1f} s: {org['instances']} mapped "
+        f"instances, {org['events']} events, {org['rows']} rows"
+    )
+    print(f"    instances per worker              {format_counts(org['per_worker'])}")
+    print(
+        f"    requests at the org stand-in      {org['requests']} ({org['audit_requests']} audit-log), "
+        f"{org['rejected']} answered 429"
+    )
+    print(f"    listing to first audit-log        {org['listing_gap']:6.2f} s")
+    print(
+        f"    audit-log span                    {org['span']:6.2f} s: {org['ratio']:.3f}x the floor of "
+        f"{org['floor']:.1f} s (at most {ORG_SPAN_TOLERANCE}x); longest gap {org['longest_gap']:.2f} s"
+    )
 
 
 def format_counts(counts: Counter[str]) -> str:

@@ -21,6 +21,11 @@ from scripts.system_test.common import (
     DAILY_DAG,
     LOGIN,
     MAPPED_DAG,
+    ORG_CONN_ID,
+    ORG_DAG,
+    ORG_GROUP_SIZE,
+    ORG_PREFIX,
+    ORG_RATE_LIMIT,
     PASSWORD,
     ROOT,
     RUN_TIMEOUT,
@@ -109,6 +114,10 @@ class Cluster:
             # The example DAGs read their destinations when parsed, by the DAG processor and the workers.
             "CAPILLARY_AUDIT_BUCKET": BUCKET,
             "CAPILLARY_AUDIT_BASE": str(self.daily_output),
+            "CAPILLARY_AUDIT_ORG_BASE": f"s3://{BUCKET}/{ORG_PREFIX}",
+            "CAPILLARY_AUDIT_DESTINATION_CONN_ID": "aws_default",
+            "CAPILLARY_AUDIT_GROUP_SIZE": str(ORG_GROUP_SIZE),
+            "CAPILLARY_AUDIT_CONN_ID": ORG_CONN_ID,
         }
 
     def api_env(self, base: dict[str, str]) -> dict[str, str]:
@@ -128,6 +137,17 @@ class Cluster:
             "login": LOGIN,
             "password": PASSWORD,
         }
+        # The org's till: Capillary's whole limit, kept by every instance together in Redis.
+        capillary_org = {
+            "conn_type": "capillary",
+            "host": self.services.org_stand_in_url,
+            "login": LOGIN,
+            "password": PASSWORD,
+            "extra": {
+                "requests_per_minute": ORG_RATE_LIMIT,
+                "rate_limit_redis_conn_id": "capillary_rate_budget",
+            },
+        }
         aws = {
             "conn_type": "aws",
             "login": self.services.aws_key_id,
@@ -137,6 +157,8 @@ class Cluster:
         return {
             **base,
             "AIRFLOW_CONN_CAPILLARY_DEFAULT": json.dumps(capillary),
+            f"AIRFLOW_CONN_{ORG_CONN_ID.upper()}": json.dumps(capillary_org),
+            "AIRFLOW_CONN_CAPILLARY_RATE_BUDGET": json.dumps(self.services.budget_connection()),
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
         }
 
@@ -181,6 +203,7 @@ class Cluster:
                 "apache-airflow",
                 "apache-airflow-providers-celery",
                 "apache-airflow-providers-amazon",
+                "apache-airflow-providers-redis",
                 "celery",
                 "s3fs",
                 "moto",
@@ -214,7 +237,7 @@ class Cluster:
             )
 
     def _wait_ready(self) -> None:
-        """Wait until the API server lets the admin in, both workers answer and both DAGs are parsed."""
+        """Wait until the API server lets the admin in, both workers answer and the DAGs are parsed."""
 
         def api_up() -> bool:
             self.api.login("admin", self.api_password)
@@ -224,9 +247,9 @@ class Cluster:
         wait_until("both Celery workers answer a ping", self._workers_ready, START_TIMEOUT, self.processes)
 
         def parsed() -> bool:
-            return all(self.api.call("GET", f"/dags/{dag_id}") for dag_id in (MAPPED_DAG, DAILY_DAG))
+            return all(self.api.call("GET", f"/dags/{dag_id}") for dag_id in (MAPPED_DAG, DAILY_DAG, ORG_DAG))
 
-        wait_until("the DAG processor parses both example DAGs", parsed, START_TIMEOUT, self.processes)
+        wait_until("the DAG processor parses the example DAGs", parsed, START_TIMEOUT, self.processes)
         errors = self.api.call("GET", "/importErrors")
         if errors["total_entries"]:
             raise SystemTestError(f"DAG import errors: {json.dumps(errors['import_errors'], indent=2)}")

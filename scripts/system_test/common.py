@@ -18,6 +18,26 @@ SEED = 42
 RECORDS_PER_EVENT = (300, 600)
 HISTORY_PER_RECORD = (0, 20)
 BUCKET = "capillary-system-test"
+
+ORG_DAG = "capillary_audit_org"
+ORG_CONN_ID = "capillary_org"
+ORG_PREFIX = "org"
+# The org's stand-in: 300 events, a few with the names users give them, in groups of 50 (6 groups).
+ORG_EVENTS = (
+    "PointsRedeemed",
+    "TierUpgraded",
+    "Café Visit",
+    "coupons & offers",
+    *(f"OrgEvent-{number:03d}" for number in range(4, 300)),
+)
+ORG_GROUP_SIZE = 50
+# Fewer records than the other stand-in's: the run measures pacing, not the workers' parsing.
+ORG_RECORDS_PER_EVENT = (20, 60)
+# Capillary's limit as the stand-in enforces it, and the connection's requests_per_minute: equal.
+ORG_RATE_LIMIT = 600
+ORG_RATE_BURST = 5
+# The audit-log requests' span may exceed the floor the rate sets by at most this factor.
+ORG_SPAN_TOLERANCE = 1.15
 WORKER_HOSTS = ("capillary-worker-1", "capillary-worker-2")
 # Two slots per worker, three mapped instances: with Airflow's late acks (prefetch = concurrency) one
 # worker holds at most two tasks, so the third must go to the other.

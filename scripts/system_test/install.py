@@ -24,7 +24,8 @@ VENV_PYTHON = VENV / "bin" / "python"
 # What the system test's environment holds. The package's own bounds choose Airflow; only Celery is capped.
 INSTALL = (
     "-e",
-    ".",
+    # The redis extra: Airflow's Redis provider, for the shared rate budget of the org's DAG.
+    ".[redis]",
     "apache-airflow-providers-celery",
     # The Celery provider (3.26) imports celery.backends.database.retry, which Celery 5.7 removed.
     "celery<5.7",

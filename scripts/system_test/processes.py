@@ -52,6 +52,12 @@ class Processes:
         self.started.append(Started(name, process, tier, stop_signal))
         return process
 
+    def forget(self, process: subprocess.Popen[bytes]) -> None:
+        """Stop following a process that exited on its own as expected (a server that lost its port)."""
+        if process.poll() is None:
+            raise SystemTestError(f"pid {process.pid} still runs; only an exited process can be forgotten")
+        self.started = [started for started in self.started if started.process is not process]
+
     def log(self, name: str) -> Path:
         """Return the log file of the process started as ``name``."""
         return self.log_dir / f"{name}.log"

@@ -23,7 +23,7 @@ from scripts.system_test.services import Services
 
 
 class SystemTest:
-    """Start the stack, run both example DAGs, check what they wrote, print the figures, stop."""
+    """Start the stack, run three example DAGs, check what they wrote, print the figures, stop."""
 
     def __init__(self, keep: bool) -> None:
         self.keep = keep
@@ -43,10 +43,11 @@ class SystemTest:
         ok = False
         mapped: dict[str, Any] = {}
         daily: dict[str, Any] = {}
+        org: dict[str, Any] = {}
         self.phases["installs and bootstrap"] = time.time() - self.started_at
         try:
             print(f"Working folder: {self.work}")
-            with self.phase("PostgreSQL, Redis, moto, stand-in"):
+            with self.phase("PostgreSQL, Redis, moto, stand-ins"):
                 self.services.start()
             with self.phase("Airflow: db migrate and start"):
                 self.cluster.start()
@@ -54,8 +55,10 @@ class SystemTest:
                 mapped = checks.run_mapped_dag(self.cluster, self.services)
             with self.phase("daily backfill, with its checks"):
                 daily = checks.run_daily_backfill(self.cluster, self.services)
+            with self.phase("org run, with its checks"):
+                org = checks.run_org_dag(self.cluster, self.services)
             with self.phase("log checks"):
-                checks.check_logs(self.cluster, self.services, mapped["runs"] + daily["runs"])
+                checks.check_logs(self.cluster, self.services, mapped["runs"] + daily["runs"] + org["runs"])
             ok = True
         except (SystemTestError, Interrupted) as error:
             print(f"\nSYSTEM TEST FAILED: {error}", file=sys.stderr)
@@ -68,7 +71,7 @@ class SystemTest:
             with self.phase("teardown"):
                 ok = self.stop() and ok
         if ok:
-            checks.print_figures(time.time() - self.started_at, self.phases, mapped, daily)
+            checks.print_figures(time.time() - self.started_at, self.phases, mapped, daily, org)
             print("\nSystem test passed.")
             return 0
         return 1

@@ -1,17 +1,25 @@
-"""The services Airflow and the DAGs use: PostgreSQL, Redis, moto's S3 and the Capillary stand-in.
+"""The services Airflow and the DAGs use: PostgreSQL, Redis, moto's S3 and two Capillary stand-ins.
 
 PostgreSQL and Redis cannot bind port 0, so they listen on Unix sockets in their own folders; moto and
-the stand-in bind port 0 on 127.0.0.1 and name the port they got.
+the stand-ins bind port 0 on 127.0.0.1 and name the port they got. Redis also listens on a TCP port on
+127.0.0.1, for Airflow's Redis provider, which the shared rate budget uses and which connects over TCP
+only: the kernel names a free port, Redis is started on it and started again on another if the port
+was taken meanwhile, and the server that answers there must report the process id this script
+started.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,10 @@ from scripts.system_test.common import (
     BUCKET,
     HISTORY_PER_RECORD,
     LOGIN,
+    ORG_EVENTS,
+    ORG_RATE_BURST,
+    ORG_RATE_LIMIT,
+    ORG_RECORDS_PER_EVENT,
     PASSWORD,
     RECORDS_PER_EVENT,
     SEED,
@@ -29,9 +41,13 @@ from scripts.system_test.common import (
 from scripts.system_test.install import postgres_bin_dir
 from scripts.system_test.processes import Processes, logged_url, wait_until
 
+# The broker's database; the shared rate budget uses another one of the same server.
+BROKER_DB, BUDGET_DB = 0, 1
+REDIS_PORT_TRIES = 5
+
 
 class Services:
-    """Start PostgreSQL, Redis, moto and the stand-in under ``work``; say where each one answers."""
+    """Start PostgreSQL, Redis, moto and the stand-ins under ``work``; say where each one answers."""
 
     def __init__(self, work: Path, processes: Processes) -> None:
         self.work = work
@@ -42,26 +58,25 @@ class Services:
         self.aws_key_id = "system-test"
         self.aws_secret = "aws-" + secrets.token_hex(16)
         self.db_password = secrets.token_hex(12)
+        # Redis listens on TCP too, which any local user can reach: a password keeps them out.
+        self.redis_password = secrets.token_hex(16)
+        self.org_request_log = work / "org-stand-in-requests.jsonl"
 
     def start(self) -> None:
-        """Start PostgreSQL, Redis, moto and the Capillary stand-in on loopback."""
+        """Start PostgreSQL, Redis, moto and the Capillary stand-ins on loopback."""
         self.start_postgres()
-        step("Starting Redis, the S3-compatible server (moto) and the Capillary stand-in")
-        self._start_redis()
+        step("Starting Redis, the S3-compatible server (moto) and the Capillary stand-ins")
         self.processes.start(
             "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"], dict(os.environ)
         )
         ready = self._start_stand_in()
-
-        def stand_in_url() -> str | None:
-            return ready.read_text().strip() if ready.exists() else None
-
-        self.stand_in_url = wait_until("the stand-in writes its URL", stand_in_url, 30, self.processes)
-        self.ports["stand-in"] = int(self.stand_in_url.rsplit(":", 1)[1])
+        org_ready = self._start_org_stand_in()
+        self._start_redis()
+        self.stand_in_url = self._wait_for_url("stand-in", ready)
+        self.org_stand_in_url = self._wait_for_url("org stand-in", org_ready)
         moto_url = logged_url(self.processes, "moto", r"Running on (http://127\.0\.0\.1:\d+)")
         self.moto_url = wait_until("moto names its port", moto_url, 60, self.processes)
         self.ports["moto"] = int(self.moto_url.rsplit(":", 1)[1])
-        wait_until("Redis answers PING", self._redis_ping, 30, self.processes)
         wait_until("moto answers", self._moto_ready, 60, self.processes)
         import boto3
 
@@ -74,21 +89,74 @@ class Services:
         )
         self.s3.create_bucket(Bucket=BUCKET)
         print(
-            f"Redis {self.sockets['redis']}, moto {self.moto_url} (bucket {BUCKET}), "
-            f"stand-in {self.stand_in_url}"
+            f"Redis {self.sockets['redis']} and 127.0.0.1:{self.ports['redis']}, moto {self.moto_url} "
+            f"(bucket {BUCKET}), stand-in {self.stand_in_url}, org stand-in {self.org_stand_in_url} "
+            f"({len(ORG_EVENTS)} events, {ORG_RATE_LIMIT} requests a minute, leaky bucket of "
+            f"{ORG_RATE_BURST})"
         )
 
+    def _wait_for_url(self, name: str, ready: Path) -> str:
+        """Wait until a stand-in has written its URL to ``ready``; note its port; return the URL."""
+
+        def url() -> str | None:
+            return ready.read_text().strip() if ready.exists() else None
+
+        found = wait_until(f"the {name} writes its URL", url, 30, self.processes)
+        self.ports[name] = int(found.rsplit(":", 1)[1])
+        return found
+
     def _start_redis(self) -> None:
+        """Start Redis on its Unix socket and on a free TCP port of 127.0.0.1, checked to be its own."""
         redis_dir = self.work / "redis"
         redis_dir.mkdir()
         self.sockets["redis"] = redis_dir / "redis.sock"
-        self.processes.start(
-            "redis",
-            # Port 0: no TCP listener at all; clients use the socket.
-            ["redis-server", "--port", "0", "--unixsocket", str(self.sockets["redis"]),
-             "--unixsocketperm", "700", "--appendonly", "no", "--dir", str(redis_dir), "--save", ""],
-            dict(os.environ),
-        )
+        # In a file only this user reads: a command line is visible to every local user.
+        config = redis_dir / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text(f"requirepass {self.redis_password}\n")
+        for _ in range(REDIS_PORT_TRIES):
+            port = _free_port()
+            process = self.processes.start(
+                "redis",
+                ["redis-server", str(config), "--bind", "127.0.0.1", "--port", str(port),
+                 "--unixsocket", str(self.sockets["redis"]), "--unixsocketperm", "700",
+                 "--appendonly", "no", "--dir", str(redis_dir), "--save", ""],
+                dict(os.environ),
+            )
+            if self._wait_for_redis(process):
+                break
+            # Another process took the port between the kernel naming it and Redis binding it.
+            self.processes.forget(process)
+        else:
+            raise SystemTestError(
+                f"Redis could not bind a TCP port in {REDIS_PORT_TRIES} tries; "
+                f"see {self.processes.log('redis')}"
+            )
+        self.ports["redis"] = port
+        client = self._redis_client(port=port)
+        try:
+            info = client.info("server")
+        finally:
+            client.close()
+        if info.get("process_id") != process.pid:
+            raise SystemTestError(
+                f"127.0.0.1:{port} is answered by a Redis with process id {info.get('process_id')}, "
+                f"not by the one started (pid {process.pid})"
+            )
+
+    def _wait_for_redis(self, process: subprocess.Popen[bytes]) -> bool:
+        """Wait until Redis answers PING on its socket (True) or exits, having failed to bind (False)."""
+        import redis
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return False
+            with contextlib.suppress(redis.RedisError):
+                if self._redis_ping():
+                    return True
+            time.sleep(0.2)
+        raise SystemTestError(f"Redis did not answer PING within 30 s; see {self.processes.log('redis')}")
 
     def _start_stand_in(self) -> Path:
         """Start the stand-in on port 0; return the file it writes its URL to once listening."""
@@ -99,6 +167,23 @@ class Services:
             [sys.executable, "-m", "airflow_capillary_audit.sandbox", "--port", "0", "--seed", str(SEED),
              "--user", f"{LOGIN}:{PASSWORD}", "--records-per-event", "{}:{}".format(*RECORDS_PER_EVENT),
              "--history-per-record", "{}:{}".format(*HISTORY_PER_RECORD), "--ready-file", str(ready)],
+            dict(os.environ),
+        )
+        return ready
+
+    def _start_org_stand_in(self) -> Path:
+        """Start the org's stand-in: its events, Capillary's leaky-bucket limit, a log of each request."""
+        ready = self.work / "org-stand-in.url"
+        self.org_stand_in_day = datetime.now(timezone.utc).date()
+        self.processes.start(
+            "org-stand-in",
+            [sys.executable, "-m", "airflow_capillary_audit.sandbox", "--port", "0", "--seed", str(SEED),
+             "--user", f"{LOGIN}:{PASSWORD}", "--events", ",".join(ORG_EVENTS),
+             "--records-per-event", "{}:{}".format(*ORG_RECORDS_PER_EVENT),
+             "--history-per-record", "{}:{}".format(*HISTORY_PER_RECORD),
+             "--rate-limit", str(ORG_RATE_LIMIT), "--rate-window", "60", "--rate-algorithm", "leaky",
+             "--rate-burst", str(ORG_RATE_BURST),
+             "--request-log", str(self.org_request_log), "--ready-file", str(ready)],
             dict(os.environ),
         )
         return ready
@@ -166,13 +251,32 @@ class Services:
         return True
 
     def _redis_ping(self) -> bool:
-        import redis
-
-        client = redis.Redis(unix_socket_path=str(self.sockets["redis"]), socket_timeout=2)
+        client = self._redis_client()
         try:
             return bool(client.ping())
         finally:
             client.close()
+
+    def _redis_client(self, port: int | None = None, db: int = BROKER_DB) -> Any:
+        """Return a client of Redis: over its Unix socket, or over TCP on ``port``."""
+        import redis
+
+        if port is None:
+            address: dict[str, Any] = {"unix_socket_path": str(self.sockets["redis"])}
+        else:
+            address = {"host": "127.0.0.1", "port": port}
+        return redis.Redis(**address, password=self.redis_password, db=db, socket_timeout=2)
+
+    def budget_keys(self) -> dict[int, list[str]]:
+        """Return the shared rate budget's keys found in each of Redis's two databases."""
+        found = {}
+        for db in (BROKER_DB, BUDGET_DB):
+            client = self._redis_client(db=db)
+            try:
+                found[db] = sorted(key.decode() for key in client.scan_iter("airflow-capillary-audit:*"))
+            finally:
+                client.close()
+        return found
 
     def _moto_ready(self) -> bool:
         import requests
@@ -181,8 +285,18 @@ class Services:
 
     @property
     def broker_url(self) -> str:
-        """Return Celery's broker URL: Redis on its Unix socket."""
-        return f"redis+socket://{self.sockets['redis']}"
+        """Return Celery's broker URL: Redis on its Unix socket, in its default database (0)."""
+        return f"redis+socket://:{self.redis_password}@{self.sockets['redis']}"
+
+    def budget_connection(self) -> dict[str, Any]:
+        """Return the Airflow ``redis`` connection of the shared rate budget: TCP, its own database."""
+        return {
+            "conn_type": "redis",
+            "host": "127.0.0.1",
+            "port": self.ports["redis"],
+            "password": self.redis_password,
+            "extra": {"db": BUDGET_DB},
+        }
 
     def list_objects(self, prefix: str) -> dict[str, bytes]:
         """Return every object under the prefix with its bytes, read from moto with boto3."""
@@ -199,3 +313,29 @@ class Services:
         if datetime.now(timezone.utc).date() != self.stand_in_day:
             raise SystemTestError("the UTC day changed since the stand-in started; run the test again")
         return Dataset(seed=SEED, records_per_event=RECORDS_PER_EVENT, history_per_record=HISTORY_PER_RECORD)
+
+    def org_dataset(self) -> Any:
+        """Return a ``Dataset`` equal to the org stand-in's."""
+        from airflow_capillary_audit.sandbox import Dataset
+
+        if datetime.now(timezone.utc).date() != self.org_stand_in_day:
+            raise SystemTestError("the UTC day changed since the org stand-in started; run the test again")
+        return Dataset(
+            seed=SEED,
+            event_names=ORG_EVENTS,
+            records_per_event=ORG_RECORDS_PER_EVENT,
+            history_per_record=HISTORY_PER_RECORD,
+        )
+
+    def org_requests(self) -> list[dict[str, Any]]:
+        """Return what the org stand-in logged of each request it answered, in the order answered."""
+        lines = self.org_request_log.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines]
+
+
+def _free_port() -> int:
+    """Return a TCP port of 127.0.0.1 that the kernel found free; it may be taken before it is used."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

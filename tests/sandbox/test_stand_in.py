@@ -804,6 +804,61 @@ def test_command_line_serves_until_sigterm(tmp_path):
     assert stdout.strip() == url
 
 
+def test_command_line_request_log_holds_each_answer_while_it_runs(tmp_path):
+    ready, request_log = tmp_path / "url", tmp_path / "requests.jsonl"
+    request_log.write_text('{"earlier": true}\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow_capillary_audit.sandbox", "--port", "0", "--events", "a,b",
+         "--rate-limit", "1", "--rate-algorithm", "leaky", "--rate-burst", "1", "--ready-file", str(ready),
+         "--request-log", str(request_log)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        url = ready.read_text().strip()
+        before = time.time()
+        answers = [
+            requests.get(url + PATH, params={"format": "json", "eventName": "a"}, headers=AUTH, timeout=5),
+            requests.get(url + PATH, params={"format": "json", "eventName": "b"}, headers=AUTH, timeout=5),
+            requests.get(url + EVENTS_PATH, headers=AUTH, timeout=5),
+        ]
+        # Read while the stand-in still runs: a crash later would leave these lines.
+        lines = request_log.read_text().splitlines()
+    finally:
+        process.kill()
+        process.communicate(timeout=10)
+    assert [answer.status_code for answer in answers] == [200, 429, 200]
+    assert lines[0] == '{"earlier": true}'
+    logged = [json.loads(line) for line in lines[1:]]
+    assert [(e["method"], e["path"], e["event_name"], e["status"], e["fault"]) for e in logged] == [
+        ("GET", PATH, "a", 200, None),
+        ("GET", PATH, "b", 429, "rate_limited"),
+        ("GET", EVENTS_PATH, None, 200, None),
+    ]
+    assert [e["request_id"] for e in logged] == [answer.headers["X-Cap-Requestid"] for answer in answers]
+    assert all(before <= e["wall"] <= time.time() for e in logged)
+    assert [e["monotonic"] for e in logged] == sorted(e["monotonic"] for e in logged)
+    assert set(logged[0]) == {"wall", "monotonic", "method", "path", "event_name", "status", "fault", "request_id"}
+
+
+def test_the_request_log_gets_one_whole_line_per_concurrent_request_in_the_order_recorded(tmp_path):
+    request_log = tmp_path / "requests.jsonl"
+    stand_in = build_stand_in(build_parser().parse_args(["--port", "0", "--request-log", str(request_log)]))
+    with stand_in, ThreadPoolExecutor(max_workers=32) as pool:
+        responses = list(pool.map(lambda number: audit(stand_in, f"event_{number % 7}"), range(150)))
+
+    logged = [json.loads(line) for line in request_log.read_text().splitlines()]
+    assert sorted(e["request_id"] for e in logged) == sorted(r.headers["X-Cap-Requestid"] for r in responses)
+    assert [e["request_id"] for e in logged] == [r.request_id for r in stand_in.requests]
+    assert {e["event_name"] for e in logged} == {f"event_{n}" for n in range(7)}
+
+
 # The org's event list: GET /v2/events -----------------------------------------------------------------
 
 
