@@ -1,9 +1,10 @@
 """
-Print B1-B4 against their targets: ``python -m benchmarks`` (about 3 minutes) or ``--quick``.
+Print B1-B5 and P1 against their targets: ``python -m benchmarks`` (about 5 minutes) or ``--quick``.
 
 The stand-in runs in its own process on loopback; the operator runs in this one through its
 ``execute``, writing to a temporary folder, so the figures hold the operator's work and not an
-Airflow task's start-up. Timings are wall-clock seconds of one run each.
+Airflow task's start-up. B3, B5 and P1 run the operator in processes of their own, for the reason
+each module gives. Timings are wall-clock seconds of one run each, but for P1's medians.
 
 The exit status is 1 when a target is missed or could not be measured, except for a miss listed
 in ``EXPECTED_MISSES`` with its reason; 0 otherwise.
@@ -27,6 +28,9 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchmarks.b5_org import b5
+from benchmarks.p1_dlt import p1
+from benchmarks.report import EXPECTED_MISSES, Report
 from benchmarks.runs import prepare_environment, run_operator, use_stand_in
 from benchmarks.stand_in import LOGIN, PASSWORD, ROOT, StandInProcess, event_names
 
@@ -42,10 +46,33 @@ class Sizes:
     b2_events: int
     b3_events: int
     b4_processes: int
+    b5_groups: int
+    b5_group_size: int
+    p1_events: int
+    p1_rounds: int
 
 
-FULL = Sizes(b1_events=200, b2_events=200, b3_events=500, b4_processes=20)
-QUICK = Sizes(b1_events=50, b2_events=60, b3_events=100, b4_processes=5)
+FULL = Sizes(
+    b1_events=200,
+    b2_events=200,
+    b3_events=500,
+    b4_processes=20,
+    b5_groups=6,
+    b5_group_size=50,
+    p1_events=200,
+    p1_rounds=3,
+)
+QUICK = Sizes(
+    b1_events=50,
+    b2_events=60,
+    b3_events=100,
+    b4_processes=5,
+    b5_groups=6,
+    b5_group_size=10,
+    p1_events=50,
+    p1_rounds=1,
+)
+BENCHMARKS = ("B1", "B2", "B3", "B4", "B5", "P1")
 B1_LATENCY = 0.05
 B2_RATE = 600
 # The tightest of the stand-in's limiters: a smooth 10 a second with room for 2 at once. A fixed
@@ -53,41 +80,23 @@ B2_RATE = 600
 B2_ALGORITHM, B2_BURST = "leaky", 2
 B3_RECORDS, B3_HISTORY = 20, 100  # 2,000 value-history entries, so rows, per event
 B3_FORMATS = ("jsonl", "json", "csv", "parquet")
-# Targets known to be missed, with the reason; they are reported but do not fail the run.
-EXPECTED_MISSES = {
-    "B3 jsonl vs decode-only": (
-        "a per-row Python pipeline (read changedOn in five formats, build the row, encode) against "
-        "a C decoder; reaching 3x needs a flattener in C (README, 'Why B3 misses its target')"
-    ),
-}
-
-
-class Report:
-    """Print figures as they come and collect each target's verdict."""
-
-    def __init__(self) -> None:
-        self.verdicts: list[tuple[str, bool | None]] = []
-
-    def line(self, text: str = "") -> None:
-        print(text, flush=True)
-
-    def target(self, name: str, figure: str, target: str, passed: bool | None) -> None:
-        word = "n/a" if passed is None else ("PASS" if passed else "MISS")
-        if passed is False and name in EXPECTED_MISSES:
-            word = "MISS (expected)"
-        self.line(f"    {figure:<52} target {target:<26} {word}")
-        self.verdicts.append((name, passed))
-
-    def failures(self) -> list[str]:
-        """Return the targets missed or not measured, but for the expected misses."""
-        return [name for name, passed in self.verdicts if not passed and name not in EXPECTED_MISSES]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run B1-B4 once and print every figure beside its target."""
+    """Run B1-B5 and P1 once and print every figure beside its target."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[1])
-    parser.add_argument("--quick", action="store_true", help="smaller runs (about a minute); same targets")
+    parser.add_argument("--quick", action="store_true", help="smaller runs (about 90 s); same targets")
+    parser.add_argument(
+        "--only",
+        type=lambda text: [name.strip().upper() for name in text.split(",")],
+        default=list(BENCHMARKS),
+        metavar="B1,P1,...",
+        help=f"run only these benchmarks, of {', '.join(BENCHMARKS)}",
+    )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.only) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     sizes = QUICK if args.quick else FULL
     env = prepare_environment()
     report = Report()
@@ -95,12 +104,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.line(f"Capillary audit-log provider benchmarks ({'quick' if args.quick else 'full'} run)")
     report.line(f"Machine: {machine()}")
     report.line()
-    b1(report, env, sizes.b1_events)
-    b2(report, env, sizes.b2_events)
-    b3(report, env, sizes.b3_events)
-    b4(report, env, sizes.b4_processes)
+    runs: dict[str, Callable[[], None]] = {
+        "B1": lambda: b1(report, env, sizes.b1_events),
+        "B2": lambda: b2(report, env, sizes.b2_events),
+        "B3": lambda: b3(report, env, sizes.b3_events),
+        "B4": lambda: b4(report, env, sizes.b4_processes),
+        "B5": lambda: b5(report, env, sizes.b5_groups, sizes.b5_group_size, B1_LATENCY),
+        "P1": lambda: p1(report, env, sizes.p1_events, sizes.p1_rounds, B1_LATENCY),
+    }
+    for name in BENCHMARKS:
+        if name in args.only:
+            runs[name]()
     met = sum(1 for _, passed in report.verdicts if passed)
-    report.line()
     report.line(
         f"Targets met: {met} of {len(report.verdicts)}; wall time {time.monotonic() - started:.0f} s; "
         f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine skews the figures)"
@@ -132,7 +147,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     versions = []
-    for package in ("apache-airflow", "requests", "msgspec", "pyarrow", "apache-airflow-providers-http"):
+    packages = ("apache-airflow", "requests", "msgspec", "pyarrow", "apache-airflow-providers-http", "dlt")
+    for package in packages:
         try:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
@@ -428,6 +444,7 @@ def b4(report: Report, env: dict[str, str], processes: int) -> None:
         "< 30 ms",
         median < 0.030,
     )
+    report.line()
 
 
 if __name__ == "__main__":

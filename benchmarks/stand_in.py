@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until SIGTERM, then write the statuses and arrival times of every request received."""
+    """Serve until SIGTERM, then write the status and arrival time of every request, also by path."""
     args = _parser().parse_args(argv)
     stand_in = build_stand_in(args, data_end=DATA_END)
     for spec in args.warm:
@@ -63,9 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             stand_in.dataset.body(name)
     stand_in.serve_until_signalled(args.ready_file, announce=False)
     received = stand_in.requests
+    by_path: dict[str, list[float]] = {}
+    for request in received:
+        by_path.setdefault(request.path, []).append(request.monotonic)
     report = {
         "statuses": dict(Counter(str(r.status) for r in received)),
         "arrivals": sorted(r.monotonic for r in received),
+        "arrivals_by_path": {path: sorted(arrivals) for path, arrivals in by_path.items()},
     }
     Path(args.report_file).write_text(json.dumps(report))
     return 0
@@ -119,7 +123,10 @@ class StandInProcess:
         return self
 
     def stop(self) -> dict[str, Any]:
-        """Stop the server; return ``{"statuses": {status: count}, "arrivals": [monotonic, ...]}``."""
+        """
+        Stop the server; return ``{"statuses": {status: count}, "arrivals": [monotonic, ...],
+        "arrivals_by_path": {path: [monotonic, ...]}}``.
+        """
         process, self._process = self._process, None
         if process is None:
             return {}
