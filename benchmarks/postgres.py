@@ -67,7 +67,13 @@ def postgres_cluster() -> Iterator[dict[str, Any]]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not start; see {folder / 'server.log'}")
             time.sleep(0.1)
-        yield {"conn_type": "postgres", "host": str(folder), "login": "postgres", "schema": "postgres", "port": 5432}
+        yield {
+            "conn_type": "postgres",
+            "host": str(folder),
+            "login": "postgres",
+            "schema": "postgres",
+            "port": 5432,
+        }
     finally:
         if server is not None and server.poll() is None:
             server.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
