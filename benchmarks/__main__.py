@@ -1,5 +1,5 @@
 """
-Print B1-B5 and P1 against their targets: ``python -m benchmarks`` (about 5 minutes) or ``--quick``.
+Print B1-B6 and P1 against their targets: ``python -m benchmarks`` (about 5 minutes) or ``--quick``.
 
 The stand-in runs in its own process on loopback; the operator runs in this one through its
 ``execute``, writing to a temporary folder, so the figures hold the operator's work and not an
@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks.b5_org import b5
+from benchmarks.b6_sql import b6
 from benchmarks.p1_dlt import p1
 from benchmarks.report import EXPECTED_MISSES, Report
 from benchmarks.runs import prepare_environment, run_operator, use_stand_in
@@ -50,6 +51,7 @@ class Sizes:
     b5_group_size: int
     p1_events: int
     p1_rounds: int
+    b6_events: int
 
 
 FULL = Sizes(
@@ -61,6 +63,7 @@ FULL = Sizes(
     b5_group_size=50,
     p1_events=200,
     p1_rounds=3,
+    b6_events=50,
 )
 QUICK = Sizes(
     b1_events=50,
@@ -71,8 +74,9 @@ QUICK = Sizes(
     b5_group_size=10,
     p1_events=50,
     p1_rounds=1,
+    b6_events=10,
 )
-BENCHMARKS = ("B1", "B2", "B3", "B4", "B5", "P1")
+BENCHMARKS = ("B1", "B2", "B3", "B4", "B5", "B6", "P1")
 B1_LATENCY = 0.05
 B2_RATE = 600
 # The tightest of the stand-in's limiters: a smooth 10 a second with room for 2 at once. A fixed
@@ -83,7 +87,7 @@ B3_FORMATS = ("jsonl", "json", "csv", "parquet")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run B1-B5 and P1 once and print every figure beside its target."""
+    """Run B1-B6 and P1 once and print every figure beside its target."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[1])
     parser.add_argument("--quick", action="store_true", help="smaller runs (about 90 s); same targets")
     parser.add_argument(
@@ -110,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "B3": lambda: b3(report, env, sizes.b3_events),
         "B4": lambda: b4(report, env, sizes.b4_processes),
         "B5": lambda: b5(report, env, sizes.b5_groups, sizes.b5_group_size, B1_LATENCY),
+        "B6": lambda: b6(report, env, sizes.b6_events),
         "P1": lambda: p1(report, env, sizes.p1_events, sizes.p1_rounds, B1_LATENCY),
     }
     for name in BENCHMARKS:
