@@ -11,6 +11,8 @@ unexplained.
     python scripts/mutation.py                    # the package (stand-in excluded), whole suite
     python scripts/mutation.py --profile pure     # the pure modules under their own test files
     python scripts/mutation.py --profile core     # the other modules, under the whole suite
+    python scripts/mutation.py --profile hook     # the request path under its in-process tests
+    python scripts/mutation.py --profile sinks    # the folder sink under its tests
     python scripts/mutation.py --report-only      # the report of the last run, without running
 """
 
@@ -63,6 +65,32 @@ PROFILES = {
             "operators/audit_logs.py",
             "operators/events.py",
             "get_provider_info.py",
+        ),
+    ),
+    # The request path under the tests that drive it in-process: minutes, where the core profile
+    # takes hours on two cores because every operator test runs a DAG.
+    "hook": Profile(
+        modules=("hooks/capillary.py", "retry.py", "responses.py", "pacing.py", "auth.py"),
+        tests=(
+            "tests/hooks",
+            "tests/test_retry.py",
+            "tests/test_responses.py",
+            "tests/test_pacing.py",
+            "tests/test_auth.py",
+            "tests/test_rate_budget.py",
+            "tests/test_concurrency.py",
+            "tests/reliability/test_transport.py",
+            "tests/reliability/test_stop.py",
+            "tests/reliability/test_secrets.py",
+        ),
+    ),
+    # The folder sink and its commits, under their own tests and the folder's reliability tests.
+    "sinks": Profile(
+        modules=("sinks.py", "commit.py"),
+        tests=(
+            "tests/test_sinks.py",
+            "tests/reliability/test_folder.py",
+            "tests/operators/test_s3_destination.py",
         ),
     ),
     # The modules that import nothing from Airflow, each under its own unit tests only.
