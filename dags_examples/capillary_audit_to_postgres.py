@@ -5,7 +5,8 @@ Each run deletes the table's rows of its events inside its data interval and ins
 Capillary returns for that interval, then commits: a rerun of a day leaves the same table, and days
 add up without duplicates or gaps. ``CAPILLARY_AUDIT_SQL_CONN_ID`` names the database connection
 (``postgres_default`` by default; any connection whose hook is a DbApiHook works), and
-``CAPILLARY_AUDIT_TABLE`` the table, created on the first run.
+``CAPILLARY_AUDIT_TABLE`` the table, created on the first run. A run triggered with
+``{"event_names": [...]}`` loads those events instead of the four below.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Param
 
 from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsToSqlOperator
 
@@ -33,11 +34,17 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    render_template_as_native_obj=True,
+    params={
+        "event_names": Param(
+            EVENT_NAMES, type="array", description="Capillary behavioural event names to load"
+        )
+    },
     tags=["capillary", "example"],
 ) as dag:
     CapillaryAuditLogsToSqlOperator(
         task_id="load_audit_logs",
-        event_names=EVENT_NAMES,
+        event_names="{{ params.event_names }}",
         changed_since="{{ data_interval_start }}",
         changed_until="{{ data_interval_end }}",
         sql_conn_id=SQL_CONN_ID,

@@ -3,7 +3,8 @@
 Example::
 
     python -m airflow_capillary_audit.sandbox --port 8765 --user store.server:server123 --seed 42 \\
-        --events "points_update,tier_change" --rate-limit 600 --fault http_503:0.05 --ready-file /tmp/url \\
+        --events "points_update,tier_change" --rate-limit 600 --fault http_503:0.05 \\
+        --fault "http_400@tier_change" --ready-file /tmp/url \\
         --request-log /tmp/requests.jsonl
 """
 
@@ -99,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_fault,
         default=[],
-        metavar="KIND[:RATE]",
-        help=f"inject a fault (repeatable): {', '.join(FAULT_KINDS)}",
+        metavar="KIND[:RATE][@EVENT_NAME]",
+        help=f"inject a fault (repeatable); @EVENT_NAME keeps it to that event's audit logs. Kinds: "
+        f"{', '.join(FAULT_KINDS)}",
     )
     parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault RNG")
     parser.add_argument("--oauth-client", action="append", type=_pair, default=[], metavar="KEY:SECRET")

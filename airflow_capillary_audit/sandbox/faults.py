@@ -153,9 +153,15 @@ class Fault:
 
     @classmethod
     def parse(cls, text: str) -> Fault:
-        """Build a fault from ``kind`` or ``kind:rate``, as given on the command line."""
-        kind, _, rate = text.partition(":")
-        return cls(kind=kind, rate=float(rate) if rate else 1.0)
+        """Build a fault from ``kind[:rate][@event_name]``, as given on the command line.
+
+        Everything after the first ``@`` is one event name, which may hold ``:``, ``,`` or ``@``.
+        """
+        spec, at, event_name = text.partition("@")
+        if at and not event_name:
+            raise ValueError(f"expected an event name after '@' in {text!r}")
+        kind, _, rate = spec.partition(":")
+        return cls(kind=kind, rate=float(rate) if rate else 1.0, event_names=[event_name] if at else None)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from scripts.system_test.cluster import Cluster
 from scripts.system_test.common import (
     BUCKET,
     DAILY_DAG,
+    FAILING_EVENT,
     LOGIN,
     MAPPED_DAG,
     ORG_DAG,
@@ -32,8 +33,11 @@ from scripts.system_test.common import (
     ORG_RATE_LIMIT,
     ORG_SPAN_TOLERANCE,
     PASSWORD,
+    PG_DAG,
+    PG_TASK_ID,
     ROOT,
     TASK_ID,
+    WAREHOUSE_TABLE,
     WORKER_HOSTS,
     SystemTestError,
     step,
@@ -44,7 +48,25 @@ from scripts.system_test.services import BROKER_DB, BUDGET_DB, Services
 AUDIT_LOGS_PATH = "/v2/events/audit_logs"
 EVENTS_PATH = "/v2/events"
 # What each task's log says once its work is done.
-TASK_LOG_LINES = {TASK_ID: "Wrote ", "list_events": "The org has "}
+TASK_LOG_LINES = {
+    TASK_ID: "Wrote ",
+    "list_events": "The org has ",
+    PG_TASK_ID: f"Table {WAREHOUSE_TABLE}: deleted ",
+}
+# The table's columns, as the README documents them.
+TABLE_COLUMNS = (
+    "event_name",
+    "id",
+    "org_id",
+    "updated_type",
+    "request_id",
+    "value",
+    "previous_value",
+    "changed_on",
+    "changed_on_raw",
+)
+# The PostgreSQL DAG's schedule, "30 0 * * *": each window starts half an hour past midnight UTC.
+PG_WINDOW_START = timedelta(minutes=30)
 
 # --- The mapped DAG ---------------------------------------------------------------------------------
 
@@ -89,21 +111,32 @@ def _trigger_for_yesterday(cluster: Cluster, dag_id: str, hour: int) -> tuple[st
     today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     start, end = today - timedelta(days=1) + timedelta(hours=hour), today + timedelta(hours=hour)
     run_id = f"system_test__{start:%Y-%m-%d}"
-    step(f"Triggering {dag_id} through the REST API for {start.isoformat()} .. {end.isoformat()}")
     cluster.api.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
     started = time.monotonic()
-    cluster.api.call(
-        "POST",
-        f"/dags/{dag_id}/dagRuns",
-        json={
-            "dag_run_id": run_id,
-            "logical_date": start.isoformat(),
-            "data_interval_start": start.isoformat(),
-            "data_interval_end": end.isoformat(),
-        },
-    )
+    _trigger(cluster, dag_id, run_id, start, end)
     [run] = cluster.wait_for_runs(dag_id, [run_id])
     return run_id, run, time.monotonic() - started
+
+
+def _trigger(
+    cluster: Cluster,
+    dag_id: str,
+    run_id: str,
+    start: datetime,
+    end: datetime,
+    conf: dict[str, Any] | None = None,
+) -> None:
+    """Trigger a run of the data interval [start, end) through the REST API, as a user would."""
+    step(f"Triggering {dag_id} through the REST API for {start.isoformat()} .. {end.isoformat()}")
+    body: dict[str, Any] = {
+        "dag_run_id": run_id,
+        "logical_date": start.isoformat(),
+        "data_interval_start": start.isoformat(),
+        "data_interval_end": end.isoformat(),
+    }
+    if conf is not None:
+        body["conf"] = conf
+    cluster.api.call("POST", f"/dags/{dag_id}/dagRuns", json=body)
 
 
 @dataclass(frozen=True)
@@ -419,11 +452,202 @@ def _check_daily_files(
     return sum(every_row.values())
 
 
+# --- The PostgreSQL DAG -----------------------------------------------------------------------------
+
+
+def run_postgres_dag(cluster: Cluster, services: Services) -> dict[str, Any]:
+    """Load two adjacent days into the warehouse, rerun the first, fail a third; check the table each time."""
+    dag_file = load_dag_file("capillary_audit_to_postgres.py")
+    event_names: list[str] = list(dag_file.dag.params["event_names"])
+    dataset = services.dataset()
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = today - timedelta(days=4) + PG_WINDOW_START
+    windows = [(first + timedelta(days=n), first + timedelta(days=n + 1)) for n in range(3)]
+    cluster.api.call("PATCH", f"/dags/{PG_DAG}", json={"is_paused": False})
+
+    loads = []
+    for number, (since, until) in enumerate(windows[:2], start=1):
+        load = _load_window(cluster, f"system_test__{since:%Y-%m-%d}", since, until)
+        table = _check_table(services, dataset, event_names, first, until, f"after window {number}")
+        window_rows = len(expected_rows(dataset, event_names, since, until))
+        _check_summary(load, deleted=0, inserted=window_rows, events=len(event_names))
+        print(
+            f"Window {number}: {load['run_id']} in {load['elapsed']:.1f} s, inserted {window_rows} rows; the "
+            f"table holds exactly the stand-in's rows from {first:%Y-%m-%d %H:%M} on, none twice"
+        )
+        loads.append(load)
+
+    rerun = _rerun(cluster, loads[0]["run_id"])
+    after_rerun = _check_table(services, dataset, event_names, first, windows[1][1], "after the rerun")
+    window_rows = loads[0]["summary"]["rows_inserted"]
+    _check_summary(rerun, deleted=window_rows, inserted=window_rows, events=len(event_names))
+    if after_rerun != table:
+        raise SystemTestError(
+            f"the rerun of {rerun['run_id']} changed the table ({len(table)} bytes before, "
+            f"{len(after_rerun)} after)"
+        )
+    print(
+        f"Rerun of window 1 (cleared, try 2) in {rerun['elapsed']:.1f} s: deleted {window_rows} rows, "
+        f"inserted {window_rows}; the table is the same, byte for byte"
+    )
+
+    since, until = windows[2]
+    would_add = len(expected_rows(dataset, event_names, since, until))
+    failed = _load_window(
+        cluster,
+        f"system_test__fails__{since:%Y-%m-%d}",
+        since,
+        until,
+        conf={"event_names": [*event_names, FAILING_EVENT]},
+        expect="failed",
+    )
+    _check_failed_load(cluster, failed, len(event_names) + 1)
+    after_failure = _check_table(services, dataset, event_names, first, windows[1][1], "after the failed run")
+    if after_failure != table:
+        raise SystemTestError(f"the failed run {failed['run_id']} changed the table")
+    print(
+        f"Failed run {failed['run_id']} in {failed['elapsed']:.1f} s ({FAILING_EVENT!r} answered 400; a "
+        f"success would have added {would_add} rows): the table is the same, byte for byte "
+        f"({len(table)} bytes)"
+    )
+    return {
+        "runs": [(PG_DAG, load["run_id"]) for load in loads],
+        "failed_runs": [(PG_DAG, failed["run_id"])],
+        "events": len(event_names),
+        "loads": loads,
+        "rerun": rerun,
+        "failed": failed,
+        "would_add": would_add,
+        "table_bytes": len(table),
+    }
+
+
+def _load_window(
+    cluster: Cluster,
+    run_id: str,
+    since: datetime,
+    until: datetime,
+    conf: dict[str, Any] | None = None,
+    expect: str = "success",
+) -> dict[str, Any]:
+    """Trigger the PostgreSQL DAG for [since, until) and wait for the run to end ``expect``."""
+    started = time.monotonic()
+    _trigger(cluster, PG_DAG, run_id, since, until, conf)
+    return _finished_load(cluster, run_id, started, expect)
+
+
+def _rerun(cluster: Cluster, run_id: str) -> dict[str, Any]:
+    """Clear a run of the PostgreSQL DAG through the REST API, as a user reruns a day; wait for it."""
+    step(f"Clearing {PG_DAG} run {run_id} through the REST API, to load its window again")
+    started = time.monotonic()
+    cleared = cluster.api.call("POST", f"/dags/{PG_DAG}/dagRuns/{run_id}/clear", json={"dry_run": False})
+    if cleared.get("state") != "queued":
+        raise SystemTestError(f"clearing {run_id} left it {cleared.get('state')!r}, not queued")
+    rerun = _finished_load(cluster, run_id, started, "success")
+    if rerun["try_number"] != 2:
+        raise SystemTestError(f"the rerun of {run_id} ran as try {rerun['try_number']}, not 2")
+    return rerun
+
+
+def _finished_load(cluster: Cluster, run_id: str, started: float, expect: str) -> dict[str, Any]:
+    """Wait for a run of the PostgreSQL DAG; return its seconds, its task's try and the task's summary."""
+    cluster.wait_for_runs(PG_DAG, [run_id], expect)
+    elapsed = time.monotonic() - started
+    [ti] = cluster.task_instances(PG_DAG, run_id)
+    if ti["state"] != expect:
+        raise SystemTestError(f"{run_id}: {PG_TASK_ID} ended {ti['state']!r}, expected {expect!r}")
+    summary = None
+    if expect == "success":
+        path = f"/dags/{PG_DAG}/dagRuns/{run_id}/taskInstances/{PG_TASK_ID}/xcomEntries/return_value"
+        value = cluster.api.call("GET", path)["value"]
+        summary = json.loads(value) if isinstance(value, str) else value
+    return {
+        "run_id": run_id,
+        "elapsed": elapsed,
+        "task_seconds": ti["duration"],
+        "try_number": ti["try_number"],
+        "summary": summary,
+    }
+
+
+def _check_summary(load: dict[str, Any], deleted: int, inserted: int, events: int) -> None:
+    """Check what the task returned against the rows the stand-in's data says it deleted and inserted."""
+    wanted = {"table": WAREHOUSE_TABLE, "rows_deleted": deleted, "rows_inserted": inserted, "events": events}
+    if load["summary"] != wanted:
+        raise SystemTestError(f"{load['run_id']}: the task returned {load['summary']}, expected {wanted}")
+
+
+def _check_failed_load(cluster: Cluster, failed: dict[str, Any], event_count: int) -> None:
+    """Check that the failed run tried once and failed on the refused event alone, before any load."""
+    run_folder = cluster.airflow_home / "logs" / f"dag_id={PG_DAG}" / f"run_id={failed['run_id']}"
+    folder = run_folder / f"task_id={PG_TASK_ID}"
+    logs = sorted(folder.rglob("*.log"))
+    text = "".join(path.read_text(errors="replace") for path in logs)
+    said = [f"1 of {event_count} event(s) failed", repr(FAILING_EVENT)]
+    missing = [line for line in said if line not in text]
+    if failed["try_number"] != 1 or not logs or missing or TASK_LOG_LINES[PG_TASK_ID] in text:
+        raise SystemTestError(
+            f"{failed['run_id']}: try {failed['try_number']}, logs {[str(p) for p in logs]}: expected one "
+            f"try whose log says {missing or said} and does not say {TASK_LOG_LINES[PG_TASK_ID]!r}"
+        )
+
+
+def _check_table(
+    services: Services, dataset: Any, event_names: list[str], since: datetime, until: datetime, when: str
+) -> bytes:
+    """Check the table holds exactly the stand-in's rows of [since, until), none twice; return its dump."""
+    rows, dump = services.read_warehouse(WAREHOUSE_TABLE, TABLE_COLUMNS)
+    got = Counter(_stored(row) for row in rows)
+    want = Counter(_as_stored(row) for row in expected_rows(dataset, event_names, since, until))
+    if got != want:
+        missing, extra = want - got, got - want
+        raise SystemTestError(
+            f"{when}: table {WAREHOUSE_TABLE} holds {len(rows)} rows; the stand-in's rows of "
+            f"{since.isoformat()} .. {until.isoformat()} are {want.total()}: {missing.total()} missing "
+            f"(e.g. {next(iter(missing), None)}), {extra.total()} extra (e.g. {next(iter(extra), None)})"
+        )
+    twice = [row for row, count in got.items() if count > 1]
+    if twice:
+        raise SystemTestError(
+            f"{when}: {len(twice)} rows are in table {WAREHOUSE_TABLE} twice, e.g. {twice[0]}"
+        )
+    return dump
+
+
+def _stored(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Return a row read from the table with its time as ISO 8601 UTC text, as expected rows have it."""
+    row = dict(zip(TABLE_COLUMNS, values))
+    if row["changed_on"] is not None:
+        row["changed_on"] = row["changed_on"].astimezone(timezone.utc).isoformat()
+    return tuple(row[column] for column in TABLE_COLUMNS)
+
+
+def _as_stored(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Return an expected row as the table holds it: text columns as text, in the table's order."""
+    text = {"id", "updated_type", "request_id", "value", "previous_value"}
+    return tuple(_text(row[column]) if column in text else row[column] for column in TABLE_COLUMNS)
+
+
+def _text(value: Any) -> str | None:
+    """Return a value as the README says the table keeps it: a string as it is, other JSON as its JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
 # --- The workers' logs ------------------------------------------------------------------------------
 
 
-def check_logs(cluster: Cluster, services: Services, runs: list[tuple[str, str]]) -> None:
-    """Check that the workers' task logs exist, say what they did, and hold no secret."""
+def check_logs(
+    cluster: Cluster,
+    services: Services,
+    runs: list[tuple[str, str]],
+    failed_runs: list[tuple[str, str]],
+) -> None:
+    """Check that the workers' task logs exist, say what they did, and hold no secret.
+
+    A failed run's log is only searched for secrets: its own check has read the error it holds.
+    """
     step("Checking the workers' logs for secrets")
     md5 = hashlib.md5(PASSWORD.encode()).hexdigest()
     token = base64.b64encode(f"{LOGIN}:{md5}".encode()).decode()
@@ -433,15 +657,16 @@ def check_logs(cluster: Cluster, services: Services, runs: list[tuple[str, str]]
         "the Basic token": token,
         "the AWS secret key": services.aws_secret,
         "the Redis password": services.redis_password,
+        "the warehouse password": services.warehouse_password,
     }
     task_logs = []
-    for dag_id, run_id in runs:
+    for dag_id, run_id in [*runs, *failed_runs]:
         found = sorted(
             (cluster.airflow_home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}").rglob("*.log")
         )
         if not found:
             raise SystemTestError(f"no task log for {dag_id} {run_id}")
-        for path in found:
+        for path in found if (dag_id, run_id) in runs else ():
             task_folder = next(part for part in path.parts if part.startswith("task_id="))
             said = TASK_LOG_LINES[task_folder.removeprefix("task_id=")]
             if said not in path.read_text(errors="replace"):
@@ -455,7 +680,7 @@ def check_logs(cluster: Cluster, services: Services, runs: list[tuple[str, str]]
                 raise SystemTestError(f"{path} holds {what}")
     print(
         f"{len(task_logs)} task logs, {len(worker_logs)} worker logs and the org stand-in's request log: "
-        "no password, MD5, Basic token, AWS secret key or Redis password"
+        "no password, MD5, Basic token, AWS secret key, Redis password or warehouse password"
     )
 
 
@@ -463,9 +688,14 @@ def check_logs(cluster: Cluster, services: Services, runs: list[tuple[str, str]]
 
 
 def print_figures(
-    total: float, phases: dict[str, float], mapped: dict[str, Any], daily: dict[str, Any], org: dict[str, Any]
+    total: float,
+    phases: dict[str, float],
+    mapped: dict[str, Any],
+    daily: dict[str, Any],
+    org: dict[str, Any],
+    pg: dict[str, Any],
 ) -> None:
-    """Print the run's figures: where the time went, rows, instances per worker, the org's pace."""
+    """Print the run's figures: where the time went, rows, instances per worker, the org's pace, the table."""
     step("Figures")
     print(f"  total run time                      {total:6.1f} s")
     for name, seconds in phases.items():
@@ -490,6 +720,23 @@ def print_figures(
     print(
         f"    audit-log span                    {org['span']:6.2f} s: {org['ratio']:.3f}x the floor of "
         f"{org['floor']:.1f} s (at most {ORG_SPAN_TOLERANCE}x); longest gap {org['longest_gap']:.2f} s"
+    )
+    print(f"  PostgreSQL DAG, {pg['events']} events into {WAREHOUSE_TABLE} (trigger or clear to end; task)")
+    for number, load in enumerate(pg["loads"], start=1):
+        print(
+            f"    window {number}                          {load['elapsed']:6.1f} s; "
+            f"{load['task_seconds']:5.1f} s: {load['summary']['rows_inserted']} rows inserted"
+        )
+    rerun = pg["rerun"]
+    print(
+        f"    rerun of window 1 (clear)         {rerun['elapsed']:6.1f} s; {rerun['task_seconds']:5.1f} s: "
+        f"{rerun['summary']['rows_deleted']} rows deleted, {rerun['summary']['rows_inserted']} inserted, "
+        "table unchanged"
+    )
+    failed = pg["failed"]
+    print(
+        f"    run with a refused event          {failed['elapsed']:6.1f} s; {failed['task_seconds']:5.1f} s: "
+        f"failed, table unchanged ({pg['table_bytes']} bytes; {pg['would_add']} rows not added)"
     )
 
 

@@ -1,7 +1,8 @@
 """Airflow with the CeleryExecutor: its configuration, its processes and its REST API.
 
 The API server, the scheduler, the DAG processor and two Celery workers, each worker under a host
-name of its own. Only the workers get the connections, as environment variables.
+name of its own. Only the workers get the connections (Capillary, AWS, Redis, the warehouse's
+PostgreSQL), as environment variables.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from scripts.system_test.common import (
     ORG_PREFIX,
     ORG_RATE_LIMIT,
     PASSWORD,
+    PG_DAG,
     ROOT,
     RUN_TIMEOUT,
     START_TIMEOUT,
+    WAREHOUSE,
+    WAREHOUSE_TABLE,
     WORKER_CONCURRENCY,
     WORKER_HOSTS,
     SystemTestError,
@@ -118,6 +122,9 @@ class Cluster:
             "CAPILLARY_AUDIT_DESTINATION_CONN_ID": "aws_default",
             "CAPILLARY_AUDIT_GROUP_SIZE": str(ORG_GROUP_SIZE),
             "CAPILLARY_AUDIT_CONN_ID": ORG_CONN_ID,
+            # The table's outlet Asset names the connection: every process that parses must agree.
+            "CAPILLARY_AUDIT_SQL_CONN_ID": WAREHOUSE,
+            "CAPILLARY_AUDIT_TABLE": WAREHOUSE_TABLE,
         }
 
     def api_env(self, base: dict[str, str]) -> dict[str, str]:
@@ -160,6 +167,7 @@ class Cluster:
             f"AIRFLOW_CONN_{ORG_CONN_ID.upper()}": json.dumps(capillary_org),
             "AIRFLOW_CONN_CAPILLARY_RATE_BUDGET": json.dumps(self.services.budget_connection()),
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
+            f"AIRFLOW_CONN_{WAREHOUSE.upper()}": json.dumps(self.services.warehouse_connection()),
         }
 
     def start(self) -> None:
@@ -204,6 +212,8 @@ class Cluster:
                 "apache-airflow-providers-celery",
                 "apache-airflow-providers-amazon",
                 "apache-airflow-providers-redis",
+                "apache-airflow-providers-postgres",
+                "psycopg",
                 "celery",
                 "s3fs",
                 "moto",
@@ -247,7 +257,8 @@ class Cluster:
         wait_until("both Celery workers answer a ping", self._workers_ready, START_TIMEOUT, self.processes)
 
         def parsed() -> bool:
-            return all(self.api.call("GET", f"/dags/{dag_id}") for dag_id in (MAPPED_DAG, DAILY_DAG, ORG_DAG))
+            dag_ids = (MAPPED_DAG, DAILY_DAG, ORG_DAG, PG_DAG)
+            return all(self.api.call("GET", f"/dags/{dag_id}") for dag_id in dag_ids)
 
         wait_until("the DAG processor parses the example DAGs", parsed, START_TIMEOUT, self.processes)
         errors = self.api.call("GET", "/importErrors")
@@ -265,23 +276,25 @@ class Cluster:
         answered = {name for reply in replies for name in reply}
         return set(self.celery_names) <= answered
 
-    def wait_for_runs(self, dag_id: str, run_ids: list[str]) -> list[dict[str, Any]]:
-        """Wait, with a bound, until these runs have finished; fail unless every one succeeded."""
+    def wait_for_runs(self, dag_id: str, run_ids: list[str], expect: str = "success") -> list[dict[str, Any]]:
+        """Wait, with a bound, until these runs have finished; fail unless every one ended ``expect``."""
 
         def finished() -> list[dict[str, Any]] | None:
             runs = [self.api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}") for run_id in run_ids]
             return runs if all(run["state"] in ("success", "failed") for run in runs) else None
 
         runs = wait_until(f"{dag_id} runs {run_ids} finish", finished, RUN_TIMEOUT, self.processes)
-        failed = [run["dag_run_id"] for run in runs if run["state"] != "success"]
-        if failed:
+        unexpected = [run["dag_run_id"] for run in runs if run["state"] != expect]
+        if unexpected:
             details = []
-            for run_id in failed:
+            for run_id in unexpected:
                 for ti in self.task_instances(dag_id, run_id):
                     details.append(
                         f"  {run_id} {ti['task_id']}[{ti['map_index']}]: {ti['state']} on {ti['hostname']}"
                     )
-            raise SystemTestError(f"{dag_id}: runs failed: {failed}\n" + "\n".join(details))
+            raise SystemTestError(
+                f"{dag_id}: runs that did not end {expect}: {unexpected}\n" + "\n".join(details)
+            )
         return runs
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:

@@ -38,6 +38,13 @@ ORG_RATE_LIMIT = 600
 ORG_RATE_BURST = 5
 # The audit-log requests' span may exceed the floor the rate sets by at most this factor.
 ORG_SPAN_TOLERANCE = 1.15
+PG_DAG = "capillary_audit_to_postgres"
+PG_TASK_ID = "load_audit_logs"
+# The PostgreSQL DAG's database, its owner and the workers' connection to it share one name.
+WAREHOUSE = "warehouse"
+WAREHOUSE_TABLE = "capillary_audit_logs"
+# The stand-in answers 400 to this event's audit logs, as Capillary does to a name it refuses.
+FAILING_EVENT = "RetiredEvent"
 WORKER_HOSTS = ("capillary-worker-1", "capillary-worker-2")
 # Two slots per worker, three mapped instances: with Airflow's late acks (prefetch = concurrency) one
 # worker holds at most two tasks, so the third must go to the other.

@@ -23,7 +23,7 @@ from scripts.system_test.services import Services
 
 
 class SystemTest:
-    """Start the stack, run three example DAGs, check what they wrote, print the figures, stop."""
+    """Start the stack, run four example DAGs, check what they wrote, print the figures, stop."""
 
     def __init__(self, keep: bool) -> None:
         self.keep = keep
@@ -44,6 +44,7 @@ class SystemTest:
         mapped: dict[str, Any] = {}
         daily: dict[str, Any] = {}
         org: dict[str, Any] = {}
+        pg: dict[str, Any] = {}
         self.phases["installs and bootstrap"] = time.time() - self.started_at
         try:
             print(f"Working folder: {self.work}")
@@ -57,8 +58,11 @@ class SystemTest:
                 daily = checks.run_daily_backfill(self.cluster, self.services)
             with self.phase("org run, with its checks"):
                 org = checks.run_org_dag(self.cluster, self.services)
+            with self.phase("PostgreSQL runs, with their checks"):
+                pg = checks.run_postgres_dag(self.cluster, self.services)
             with self.phase("log checks"):
-                checks.check_logs(self.cluster, self.services, mapped["runs"] + daily["runs"] + org["runs"])
+                runs = mapped["runs"] + daily["runs"] + org["runs"] + pg["runs"]
+                checks.check_logs(self.cluster, self.services, runs, pg["failed_runs"])
             ok = True
         except (SystemTestError, Interrupted) as error:
             print(f"\nSYSTEM TEST FAILED: {error}", file=sys.stderr)
@@ -71,7 +75,7 @@ class SystemTest:
             with self.phase("teardown"):
                 ok = self.stop() and ok
         if ok:
-            checks.print_figures(time.time() - self.started_at, self.phases, mapped, daily, org)
+            checks.print_figures(time.time() - self.started_at, self.phases, mapped, daily, org, pg)
             print("\nSystem test passed.")
             return 0
         return 1

@@ -1,5 +1,8 @@
 """The services Airflow and the DAGs use: PostgreSQL, Redis, moto's S3 and two Capillary stand-ins.
 
+PostgreSQL holds Airflow's metadata DB and, apart, the ``warehouse`` database the PostgreSQL example
+DAG loads, owned by a role of its own.
+
 PostgreSQL and Redis cannot bind port 0, so they listen on Unix sockets in their own folders; moto and
 the stand-ins bind port 0 on 127.0.0.1 and name the port they got. Redis also listens on a TCP port on
 127.0.0.1, for Airflow's Redis provider, which the shared rate budget uses and which connects over TCP
@@ -26,6 +29,7 @@ from typing import Any
 
 from scripts.system_test.common import (
     BUCKET,
+    FAILING_EVENT,
     HISTORY_PER_RECORD,
     LOGIN,
     ORG_EVENTS,
@@ -35,6 +39,7 @@ from scripts.system_test.common import (
     PASSWORD,
     RECORDS_PER_EVENT,
     SEED,
+    WAREHOUSE,
     SystemTestError,
     step,
 )
@@ -58,6 +63,7 @@ class Services:
         self.aws_key_id = "system-test"
         self.aws_secret = "aws-" + secrets.token_hex(16)
         self.db_password = secrets.token_hex(12)
+        self.warehouse_password = secrets.token_hex(12)
         # Redis listens on TCP too, which any local user can reach: a password keeps them out.
         self.redis_password = secrets.token_hex(16)
         self.org_request_log = work / "org-stand-in-requests.jsonl"
@@ -159,14 +165,15 @@ class Services:
         raise SystemTestError(f"Redis did not answer PING within 30 s; see {self.processes.log('redis')}")
 
     def _start_stand_in(self) -> Path:
-        """Start the stand-in on port 0; return the file it writes its URL to once listening."""
+        """Start the stand-in on port 0, refusing one event; return the file it writes its URL to."""
         ready = self.work / "stand-in.url"
         self.stand_in_day = datetime.now(timezone.utc).date()
         self.processes.start(
             "stand-in",
             [sys.executable, "-m", "airflow_capillary_audit.sandbox", "--port", "0", "--seed", str(SEED),
              "--user", f"{LOGIN}:{PASSWORD}", "--records-per-event", "{}:{}".format(*RECORDS_PER_EVENT),
-             "--history-per-record", "{}:{}".format(*HISTORY_PER_RECORD), "--ready-file", str(ready)],
+             "--history-per-record", "{}:{}".format(*HISTORY_PER_RECORD),
+             "--fault", f"http_400@{FAILING_EVENT}", "--ready-file", str(ready)],
             dict(os.environ),
         )
         return ready
@@ -212,8 +219,11 @@ class Services:
             # SIGINT is PostgreSQL's fast shutdown: it ends the open sessions instead of waiting.
             stop_signal=signal.SIGINT,
         )
-        wait_until("PostgreSQL accepts connections", self._create_database, 60, self.processes)
-        print(f"PostgreSQL {self.sockets['postgres']}, data in {folder / 'data'}")
+        wait_until("PostgreSQL accepts connections", self._create_databases, 60, self.processes)
+        print(
+            f"PostgreSQL {self.sockets['postgres']}, data in {folder / 'data'}, databases airflow and "
+            f"{WAREHOUSE}"
+        )
 
     def _init_postgres(self, bin_dir: Path, folder: Path, user: str | None) -> None:
         """Run ``initdb`` in ``folder``, owned by ``user``, with the user ``airflow`` and its password."""
@@ -233,7 +243,8 @@ class Services:
             cwd=folder,
         )
 
-    def _create_database(self) -> bool:
+    def _create_databases(self) -> bool:
+        """Create Airflow's metadata DB, and the warehouse's role and its database."""
         import psycopg2
 
         connection = psycopg2.connect(
@@ -247,8 +258,49 @@ class Services:
         connection.autocommit = True
         with connection.cursor() as cursor:
             cursor.execute("CREATE DATABASE airflow")
+            cursor.execute(f"CREATE ROLE {WAREHOUSE} LOGIN PASSWORD %s", (self.warehouse_password,))
+            cursor.execute(f"CREATE DATABASE {WAREHOUSE} OWNER {WAREHOUSE}")
         connection.close()
         return True
+
+    def warehouse_connection(self) -> dict[str, Any]:
+        """Return the Airflow ``postgres`` connection of the warehouse: the socket's folder as its host."""
+        return {
+            "conn_type": "postgres",
+            "host": str(self.postgres_dir),
+            "port": 5432,
+            "login": WAREHOUSE,
+            "password": self.warehouse_password,
+            "schema": WAREHOUSE,
+        }
+
+    def read_warehouse(self, table: str, columns: tuple[str, ...]) -> tuple[list[tuple[Any, ...]], bytes]:
+        """Return a warehouse table's rows, and its whole content as ``COPY`` writes it, both sorted."""
+        import io
+
+        import psycopg2
+
+        quoted = ", ".join(f'"{column}"' for column in columns)
+        query = f'SELECT {quoted} FROM "{table}" ORDER BY {quoted}'
+        connection = psycopg2.connect(
+            host=str(self.postgres_dir),
+            port=5432,
+            user=WAREHOUSE,
+            password=self.warehouse_password,
+            dbname=WAREHOUSE,
+            connect_timeout=5,
+        )
+        try:
+            # One snapshot for both reads.
+            connection.set_session(isolation_level="REPEATABLE READ", readonly=True)
+            with connection.cursor() as cursor:
+                cursor.execute(query)
+                rows = cursor.fetchall()
+                dump = io.BytesIO()
+                cursor.copy_expert(f"COPY ({query}) TO STDOUT", dump)
+        finally:
+            connection.close()
+        return rows, dump.getvalue()
 
     def _redis_ping(self) -> bool:
         client = self._redis_client()

@@ -630,6 +630,23 @@ def test_fault_validation():
     assert Fault.parse("http_503:0.25") == Fault("http_503", rate=0.25)
 
 
+def test_a_fault_parsed_with_an_event_name_keeps_to_that_event():
+    assert Fault.parse("http_400@Café: a, b@c") == Fault("http_400", event_names=["Café: a, b@c"])
+    assert Fault.parse("http_503:0.5@x") == Fault("http_503", rate=0.5, event_names=["x"])
+    with pytest.raises(ValueError, match="^expected an event name after '@' in 'http_400@'$"):
+        Fault.parse("http_400@")
+
+
+def test_the_command_line_keeps_a_fault_to_one_event():
+    arguments = ["--port", "0", "--fault", "http_400@coupons & offers"]
+
+    with build_stand_in(build_parser().parse_args(arguments)) as stand_in:
+        statuses = [audit(stand_in, name).status_code for name in ("coupons & offers", "coupons", "Tier")]
+    assert statuses == [400, 200, 200]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--fault", "http_400@"])
+
+
 # Rate limiting -------------------------------------------------------------------------------------
 
 
