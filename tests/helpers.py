@@ -498,3 +498,19 @@ def modules_imported_by(module: str, *, after: str = "") -> set[str]:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return set(result.stdout.split())
+
+
+def served_hook_meta_data() -> list[Any]:
+    """
+    Return the connection forms' metadata as the API server builds it, from a fresh providers manager.
+
+    The manager is a process-wide singleton that caches the hooks' form fields the first time any
+    hook is looked up. Airflow before 3.2 reads them from the hooks' classmethods, which need
+    Flask-AppBuilder unless the API server mocks it, as it does in ``HookMetaService``: a cache filled
+    earlier in the session without the mock lacks them, so it is emptied first (test isolation).
+    """
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+    from airflow.providers_manager import ProvidersManager
+
+    ProvidersManager()._cleanup()
+    return HookMetaService.hook_meta_data()

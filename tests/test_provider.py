@@ -10,7 +10,7 @@ import pytest
 
 from airflow_capillary_audit.connection import CONN_FIELDS
 from airflow_capillary_audit.get_provider_info import get_provider_info
-from tests.helpers import FAST_EXTRAS, connection_json
+from tests.helpers import FAST_EXTRAS, connection_json, served_hook_meta_data
 
 
 def airflow_version() -> tuple[int, int]:
@@ -161,7 +161,6 @@ def test_the_connection_form_airflow_serves_has_every_field():
     """What the UI's connection form gets from the API server: relabelled fields and every extra."""
     import importlib.util
 
-    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
 
     if airflow_version() < (3, 2) and importlib.util.find_spec("flask_appbuilder") is None:
         from airflow import __version__
@@ -169,7 +168,7 @@ def test_the_connection_form_airflow_serves_has_every_field():
         if tuple(int(part) for part in __version__.split(".")[:3]) < (3, 1, 3):
             pytest.skip("before 3.1.3 Airflow serves a hook's form fields only with Flask-AppBuilder installed")
 
-    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "capillary"]
+    (meta,) = [m for m in served_hook_meta_data() if m.connection_type == "capillary"]
     form = meta.model_dump()
     assert form["hook_class_name"] == "airflow_capillary_audit.hooks.capillary.CapillaryHook"
     fields = form["standard_fields"]

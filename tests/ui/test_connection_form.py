@@ -26,7 +26,7 @@ import pytest
 
 from airflow_capillary_audit.connection import CONN_FIELDS, CONN_TYPE
 from airflow_capillary_audit.hooks.capillary import AUDIT_LOGS_PATH, CONNECTION_TEST_EVENT
-from tests.helpers import LOGIN, PASSWORD
+from tests.helpers import LOGIN, PASSWORD, served_hook_meta_data
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -192,9 +192,8 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
 
 def test_the_form_metadata_airflow_serves_shows_every_extra_unmasked():
     """Check what the API hands the connection form: the fields relabelled and no value masked."""
-    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
 
-    metadata = {meta.connection_type: meta for meta in HookMetaService.hook_meta_data()}
+    metadata = {meta.connection_type: meta for meta in served_hook_meta_data()}
     capillary = metadata[CONN_TYPE].model_dump(mode="json")
     standard, extras = capillary["standard_fields"], capillary["extra_fields"]
     assert standard["host"]["title"] == "Cluster host"
