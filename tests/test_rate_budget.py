@@ -9,6 +9,7 @@ whole rate but share the budget are never refused, and the same hooks without it
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -102,7 +103,7 @@ def test_a_stop_wakes_a_waiting_pacer_at_once(redis_port):
     pacer.hold(30)
     threading.Timer(0.2, stop.set).start()
     started = time.monotonic()
-    with pytest.raises(PacerStopped):
+    with pytest.raises(PacerStopped, match="^the pacer was stopped; no further slot is handed out$"):
         pacer.acquire()
     assert time.monotonic() - started < 10
 
@@ -118,7 +119,7 @@ def test_an_unreachable_budget_says_which(tmp_path):
 
 def test_the_budget_key_names_the_till_without_its_login():
     key = budget_key("https://eu.api.capillarytech.com", LOGIN)
-    assert key.startswith("airflow-capillary-audit:rate-budget:") and LOGIN not in key
+    assert re.fullmatch(r"airflow-capillary-audit:rate-budget:[0-9a-f]{24}", key) and LOGIN not in key
     assert key == budget_key("https://eu.api.capillarytech.com", LOGIN)
     assert key != budget_key("https://eu.api.capillarytech.com", "other.till")
     assert key != budget_key("https://us.api.capillarytech.com", LOGIN)
@@ -235,3 +236,27 @@ def test_shares_that_start_together_interleave(stand_in, monkeypatch):
     }
     # Share i sends its first request i intervals of the whole rate (0.1 s) after share 0's.
     assert first[1] - first[0] >= 0.1 - SLACK and first[2] - first[0] >= 0.2 - SLACK
+
+
+def test_a_slot_reserves_exactly_one_interval_of_the_shared_chain(redis_port):
+    store = client(redis_port)
+    pacer = SharedPacer(store, "k", RATE)
+
+    pacer.acquire()
+
+    seconds, micros = store.time()
+    now = seconds * 1_000_000 + micros
+    # The next slot is one interval (100,000 µs) after the slot taken, which was at most now.
+    assert 0 < int(store.get("k")) - now <= 100_000
+    assert int(store.get("k")) - now > 100_000 - 50_000
+
+
+def test_the_seconds_waited_add_up_over_every_try(redis_port):
+    holder, waiter = SharedPacer(client(redis_port), "k", RATE), SharedPacer(client(redis_port), "k", RATE)
+    holder.hold(0.3)
+    # While the waiter sleeps out the first hold, a second one pushes its slot further.
+    threading.Timer(0.15, holder.hold, args=(0.45,)).start()
+
+    waited = waiter.acquire()
+
+    assert waited >= 0.55

@@ -599,3 +599,17 @@ def test_every_thread_keeps_its_connection_open(monkeypatch, tmp_path, caplog, s
 
     assert len(api.requests) == 2 * threads
     assert "Connection pool is full" not in caplog.text
+
+
+def test_close_releases_the_pooled_connections_and_a_later_request_opens_new_ones(stand_in, monkeypatch):
+    hook = use_connection(monkeypatch, stand_in.url)
+    session = hook.get_conn()
+    hook.get_audit_logs("a")
+    pool_manager = session.get_adapter(stand_in.url).poolmanager
+    assert len(pool_manager.pools) == 1
+
+    hook.close()
+
+    assert len(pool_manager.pools) == 0
+    assert hook.get_audit_logs("b")["errors"] == []
+    assert hook.get_conn() is not session

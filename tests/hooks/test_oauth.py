@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -329,7 +330,8 @@ def test_the_token_lifetime_is_logged_never_the_token(oauth_api, monkeypatch, ca
     hook = oauth_hook(monkeypatch, oauth_api.url)
     hook.get_audit_logs("a")
     out, err = capfd.readouterr()
-    assert "Fetched a Capillary OAuth token valid for 300 s" in out + err + caplog.text
+    # The whole message, not a part of a longer one.
+    assert re.search(r"(^|\s)Fetched a Capillary OAuth token valid for 300 s(\s|$)", out + err + caplog.text, re.M)
 
 
 def test_a_token_capillary_does_not_know_is_replaced_once(oauth_api, monkeypatch):

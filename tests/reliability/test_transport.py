@@ -42,8 +42,10 @@ def test_tls_is_verified_by_default(https_api, monkeypatch, airflow_db, tmp_path
         fetch_to(tmp_path / "out", ["PointsRedeemed"])
 
     message = str(caught.value)
-    assert f"TLS certificate of {api.url} could not be verified (self-signed certificate)" in message
-    assert "set extra 'verify' to its CA bundle path" in message
+    assert (
+        f"TLS certificate of {api.url} could not be verified (self-signed certificate); if the cluster "
+        "host uses a private CA, set extra 'verify' to its CA bundle path |"
+    ) in message
     # An untrusted certificate is not retried.
     out, err = capfd.readouterr()
     assert "retrying in" not in out + err + caplog.text
