@@ -350,3 +350,15 @@ def test_openlineage_reports_events_in_and_the_table_out(api, database, airflow_
         # PostgreSQL's hook names the server, the database and the default schema, as OpenLineage does.
         assert output.namespace.startswith("postgres://") and output.namespace.endswith(":5432")
         assert output.name == "postgres.public.audit_rows"
+
+
+def test_a_schema_names_where_the_table_lives(api, database, airflow_db):
+    schema = "main" if database.dialect == "sqlite" else "audit"
+    if database.dialect == "postgresql":
+        database.execute('DROP SCHEMA IF EXISTS "audit" CASCADE', 'CREATE SCHEMA "audit"')
+
+    summary = load(schema=schema)
+
+    assert summary["table"] == f"{schema}.audit_rows"
+    count = database.query(f'SELECT count(*) FROM "{schema}"."audit_rows"')
+    assert count == [(summary["rows_inserted"],)] and summary["rows_inserted"] > 0
