@@ -362,3 +362,11 @@ def test_a_schema_names_where_the_table_lives(api, database, airflow_db):
     assert summary["table"] == f"{schema}.audit_rows"
     count = database.query(f'SELECT count(*) FROM "{schema}"."audit_rows"')
     assert count == [(summary["rows_inserted"],)] and summary["rows_inserted"] > 0
+
+
+def test_every_event_of_the_org_loads_with_a_star(api, database, airflow_db):
+    summary = load(event_names="*", exclude_event_names=["Café*"])
+
+    kept = [n for n in NAMES if not n.startswith("Café")]
+    assert summary["events"] == len(kept)
+    assert database.rows() == sorted(as_table_rows(expected_rows(api.dataset, kept)), key=key)
