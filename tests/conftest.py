@@ -188,3 +188,12 @@ def run_dag(airflow_db, tmp_path):
         return dag_run, lambda task_id, map_index=-1: read_xcom(dag_run, task_id, map_index)
 
     return run
+
+
+@pytest.fixture
+def redis_port(tmp_path):
+    """Run a throw-away redis-server on loopback (skipped where Redis is not installed); give its port."""
+    from tests.helpers import redis_server
+
+    with redis_server(tmp_path) as port:
+        yield port

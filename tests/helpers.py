@@ -178,6 +178,13 @@ def redis_server(folder: Path) -> Iterator[int]:
     raise RuntimeError(f"redis-server did not start; see the logs in {folder}")
 
 
+def redis_client(port: int) -> Any:
+    """Return a redis-py client of the server on ``port`` of loopback."""
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=port)
+
+
 @contextmanager
 def postgres_server() -> Iterator[dict[str, Any]]:
     """

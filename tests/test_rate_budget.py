@@ -10,28 +10,19 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryConnectionError
 from airflow_capillary_audit.hooks.capillary import CapillaryHook, budget_key
-from airflow_capillary_audit.pacing import PacerStopped, PacerUnavailable, SharedPacer
 from airflow_capillary_audit.sandbox import RateLimit
-from tests.helpers import LOGIN, redis_server, refused_port, use_connection
+from tests.helpers import LOGIN, refused_port, use_connection
 
 RATE = 600  # one request each 0.1 s
 # Lower bounds only: a loaded machine makes requests later, never sooner.
 SLACK = 0.05
-
-
-@pytest.fixture
-def redis_port(tmp_path):
-    with redis_server(tmp_path) as port:
-        yield port
 
 
 @pytest.fixture
@@ -41,80 +32,6 @@ def redis_conn(redis_port, monkeypatch):
         json.dumps({"conn_type": "redis", "host": "127.0.0.1", "port": redis_port}),
     )
     return "budget_redis"
-
-
-def client(port: int) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=port)
-
-
-def test_two_pacers_on_one_key_share_one_spacing(redis_port):
-    pacers = [SharedPacer(client(redis_port), "k", RATE) for _ in range(2)]
-    granted: list[float] = []
-    lock = threading.Lock()
-
-    def take(pacer: SharedPacer) -> None:
-        for _ in range(5):
-            pacer.acquire()
-            with lock:
-                granted.append(time.monotonic())
-
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(take, pacers))
-
-    # Ten slots of one chain 0.1 s apart span at least 0.9 s; two chains of their own would span 0.4 s.
-    assert len(granted) == 10
-    assert max(granted) - min(granted) >= 0.9 - SLACK
-
-
-def test_pacers_on_different_keys_do_not_wait_for_each_other(redis_port):
-    first, second = SharedPacer(client(redis_port), "a", 60), SharedPacer(client(redis_port), "b", 60)
-    first.acquire()
-    started = time.monotonic()
-    assert second.acquire() == 0
-    assert time.monotonic() - started < 0.5
-
-
-def test_a_hold_by_one_pacer_holds_the_other(redis_port):
-    holder, waiter = SharedPacer(client(redis_port), "k", RATE), SharedPacer(client(redis_port), "k", RATE)
-    started = time.monotonic()
-    holder.hold(0.6)
-    waited = waiter.acquire()
-    assert time.monotonic() - started >= 0.6 - SLACK
-    assert waited > 0
-
-
-def test_a_shorter_hold_never_shortens_a_longer_one(redis_port):
-    pacer = SharedPacer(client(redis_port), "k", None)
-    started = time.monotonic()
-    pacer.hold(0.6)
-    pacer.hold(0.1)
-    pacer.acquire()
-    assert time.monotonic() - started >= 0.6 - SLACK
-
-
-def test_without_a_rate_only_holds_wait(redis_port):
-    pacer = SharedPacer(client(redis_port), "k", None)
-    assert [pacer.acquire() for _ in range(20)] == [0] * 20
-
-
-def test_a_stop_wakes_a_waiting_pacer_at_once(redis_port):
-    stop = threading.Event()
-    pacer = SharedPacer(client(redis_port), "k", RATE, stop=stop)
-    pacer.hold(30)
-    threading.Timer(0.2, stop.set).start()
-    started = time.monotonic()
-    with pytest.raises(PacerStopped, match="^the pacer was stopped; no further slot is handed out$"):
-        pacer.acquire()
-    assert time.monotonic() - started < 10
-
-
-def test_an_unreachable_budget_says_which(tmp_path):
-    with refused_port() as port:
-        pacer = SharedPacer(client(port), "budget-key", RATE)
-        with pytest.raises(
-            PacerUnavailable, match="^the shared rate budget 'budget-key' cannot be reached: "
-        ):
-            pacer.acquire()
 
 
 def test_the_budget_key_names_the_till_without_its_login():
@@ -236,27 +153,3 @@ def test_shares_that_start_together_interleave(stand_in, monkeypatch):
     }
     # Share i sends its first request i intervals of the whole rate (0.1 s) after share 0's.
     assert first[1] - first[0] >= 0.1 - SLACK and first[2] - first[0] >= 0.2 - SLACK
-
-
-def test_a_slot_reserves_exactly_one_interval_of_the_shared_chain(redis_port):
-    store = client(redis_port)
-    pacer = SharedPacer(store, "k", RATE)
-
-    pacer.acquire()
-
-    seconds, micros = store.time()
-    now = seconds * 1_000_000 + micros
-    # The next slot is one interval (100,000 µs) after the slot taken, which was at most now.
-    assert 0 < int(store.get("k")) - now <= 100_000
-    assert int(store.get("k")) - now > 100_000 - 50_000
-
-
-def test_the_seconds_waited_add_up_over_every_try(redis_port):
-    holder, waiter = SharedPacer(client(redis_port), "k", RATE), SharedPacer(client(redis_port), "k", RATE)
-    holder.hold(0.3)
-    # While the waiter sleeps out the first hold, a second one pushes its slot further.
-    threading.Timer(0.15, holder.hold, args=(0.45,)).start()
-
-    waited = waiter.acquire()
-
-    assert waited >= 0.55
