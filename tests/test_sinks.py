@@ -41,8 +41,12 @@ RUN = RunInfo(
     changed_until=None,
 )
 EVENTS = [
-    EventFile("Café", WrittenFile("Caf%C3%A9.jsonl", "file:///x/Caf%C3%A9.jsonl", 3, 120, "a" * 64), records=2),
-    EventFile("Visit ☕", WrittenFile("Visit%20%E2%98%95.jsonl", "file:///x/V.jsonl", 0, 0, "b" * 64), records=1),
+    EventFile(
+        "Café", WrittenFile("Caf%C3%A9.jsonl", "file:///x/Caf%C3%A9.jsonl", 3, 120, "a" * 64), records=2
+    ),
+    EventFile(
+        "Visit ☕", WrittenFile("Visit%20%E2%98%95.jsonl", "file:///x/V.jsonl", 0, 0, "b" * 64), records=1
+    ),
 ]
 
 
@@ -117,7 +121,9 @@ def test_the_manifest_is_written_whole_and_described(memory_store):
     )
 
 
-def test_a_temporary_object_left_after_a_good_copy_is_named_and_the_file_kept(memory_store, monkeypatch, caplog):
+def test_a_temporary_object_left_after_a_good_copy_is_named_and_the_file_kept(
+    memory_store, monkeypatch, caplog
+):
     sink = FolderSink("memory://audit-bucket/capillary")
     refuse_deletes(monkeypatch, memory_store)
 
@@ -129,9 +135,10 @@ def test_a_temporary_object_left_after_a_good_copy_is_named_and_the_file_kept(me
     [leftover] = [p for p in memory_store.find("/audit-bucket") if not p.endswith("/e.jsonl")]
     assert leftover.rpartition("/")[2].startswith(TEMP_PREFIX)
     [warning] = warnings_logged(caplog)
-    assert warning.startswith("Could not remove the temporary file ")
-    assert leftover in warning
-    assert "AccessDenied: DeleteObject" in warning
+    named, _, why = warning.partition("; delete it by hand: ")
+    # The message names the temporary object itself, not only through the store's error.
+    assert named.startswith("Could not remove the temporary file ") and named.endswith(leftover)
+    assert why.startswith("AccessDenied: DeleteObject")
 
 
 def test_a_failed_write_names_the_temporary_object_it_could_not_remove(memory_store, monkeypatch, caplog):
@@ -302,7 +309,10 @@ def test_a_mapped_instance_writes_its_own_manifest(tmp_path):
     [
         ("file:///data/capillary/a.jsonl", ("file", "/data/capillary/a.jsonl")),
         ("s3://bucket/XYZ/a.jsonl", ("s3://bucket", "XYZ/a.jsonl")),
-        ("gs://bucket/capillary/2026-11-24/a%20b.parquet", ("gs://bucket", "capillary/2026-11-24/a%20b.parquet")),
+        (
+            "gs://bucket/capillary/2026-11-24/a%20b.parquet",
+            ("gs://bucket", "capillary/2026-11-24/a%20b.parquet"),
+        ),
     ],
 )
 def test_lineage_names_a_file_by_store_and_key(uri, expected):
@@ -331,7 +341,9 @@ def test_the_fixed_folder_of_a_templated_destination(destination, expected):
 def write_manifest_of(sink: FolderSink, dag_id: str, files: list[str], map_index: int = -1) -> str:
     """Write a manifest of task ``fetch`` in ``dag_id`` listing ``files``; return its name."""
     events = [
-        EventFile(event_name=name, file=WrittenFile(name, f"x/{name}", rows=1, bytes=1, sha256="0" * 64), records=1)
+        EventFile(
+            event_name=name, file=WrittenFile(name, f"x/{name}", rows=1, bytes=1, sha256="0" * 64), records=1
+        )
         for name in files
     ]
     run = dataclasses.replace(RUN, dag_id=dag_id, map_index=map_index)
@@ -367,7 +379,9 @@ def test_removing_a_file_first_removes_the_manifests_that_list_it(tmp_path):
     assert listing != other
 
 
-def instance(map_index: int, run_id: str = "manual__é", dag_id: str = "capillary_audit_daily") -> MappedInstance:
+def instance(
+    map_index: int, run_id: str = "manual__é", dag_id: str = "capillary_audit_daily"
+) -> MappedInstance:
     return MappedInstance(dag_id=dag_id, task_id="fetch", run_id=run_id, map_index=map_index)
 
 
@@ -383,14 +397,16 @@ def test_a_claim_is_written_whole_and_released(tmp_path):
 
     assert sink.claim(instance(0), ["a.jsonl", "b%20c.jsonl"]) == {}
 
-    claim = json.loads((tmp_path / "new" / claim_name(instance(0))).read_text(encoding="utf-8"))
-    assert claim == {
+    data = (tmp_path / "new" / claim_name(instance(0))).read_bytes()
+    claim = {
         "dag_id": "capillary_audit_daily",
         "task_id": "fetch",
         "run_id": "manual__é",
         "map_index": 0,
         "files": ["a.jsonl", "b%20c.jsonl"],
     }
+    # Indented UTF-8 JSON, readable by a person who finds it in the folder.
+    assert data == (json.dumps(claim, ensure_ascii=False, indent=2) + "\n").encode()
     sink.release(instance(0))
     sink.release(instance(0))  # already gone
     assert files_in(tmp_path / "new") == {}
@@ -432,9 +448,10 @@ def test_a_manifest_of_another_instance_of_the_run_holds_its_files(tmp_path):
     sink = FolderSink(str(tmp_path))
     write_manifest_of(sink, "capillary_audit_daily", ["a.jsonl"], map_index=2)
     write_manifest_of(sink, "capillary_audit_daily", ["b.jsonl"], map_index=0)  # this instance's own
-    sink.write_manifest(dataclasses.replace(RUN, run_id="manual__earlier", map_index=3), [
-        EventFile("c", WrittenFile("c.jsonl", "x/c.jsonl", rows=1, bytes=1, sha256="0" * 64), records=1)
-    ])
+    sink.write_manifest(
+        dataclasses.replace(RUN, run_id="manual__earlier", map_index=3),
+        [EventFile("c", WrittenFile("c.jsonl", "x/c.jsonl", rows=1, bytes=1, sha256="0" * 64), records=1)],
+    )
 
     assert sink.claim(instance(0), ["a.jsonl", "b.jsonl", "c.jsonl"]) == {"a.jsonl": [2]}
 
@@ -447,4 +464,61 @@ def test_a_claim_on_an_object_store_is_seen_by_the_next_and_released(memory_stor
     assert sink.claim(instance(0), ["a.jsonl"]) == {"a.jsonl": [1]}
     sink.release(instance(0))
     other.release(instance(1))
+    assert memory_store.find("/audit-bucket") == []
+
+
+def test_a_claim_that_cannot_be_made_says_where(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    sink = FolderSink(str(tmp_path / "a-file" / "out"))
+
+    with pytest.raises(CapillaryWriteError, match=r"^Cannot prepare destination 'file://.*/a-file/out': "):
+        sink.claim(instance(0), ["a.jsonl"])
+
+
+def test_claims_that_cannot_be_read_say_where(memory_store, monkeypatch):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    refused = OSError("AccessDenied: ListBucket")
+
+    def ls(*args, **kwargs):
+        raise refused
+
+    monkeypatch.setattr(memory_store, "ls", ls)
+
+    with pytest.raises(
+        CapillaryWriteError, match=r"^Cannot read the claims in 'memory://audit-bucket/capillary': "
+    ) as raised:
+        sink.claim(instance(0), ["a.jsonl"])
+    assert raised.value.__cause__ is refused
+
+
+def test_a_claim_that_cannot_be_removed_says_which(memory_store, monkeypatch):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    sink.claim(instance(0), ["a.jsonl"])
+    refuse_deletes(monkeypatch, memory_store)
+
+    with pytest.raises(
+        CapillaryWriteError, match=r"^Cannot remove the claim .*_claim\.capillary_audit_daily\.fetch\."
+    ):
+        sink.release(instance(0))
+
+
+def test_a_write_the_store_refuses_outright_warns_of_no_temporary_object(memory_store, monkeypatch, caplog):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    real_open = memory_store._open
+
+    def refuse_writes(path, mode="rb", *args, **kwargs):
+        if "w" in mode:
+            raise PermissionError(f"AccessDenied: PutObject {path}")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(memory_store, "_open", refuse_writes)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="airflow_capillary_audit.sinks"),
+        pytest.raises(CapillaryWriteError, match="AccessDenied: PutObject"),
+    ):
+        sink.write("e.jsonl", one_row)
+
+    # No temporary object was ever made, so there is none to warn about.
+    assert warnings_logged(caplog) == []
     assert memory_store.find("/audit-bucket") == []
