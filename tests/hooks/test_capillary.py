@@ -613,3 +613,19 @@ def test_close_releases_the_pooled_connections_and_a_later_request_opens_new_one
     assert len(pool_manager.pools) == 0
     assert hook.get_audit_logs("b")["errors"] == []
     assert hook.get_conn() is not session
+
+
+def test_fetched_audit_logs_name_their_event_status_request_id_and_attempts(stand_in, monkeypatch):
+    stand_in.set_faults([Fault("http_503", times=1)])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    fetched = hook.fetch_audit_logs("PointsRedeemed")
+
+    answered = stand_in.requests[-1]
+    assert (fetched.event_name, fetched.status, fetched.request_id, fetched.attempts) == (
+        "PointsRedeemed",
+        200,
+        answered.request_id,
+        2,
+    )
+    assert fetched.body["data"] == stand_in.dataset.records("PointsRedeemed")
