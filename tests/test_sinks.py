@@ -213,6 +213,68 @@ def test_a_store_airflow_cannot_write_is_refused(destination, says):
         FolderSink(destination).check()
 
 
+def test_a_scheme_no_provider_serves_is_refused_with_the_stores_that_can():
+    with pytest.raises(CapillaryConfigError) as caught:
+        FolderSink("nosuchstore://bucket/x").check()
+    assert str(caught.value).endswith("; use a local path, file://, s3://, gs://")
+
+
+def test_a_destination_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(CapillaryConfigError) as caught:
+        FolderSink(str(tmp_path / "out")).check()
+    assert str(caught.value) == (
+        f"destination 'file://{tmp_path}/out' is an existing file; give a folder for the event files"
+    )
+
+
+def test_a_new_destination_is_made_with_its_parents(tmp_path):
+    sink = FolderSink(str(tmp_path / "a" / "b" / "c"))
+
+    sink.prepare("_manifest.fetch.json", ["e.jsonl"])
+    sink.write("e.jsonl", one_row)
+
+    assert files_in(tmp_path / "a" / "b" / "c") == {"e.jsonl": b'{"a":1}\n'}
+
+
+def test_the_manifest_states_both_bounds_of_the_window():
+    run = dataclasses.replace(RUN, changed_until=datetime(2026, 11, 25, tzinfo=timezone.utc))
+    document = manifest_document(run, EVENTS)
+    assert (document["changed_since"], document["changed_until"]) == (
+        "2026-11-24T00:00:00+00:00",
+        "2026-11-25T00:00:00+00:00",
+    )
+
+
+def test_a_local_temporary_file_that_cannot_be_removed_is_named_with_the_reason(
+    tmp_path, monkeypatch, caplog
+):
+    from airflow_capillary_audit import commit
+
+    refused = PermissionError("EACCES: unlink refused")
+
+    def unlink(path, *args, **kwargs):
+        raise refused
+
+    monkeypatch.setattr(commit.os, "unlink", unlink)
+
+    def broken(out):
+        out.write(b"half")
+        raise RuntimeError("disk full")
+
+    with (
+        caplog.at_level(logging.WARNING, logger="airflow_capillary_audit.sinks"),
+        pytest.raises(CapillaryWriteError, match="disk full"),
+    ):
+        FolderSink(str(tmp_path)).write("e.jsonl", broken)
+
+    monkeypatch.undo()
+    [leftover] = [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert warnings_logged(caplog) == [
+        f"Could not remove the temporary file {leftover}; delete it by hand: EACCES: unlink refused"
+    ]
+
+
 def test_a_store_that_cannot_hold_files_is_refused_with_the_stores_that_can():
     with pytest.raises(CapillaryConfigError) as caught:
         FolderSink("https://example.com/audit").check()
@@ -332,6 +394,10 @@ def test_lineage_names_a_file_by_store_and_key(uri, expected):
         ("/{{ ds }}", None),
         ("s3://{{ var.value.bucket }}/capillary", None),
         ("{{ var.value.base }}/{{ ds }}", None),
+        # Templates written without spaces, and a destination with no template at all.
+        ("s3://bucket/capillary/{{ds}}", "s3://bucket/capillary"),
+        ("/data/{%if x%}a{%endif%}/c", "file:///data"),
+        ("gs://bucket/a/b", "gs://bucket/a/b"),
     ],
 )
 def test_the_fixed_folder_of_a_templated_destination(destination, expected):
@@ -521,4 +587,37 @@ def test_a_write_the_store_refuses_outright_warns_of_no_temporary_object(memory_
 
     # No temporary object was ever made, so there is none to warn about.
     assert warnings_logged(caplog) == []
+    assert memory_store.find("/audit-bucket") == []
+
+
+def test_every_other_claim_is_read_whatever_comes_before_it_in_the_listing(memory_store):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    folder = "/audit-bucket/capillary/"
+    # The store lists by name, so these come before the claim that holds the file: this instance's
+    # own claim of an earlier try, then claims no instance of this package could have written.
+    sink.claim(instance(1), ["x.jsonl"])
+    memory_store.pipe(folder + claim_name(instance(2)), b"[1, 2]")
+    memory_store.pipe(
+        folder + claim_name(instance(3)), json.dumps({**vars(instance(3)), "files": None}).encode()
+    )
+    sink.claim(instance(4), ["a.jsonl"])
+
+    assert sink.claim(instance(1), ["a.jsonl", "x.jsonl"]) == {"a.jsonl": [4]}
+
+
+def test_a_manifest_another_run_removes_first_is_no_error(memory_store, monkeypatch):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    manifest = write_manifest_of(sink, "other_dag", ["e.jsonl"])
+    real_open = memory_store._open
+
+    def read_then_lose(path, mode="rb", *args, **kwargs):
+        opened = real_open(path, mode, *args, **kwargs)
+        if mode == "rb" and path.endswith(manifest):
+            memory_store.rm(path)  # another instance removed the same stale manifest in between
+        return opened
+
+    monkeypatch.setattr(memory_store, "_open", read_then_lose)
+
+    sink.unlist(["e.jsonl"])
+
     assert memory_store.find("/audit-bucket") == []
