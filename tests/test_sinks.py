@@ -12,7 +12,11 @@ from datetime import datetime, timezone
 import pytest
 
 from airflow_capillary_audit.commit import TEMP_PREFIX
-from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryWriteError
+from airflow_capillary_audit.exceptions import (
+    CapillaryConfigError,
+    CapillaryResponseError,
+    CapillaryWriteError,
+)
 from airflow_capillary_audit.sinks import (
     EventFile,
     FolderSink,
@@ -597,12 +601,14 @@ def test_every_other_claim_is_read_whatever_comes_before_it_in_the_listing(memor
     # own claim of an earlier try, then claims no instance of this package could have written.
     sink.claim(instance(1), ["x.jsonl"])
     memory_store.pipe(folder + claim_name(instance(2)), b"[1, 2]")
+    other_run = {**vars(instance(3)), "run_id": "another run", "files": ["a.jsonl"]}
+    memory_store.pipe(folder + claim_name(instance(3)), json.dumps(other_run).encode())
     memory_store.pipe(
-        folder + claim_name(instance(3)), json.dumps({**vars(instance(3)), "files": None}).encode()
+        folder + claim_name(instance(4)), json.dumps({**vars(instance(4)), "files": None}).encode()
     )
-    sink.claim(instance(4), ["a.jsonl"])
+    sink.claim(instance(5), ["a.jsonl"])
 
-    assert sink.claim(instance(1), ["a.jsonl", "x.jsonl"]) == {"a.jsonl": [4]}
+    assert sink.claim(instance(1), ["a.jsonl", "x.jsonl"]) == {"a.jsonl": [5]}
 
 
 def test_a_manifest_another_run_removes_first_is_no_error(memory_store, monkeypatch):
@@ -621,3 +627,25 @@ def test_a_manifest_another_run_removes_first_is_no_error(memory_store, monkeypa
     sink.unlist(["e.jsonl"])
 
     assert memory_store.find("/audit-bucket") == []
+
+
+@pytest.mark.parametrize("destination", ["", "   ", None, 5])
+def test_a_destination_that_is_no_path_is_refused(destination):
+    with pytest.raises(CapillaryConfigError) as caught:
+        FolderSink(destination)
+    assert str(caught.value) == (
+        f"destination must be a folder URI or path, got {destination!r}; e.g. s3://bucket/capillary"
+    )
+
+
+def test_the_packages_own_error_met_while_writing_keeps_its_type(tmp_path):
+    refused = CapillaryResponseError("Capillary's audit logs are malformed: record 3 is a list")
+
+    def malformed(out):
+        out.write(b"half")
+        raise refused
+
+    with pytest.raises(CapillaryResponseError) as caught:
+        FolderSink(str(tmp_path)).write("e.jsonl", malformed)
+    assert caught.value is refused
+    assert files_in(tmp_path) == {}
