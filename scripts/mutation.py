@@ -13,6 +13,7 @@ unexplained.
     python scripts/mutation.py --profile core     # the other modules, under the whole suite
     python scripts/mutation.py --profile hook     # the request path under its in-process tests
     python scripts/mutation.py --profile sinks    # the folder sink under its tests
+    python scripts/mutation.py --profile operators  # the operators under the DAG-level tests
     python scripts/mutation.py --report-only      # the report of the last run, without running
 """
 
@@ -92,6 +93,20 @@ PROFILES = {
             "tests/reliability/test_folder.py",
             "tests/operators/test_s3_destination.py",
         ),
+    ),
+    # The operators and the table statements under the DAG-level tests: the slowest profile, since
+    # most of its tests run a DAG (hours on two cores; start it first, or on a bigger machine).
+    "operators": Profile(
+        modules=(
+            "operators/base.py",
+            "operators/audit_logs.py",
+            "operators/sql.py",
+            "operators/events.py",
+            "tables.py",
+            "connection.py",
+            "exceptions.py",
+        ),
+        tests=("tests/operators", "tests/reliability", "tests/test_connection.py", "tests/test_exceptions.py"),
     ),
     # The modules that import nothing from Airflow, each under its own unit tests only.
     "pure": Profile(
