@@ -106,7 +106,12 @@ PROFILES = {
             "connection.py",
             "exceptions.py",
         ),
-        tests=("tests/operators", "tests/reliability", "tests/test_connection.py", "tests/test_exceptions.py"),
+        tests=(
+            "tests/operators",
+            "tests/reliability",
+            "tests/test_connection.py",
+            "tests/test_exceptions.py",
+        ),
     ),
     # The modules that import nothing from Airflow, each under its own unit tests only.
     "pure": Profile(
