@@ -332,3 +332,27 @@ def test_the_audit_log_reader_still_names_the_event_in_shape_errors_and_data_nul
     with pytest.raises(CapillaryResponseError, match="not a list of audit logs") as raised:
         audit_logs_body(answer(200, {"data": {}}), "Points", logging.getLogger("test.responses"))
     assert (raised.value.event_name, raised.value.action) == ("Points", None)
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (501, "Capillary answered HTTP 501"),
+        (505, "Capillary answered HTTP 505"),
+        (199, "Capillary answered an unexpected HTTP 199"),
+        (418, "Capillary answered an unexpected HTTP 418"),
+    ],
+)
+def test_a_status_without_a_meaning_of_its_own_is_named_in_the_message(status, message):
+    with pytest.raises(CapillaryRequestError) as raised:
+        raise_for_status(answer(status), "Points", RetryPolicy())
+    assert str(raised.value).startswith(message + " | ")
+
+
+def test_a_2xx_that_is_not_json_and_has_no_content_type_says_so():
+    bad = read_answer(200, {}, b"<html>")
+
+    with pytest.raises(CapillaryResponseError) as raised:
+        raise_for_status(bad, "Points", RetryPolicy())
+
+    assert raised.value.reason == "body is not JSON (no content type, 6 bytes)"
