@@ -115,9 +115,10 @@ PROFILES = {
     ),
     # The modules that import nothing from Airflow, each under its own unit tests only.
     "pure": Profile(
-        modules=("records.py", "changed_on.py", "formats.py", "pacing.py", "auth.py"),
+        modules=("records.py", "event_names.py", "changed_on.py", "formats.py", "pacing.py", "auth.py"),
         tests=(
             "tests/test_records.py",
+            "tests/test_event_names.py",
             "tests/test_changed_on.py",
             "tests/test_formats.py",
             "tests/test_auth.py",

@@ -10,11 +10,9 @@ import pendulum
 import pytest
 
 from airflow_capillary_audit.records import (
-    MAX_EVENT_NAME_LENGTH,
     ROW_COLUMNS,
     FlattenStats,
     RecordShapeError,
-    event_names_from,
     filter_records,
     iter_rows,
 )
@@ -578,62 +576,6 @@ def test_filter_records_refuses_bad_shapes_naming_the_event() -> None:
         filter_records([{"valueHistory": [1]}], since=utc(2020, 1, 1))
 
 
-# --- event_names_from ------------------------------------------------------------------------
-
-
-def test_event_names_from_a_string() -> None:
-    assert event_names_from("TestingEvent_FE") == ["TestingEvent_FE"]
-    assert event_names_from("../a/b c") == ["../a/b c"]
-
-
-def test_event_names_from_sequences_drops_duplicates_keeping_order() -> None:
-    assert event_names_from(["B", "A", "B", "C", "A"]) == ["B", "A", "C"]
-    assert event_names_from(("A",)) == ["A"]
-    assert event_names_from(name for name in ["A", "a"]) == ["A", "a"]
-    assert event_names_from(["x" * MAX_EVENT_NAME_LENGTH]) == ["x" * MAX_EVENT_NAME_LENGTH]
-
-
-def test_event_names_from_accepts_a_lazy_sequence() -> None:
-    class LazySequence:
-        """Stand in for Airflow's LazyXComSequence: iterable, not a list, not a mapping."""
-
-        def __iter__(self):
-            return iter(["A", "B"])
-
-    assert event_names_from(LazySequence()) == ["A", "B"]
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        (None, r"^event_names is not set; give"),
-        ([], r"^event_names is empty; give"),
-        ((), r"^event_names is empty"),
-        ("", r"^event_names: the event name '' is blank"),
-        ("   ", r"^event_names: the event name '   ' is blank"),
-        (["A", ""], r"^event_names\[1\] '' is blank"),
-        (["A", 5], r"^event_names\[1\] is a int \(5\), not a string"),
-        (["A", None], r"^event_names\[1\] is a NoneType"),
-        ([["A"]], r"^event_names\[0\] is a list"),
-        ("A\nB", r"^event_names: the event name 'A\\nB' contains the control character '\\n' at position 1"),
-        (["A", "B\t"], r"^event_names\[1\] 'B\\t' contains the control character '\\t'"),
-        (["\x00"], r"^event_names\[0\] .* contains the control character '\\x00'"),
-        (["\x85"], r"control character '\\x85'"),
-        ("x" * (MAX_EVENT_NAME_LENGTH + 1), r"^event_names: .* is 256 characters long, more than 255"),
-        ({"A": 1}, r"^event_names: got a dict"),
-        (5, r"^event_names: got a int \(5\)"),
-        (1.5, r"^event_names: got a float"),
-        (b"A", r"^event_names: got a bytes"),
-        ("A\ud800", r"^event_names: the event name 'A\\ud800' holds the unpaired surrogate '\\ud800' at position 1"),
-        (["A", "\udfff"], r"^event_names\[1\] '\\udfff' holds the unpaired surrogate"),
-    ],
-)
-def test_event_names_from_refuses_bad_input_naming_the_field(value: object, message: str) -> None:
-    with pytest.raises(ValueError, match=message) as caught:
-        event_names_from(value)
-    assert "event_names" in str(caught.value)
-
-
 def test_records_lacking_documented_fields_are_counted():
     stats = FlattenStats()
     records = [
@@ -643,17 +585,6 @@ def test_records_lacking_documented_fields_are_counted():
     rows = list(iter_rows("e", records, stats=stats))
     assert len(rows) == 2
     assert stats.missing_fields == 1
-
-
-@pytest.mark.parametrize("text", ["['a', 'b']", '["a"]', "[]", " ['x'] "])
-def test_a_list_rendered_as_text_is_refused_with_the_fix(text):
-    with pytest.raises(ValueError, match="render_template_as_native_obj=True"):
-        event_names_from(text)
-
-
-@pytest.mark.parametrize("text", ["[beta] points", "[x", "[1, 2]", "tier [gold]"])
-def test_bracketed_event_names_are_still_names(text):
-    assert event_names_from(text) == [text]
 
 
 # --- exact values and messages the looser tests above let through ----------------------------
@@ -737,36 +668,29 @@ def test_filter_records_window_keeps_since_and_drops_until() -> None:
         {"value": "inside", "changedOn": "2026-01-02T12:00:00Z"},
         {"value": "at until", "changedOn": "2026-01-03T00:00:00Z"},
     ]
-    (kept,) = filter_records([{"id": "a", "valueHistory": history}], since=utc(2026, 1, 2), until=utc(2026, 1, 3))
+    (kept,) = filter_records(
+        [{"id": "a", "valueHistory": history}], since=utc(2026, 1, 2), until=utc(2026, 1, 3)
+    )
     assert [e["value"] for e in kept["valueHistory"]] == ["at since", "inside"]
 
 
 @pytest.mark.parametrize(
     ("records", "message"),
     [
-        ([{}, {"valueHistory": "x"}], "event name 'E': audit log record 1 has a valueHistory that is a str, not a list"),
-        ([{"valueHistory": [{}, 2]}], "event name 'E': audit log record 0 has valueHistory[1] that is a int, not an object"),
+        (
+            [{}, {"valueHistory": "x"}],
+            "event name 'E': audit log record 1 has a valueHistory that is a str, not a list",
+        ),
+        (
+            [{"valueHistory": [{}, 2]}],
+            "event name 'E': audit log record 0 has valueHistory[1] that is a int, not an object",
+        ),
     ],
 )
 def test_filter_records_names_the_event_record_and_entry(records: list, message: str) -> None:
     with pytest.raises(RecordShapeError) as caught:
         filter_records(records, event_name="E")
     assert str(caught.value) == message
-
-
-@pytest.mark.parametrize("text", ["[beta]", "[a, b]", "[PointsRedeemed]"])
-def test_bracketed_names_that_are_not_python_lists_are_names(text: str) -> None:
-    assert event_names_from(text) == [text]
-
-
-def test_a_rendered_list_error_says_how_to_fix_the_template() -> None:
-    with pytest.raises(ValueError) as caught:
-        event_names_from("['a', 'b']")
-    assert str(caught.value) == (
-        "event_names: \"['a', 'b']\" is a list rendered as text by a Jinja template; set "
-        "render_template_as_native_obj=True on the DAG, or pass the list itself"
-    )
-
 
 
 def test_shaping_imports_nothing_from_airflow() -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import pendulum
 from airflow.sdk import Asset
 
+from airflow_capillary_audit.event_names import ALL_EVENTS
 from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.formats import (
     OUTPUT_FORMATS,
@@ -24,7 +25,7 @@ from airflow_capillary_audit.operators.base import (
     event_lineage_name,
 )
 from airflow_capillary_audit.operators.sql import CapillaryAuditLogsToSqlOperator
-from airflow_capillary_audit.records import ALL_EVENTS, ROW_COLUMNS, FlattenStats
+from airflow_capillary_audit.records import ROW_COLUMNS, FlattenStats
 from airflow_capillary_audit.sinks import (
     EventFile,
     FolderSink,

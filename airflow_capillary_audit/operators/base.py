@@ -19,6 +19,12 @@ from urllib.parse import quote
 
 from airflow_capillary_audit._compat import BaseOperator
 from airflow_capillary_audit.changed_on import parse_window_bound, validate_window
+from airflow_capillary_audit.event_names import (
+    ALL_EVENTS,
+    event_names_from,
+    exclude_event_names,
+    exclude_patterns_from,
+)
 from airflow_capillary_audit.exceptions import (
     CapillaryAuthError,
     CapillaryConfigError,
@@ -26,13 +32,9 @@ from airflow_capillary_audit.exceptions import (
     CapillaryResponseError,
 )
 from airflow_capillary_audit.records import (
-    ALL_EVENTS,
     RECORD_FIELDS,
     FlattenStats,
     RecordShapeError,
-    event_names_from,
-    exclude_event_names,
-    exclude_patterns_from,
     filter_records,
     iter_rows,
 )
@@ -75,7 +77,7 @@ class CapillaryAuditLogsBaseOperator(BaseOperator):
 
     :param event_names: one event name or a list of them; each is rendered with Jinja; an XComArg
         or a native list from a template also works. Duplicates are dropped. The exact string ``"*"``
-        (:data:`~airflow_capillary_audit.records.ALL_EVENTS`) means every event the org lists, found
+        (:data:`~airflow_capillary_audit.event_names.ALL_EVENTS`) means every event the org lists, found
         with one listing request at run time; a list is always taken literally. (templated)
     :param exclude_event_names: glob patterns (``fnmatch``, case-sensitive) of event names to leave
         out, such as ``["Test*", "Legacy_?"]``; a string is one pattern. (templated)

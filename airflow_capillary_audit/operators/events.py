@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_capillary_audit._compat import BaseOperator
+from airflow_capillary_audit.event_names import event_groups, exclude_event_names, exclude_patterns_from
 from airflow_capillary_audit.exceptions import CapillaryConfigError
-from airflow_capillary_audit.records import event_groups, exclude_event_names, exclude_patterns_from
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
