@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +18,7 @@ import pytest
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryConnectionError
 from airflow_capillary_audit.hooks.capillary import CapillaryHook, budget_key
+from airflow_capillary_audit.pacing import PacerStopped, SharedPacer
 from airflow_capillary_audit.sandbox import RateLimit
 from tests.helpers import LOGIN, refused_port, use_connection
 
@@ -153,3 +155,37 @@ def test_shares_that_start_together_interleave(stand_in, monkeypatch):
     }
     # Share i sends its first request i intervals of the whole rate (0.1 s) after share 0's.
     assert first[1] - first[0] >= 0.1 - SLACK and first[2] - first[0] >= 0.2 - SLACK
+
+
+@pytest.fixture
+def redis_client(redis_port):
+    import redis
+
+    client = redis.Redis(port=redis_port)
+    yield client
+    client.close()
+
+
+def test_a_shared_pacer_spaces_slots_by_the_minute_over_the_rate(redis_client):
+    assert SharedPacer(redis_client, "k", RATE).interval == pytest.approx(0.1)
+    assert SharedPacer(redis_client, "k", None).interval == 0.0
+
+
+def test_a_stopped_shared_pacer_hands_out_no_slot(redis_client):
+    stop = threading.Event()
+    pacer = SharedPacer(redis_client, "k", RATE, stop=stop)
+    stop.set()
+    with pytest.raises(PacerStopped, match=r"^the pacer was stopped; no further slot is handed out$"):
+        pacer.acquire()
+
+
+def test_a_wait_lengthened_by_a_hold_elsewhere_is_counted_whole(redis_client):
+    pacer, other = SharedPacer(redis_client, "k", RATE), SharedPacer(redis_client, "k", RATE)
+    pacer.hold(0.3)
+    # While the first caller waits out 0.3 s, another process's 429 holds the budget until 0.5 s.
+    lengthen = threading.Timer(0.15, other.hold, [0.35])
+    lengthen.start()
+    waited = pacer.acquire()
+    lengthen.join()
+    # 0.3 s, then what was left of the new hold (about 0.2 s): not only the last of the waits.
+    assert waited >= 0.45

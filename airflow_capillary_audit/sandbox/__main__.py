@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--unparseable-rate", type=float, default=0.0, help="fraction of junk changedOn values"
     )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds waited before every response")
+    parser.add_argument(
+        "--gzip", action="store_true", help="gzip bodies for clients that accept it (Content-Encoding: gzip)"
+    )
+    parser.add_argument(
+        "--chunked", action="store_true", help="send whole bodies with Transfer-Encoding: chunked"
+    )
     parser.add_argument("--rate-limit", type=int, help="requests allowed per window (default: no limit)")
     parser.add_argument("--rate-window", type=float, default=60.0, help="seconds")
     parser.add_argument("--rate-algorithm", choices=RATE_LIMIT_ALGORITHMS, default="fixed")
@@ -156,6 +162,8 @@ def build_stand_in(args: argparse.Namespace, *, data_end: datetime | None = None
         oauth_ttl_seconds=args.oauth_ttl,
         basic_auth_enabled=not args.no_basic_auth,
         request_log=args.request_log,
+        gzip=args.gzip,
+        chunked=args.chunked,
     )
 
 

@@ -33,6 +33,7 @@ FAULT_KINDS = (
     "slow",
     "hang",
     "trickle",
+    "stall",
     "errors_in_body",
     "warnings_in_body",
     "json_list",
@@ -53,6 +54,7 @@ RATE_LIMIT_ALGORITHMS = ("fixed", "sliding", "leaky")
 
 DEFAULT_SLOW_SECONDS = 5.0
 DEFAULT_HANG_SECONDS = 30.0
+DEFAULT_STALL_SECONDS = 30.0
 DEFAULT_TRICKLE_BYTES_PER_SECOND = 20.0
 DEFAULT_HUGE_BODY_SIZE = 50 * 1024 * 1024
 # Absorbs float error, so a client spacing requests exactly at the allowed rate is never refused.
@@ -99,6 +101,8 @@ class Fault:
                               stops
     ``trickle``               200 with the normal headers, then the body at ``bytes_per_second``
                               (default 20) in small pieces: every read is quick, the whole is slow
+    ``stall``                 200 with the normal headers and half the body, then nothing for ``seconds``
+                              (default 30) or until the stand-in stops, then a close
     ``errors_in_body``        200 with ``data: []`` and an ``errors[]`` entry (code 8084)
     ``warnings_in_body``      200 with the normal data and one ``warnings[]`` entry (code 8090)
     ``json_list``             200 whose body is a JSON array

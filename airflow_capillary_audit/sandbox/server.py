@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import hashlib
 import hmac
 import itertools
@@ -42,6 +43,7 @@ from airflow_capillary_audit.sandbox.faults import (
     DEFAULT_HANG_SECONDS,
     DEFAULT_HUGE_BODY_SIZE,
     DEFAULT_SLOW_SECONDS,
+    DEFAULT_STALL_SECONDS,
     DEFAULT_TRICKLE_BYTES_PER_SECOND,
     Fault,
     FaultPicker,
@@ -99,6 +101,9 @@ _HTML_200 = (
 _NOT_JSON = b"Internal error: upstream returned an unexpected response\n"
 # A pause before the reset lets the client read the headers, so the failure lands mid-body.
 _RESET_PAUSE_SECONDS = 0.05
+# The size of each chunk of a body sent with ``Transfer-Encoding: chunked``.
+_CHUNK_BYTES = 16 * 1024
+_REFUSED_QUALITIES = frozenset({"q=0", "q=0.0", "q=0.00", "q=0.000"})
 # The APIs a rate limit counts, each apart: Capillary counts per API key and per API.
 _LIMITED_ENDPOINTS = ("audit_logs", "events")
 
@@ -132,10 +137,12 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
     fault: str | None = None
     # "full", or how a fault cuts the exchange short or draws it out: "reset", "truncated", "hang",
-    # "trickle".
+    # "trickle", "stall".
     delivery: str = "full"
     delay: float = 0.0
     bytes_per_second: float = 0.0
+    # How long a stall holds the rest of the body back.
+    pause: float = 0.0
 
 
 def md5_hex(text: str) -> str:
@@ -186,6 +193,10 @@ class CapillaryStandIn:
     :param basic_auth_enabled: Whether Basic authentication is accepted; Capillary lets an org switch
         it off.
     :param oauth_expired_status: HTTP status for an expired token (its ``errors[]`` code is 498).
+    :param gzip: Whether bodies go out gzip-compressed (``Content-Encoding: gzip``) to a client whose
+        ``Accept-Encoding`` allows it, as gateways commonly do; Capillary does not document it.
+    :param chunked: Whether complete bodies go out with ``Transfer-Encoding: chunked`` instead of a
+        ``Content-Length``; faults that cut a body short or draw it out keep the ``Content-Length``.
     :param request_log: A file to append one JSON line to per request answered, as it is recorded
         (see :meth:`request_log_line`), so that another process can read what the stand-in received,
         even after a crash; opened on :meth:`start`, closed on :meth:`stop`.
@@ -207,6 +218,8 @@ class CapillaryStandIn:
         basic_auth_enabled: bool = True,
         oauth_expired_status: int = 401,
         request_log: str | os.PathLike[str] | None = None,
+        gzip: bool = False,
+        chunked: bool = False,
     ) -> None:
         self.dataset = dataset if dataset is not None else Dataset(seed=42)
         self._digests = {
@@ -229,6 +242,8 @@ class CapillaryStandIn:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._request_log_path = request_log
+        self.gzip = gzip
+        self.chunked = chunked
         self._request_log: TextIO | None = None
         self._request_ids = itertools.count(1)
         self._request_id_base = int.from_bytes(os.urandom(8), "big")
@@ -573,6 +588,9 @@ class CapillaryStandIn:
         if kind == "trickle":
             pace = fault.bytes_per_second or DEFAULT_TRICKLE_BYTES_PER_SECOND
             return _Reply(200, self._success_body(event_name), delivery=kind, bytes_per_second=pace)
+        if kind == "stall":
+            pause = fault.seconds if fault.seconds is not None else DEFAULT_STALL_SECONDS
+            return _Reply(200, self._success_body(event_name), delivery=kind, pause=pause)
         if kind == "hang":
             return _Reply(
                 0, delivery="hang", delay=fault.seconds if fault.seconds is not None else DEFAULT_HANG_SECONDS
@@ -783,27 +801,50 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _send(self, reply: _Reply, request_id: str) -> None:
+        stand_in = self.server.stand_in
+        body = reply.body
+        chunked = stand_in.chunked and reply.delivery == "full"
         self.send_response(reply.status)
         self.send_header(REQUEST_ID_HEADER, request_id)
         if reply.content_type is not None:
             self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
+        if stand_in.gzip and body and _accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            body = gzip.compress(body, mtime=0)
+            self.send_header("Content-Encoding", "gzip")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(body)))
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        if self.command == "HEAD":
-            return
-        if reply.delivery == "full":
-            self.wfile.write(reply.body)
+        if self.command != "HEAD":
+            self._deliver(reply, body, chunked=chunked)
+
+    def _deliver(self, reply: _Reply, body: bytes, *, chunked: bool) -> None:
+        """Send the body as the reply's delivery says: whole, or cut short or drawn out by a fault."""
+        stand_in = self.server.stand_in
+        if chunked:
+            for start in range(0, len(body), _CHUNK_BYTES):
+                piece = body[start : start + _CHUNK_BYTES]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        elif reply.delivery == "full":
+            self.wfile.write(body)
         elif reply.delivery == "truncated":
-            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self.wfile.write(body[: len(body) // 2])
             self.close_connection = True
         elif reply.delivery == "reset":
-            self.wfile.write(reply.body[: len(reply.body) // 2])
-            self.server.stand_in._stopping.wait(_RESET_PAUSE_SECONDS)
+            self.wfile.write(body[: len(body) // 2])
+            stand_in._stopping.wait(_RESET_PAUSE_SECONDS)
             self._reset()
         elif reply.delivery == "trickle":
-            self._trickle(reply.body, reply.bytes_per_second)
+            self._trickle(body, reply.bytes_per_second)
+        elif reply.delivery == "stall":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            stand_in._stopping.wait(reply.pause)
+            self.close_connection = True
 
     def _trickle(self, body: bytes, bytes_per_second: float) -> None:
         """Send ``body`` a few bytes at a time, ten pieces a second, until sent or the stand-in stops."""
@@ -827,6 +868,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile.close()
         self.wfile.close()
         self.connection.close()
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip: listed, and not with a quality of zero."""
+    for item in accept_encoding.split(","):
+        coding, _, parameter = item.partition(";")
+        if coding.strip().lower() == "gzip":
+            return parameter.replace(" ", "").lower() not in _REFUSED_QUALITIES
+    return False
 
 
 def _write_atomically(path: str, text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import http.client
 import itertools
@@ -11,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -537,6 +539,72 @@ def test_trickle_fault_sends_the_whole_body_slowly_in_small_pieces(stand_in):
     assert stand_in.requests[-1].fault == "trickle"
 
 
+def test_stall_fault_sends_half_the_body_then_holds_the_rest(stand_in):
+    body = stand_in.dataset.body("points_update")
+    stand_in.set_faults([Fault("stall", seconds=0.6, times=1)])
+    connection = http.client.HTTPConnection(stand_in.host, stand_in.port, timeout=5)
+    connection.request("GET", f"{PATH}?format=json&eventName=points_update", headers=AUTH)
+    response = connection.getresponse()
+    first = response.read1(len(body))
+    connection.sock.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        response.read1(len(body))
+    connection.close()
+
+    assert response.status == 200 and response.getheader("Content-Length") == str(len(body))
+    assert first == body[: len(body) // 2]
+    assert stand_in.requests[-1].fault == "stall"
+
+
+@pytest.mark.parametrize(
+    ("accept", "compressed"),
+    [("gzip, deflate", True), ("br;q=1.0, GZIP;q=0.5", True), ("gzip;q=0", False), ("deflate", False), (None, False)],
+)
+def test_gzip_goes_only_to_clients_that_accept_it(accept, compressed):
+    with CapillaryStandIn(users=USERS, dataset=Dataset(seed=3), gzip=True) as api:
+        headers = {**AUTH, "Accept-Encoding": accept} if accept else AUTH
+        connection = http.client.HTTPConnection(api.host, api.port, timeout=5)
+        connection.request("GET", f"{PATH}?format=json&eventName=points_update", headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+        connection.close()
+        body = api.dataset.body("points_update")
+
+    assert response.getheader("Content-Encoding") == ("gzip" if compressed else None)
+    assert response.getheader("Content-Length") == str(len(raw))
+    assert (gzip.decompress(raw) if compressed else raw) == body
+
+
+def test_chunked_sends_whole_bodies_in_chunks_and_keeps_faulted_ones_framed_by_length():
+    with CapillaryStandIn(users=USERS, dataset=Dataset(seed=3), chunked=True) as api:
+        api.set_faults([Fault("truncated", times=1, after=1)])
+        whole = socket_reply(api, "points_update")
+        truncated = socket_reply(api, "points_update")
+        body = api.dataset.body("points_update")
+
+    head, _, rest = whole.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head and b"Content-Length" not in head
+    size, _, rest = rest.partition(b"\r\n")
+    assert int(size, 16) == len(body) and rest == body + b"\r\n0\r\n\r\n"
+    head, _, rest = truncated.partition(b"\r\n\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head and b"chunked" not in head
+    assert rest == body[: len(body) // 2]
+
+
+def socket_reply(api: CapillaryStandIn, event: str) -> bytes:
+    """Everything the stand-in sends for one request that asks it to close, read off the socket."""
+    with socket.create_connection((api.host, api.port), timeout=5) as sock:
+        token = AUTH["Authorization"]
+        sock.sendall(
+            f"GET {PATH}?format=json&eventName={event} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {token}\r\nConnection: close\r\n\r\n".encode()
+        )
+        received = []
+        while piece := sock.recv(65536):
+            received.append(piece)
+    return b"".join(received)
+
+
 def test_a_trickle_needs_a_positive_pace():
     with pytest.raises(ValueError, match="bytes_per_second must be positive"):
         Fault("trickle", bytes_per_second=0)
@@ -943,6 +1011,14 @@ def test_nameless_entries_are_added_between_and_after_the_named_ones():
     assert "nameless_events" not in repr(Dataset(seed=3))
     with pytest.raises(ValueError, match="^nameless_events must not be negative$"):
         Dataset(nameless_events=-1)
+
+
+def test_the_command_line_sets_gzip_and_chunked_bodies():
+    plain = build_stand_in(build_parser().parse_args([]))
+    framed = build_stand_in(build_parser().parse_args(["--gzip", "--chunked"]))
+
+    assert (plain.gzip, plain.chunked) == (False, False)
+    assert (framed.gzip, framed.chunked) == (True, True)
 
 
 def test_the_command_line_sets_the_names_and_the_nameless_entries():
