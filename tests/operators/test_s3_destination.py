@@ -207,6 +207,22 @@ def test_an_upload_that_cannot_be_dropped_is_named_and_never_listed(s3, monkeypa
     assert "AccessDenied: AbortMultipartUpload" in warning
 
 
+def test_an_upload_that_fails_again_as_it_is_dropped_keeps_the_writes_own_error(s3, monkeypatch):
+    sink = s3_sink(s3, monkeypatch)
+
+    def broken(out) -> int:
+        out.write(b"x" * 11)
+        # The bucket goes while the file is written: dropping the upload first sends its buffered
+        # bytes (close), which fails; the error to raise is still the write's own.
+        s3.client().delete_bucket(Bucket=BUCKET)
+        raise RuntimeError("connection lost")
+
+    with pytest.raises(CapillaryWriteError, match=r"connection lost$") as caught:
+        sink.write("e.jsonl", broken)
+
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
 def test_an_event_that_fails_while_written_leaves_nothing_in_s3(capillary_conn, s3, monkeypatch, airflow_db):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
