@@ -111,6 +111,9 @@ PROFILES = {
             "tests/reliability",
             "tests/test_connection.py",
             "tests/test_exceptions.py",
+            "tests/test_tables.py",
+            # The connection form's fields, as the provider info and the hook's classmethods give them.
+            "tests/test_provider.py",
         ),
     ),
     # The modules that import nothing from Airflow, each under its own unit tests only.

@@ -65,6 +65,7 @@ def test_an_error_survives_a_pickle_whole():
     assert type(again) is CapillaryRateLimitError
     assert str(again) == str(error)
     assert again.__dict__ == error.__dict__
+    assert (again.args, repr(again)) == (error.args, repr(error))
 
 
 def test_a_retry_after_holds_every_worker_even_on_a_5xx():

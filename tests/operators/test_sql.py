@@ -81,15 +81,24 @@ def postgres():
         yield connection
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-psycopg2"])
 def database(request, tmp_path, monkeypatch):
+    """The warehouse: SQLite, or PostgreSQL through psycopg 3 (COPY) or through psycopg2 (execute_values)."""
     if request.param == "sqlite":
-        connection = {"conn_type": "sqlite", "host": str(tmp_path / "warehouse.db")}
+        warehouse = Warehouse("sqlite", {"conn_type": "sqlite", "host": str(tmp_path / "warehouse.db")})
     else:
-        connection = request.getfixturevalue("postgres")
-    warehouse = Warehouse(request.param, connection)
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(connection))
-    if request.param == "postgresql":
+        if request.param.endswith("psycopg2"):
+            # What PostgresHook picks with SQLAlchemy 1.4 or without psycopg 3 installed.
+            from airflow.providers.postgres.hooks import postgres
+
+            monkeypatch.setattr(postgres, "USE_PSYCOPG3", False)
+        warehouse = Warehouse("postgresql", request.getfixturevalue("postgres"))
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(warehouse.connection))
+    if warehouse.dialect == "postgresql":
+        connection = warehouse.hook().get_conn()
+        driver = type(connection).__module__.split(".")[0]
+        connection.close()
+        assert driver == ("psycopg2" if request.param.endswith("psycopg2") else "psycopg")
         warehouse.execute('DROP TABLE IF EXISTS "audit_rows"', "DROP FUNCTION IF EXISTS refuse() CASCADE")
     return warehouse
 
