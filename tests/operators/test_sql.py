@@ -361,6 +361,39 @@ def test_openlineage_reports_events_in_and_the_table_out(api, database, airflow_
         assert output.name == "postgres.public.audit_rows"
 
 
+@pytest.mark.parametrize(
+    ("info", "namespace", "name"),
+    [
+        # Lineage never fails a load: a hook that cannot say is named by its connection id.
+        (RuntimeError("no database info"), "sqlite://warehouse", "audit_rows"),
+        # A database known by scheme alone, as OpenLineage writes such a namespace.
+        ("scheme-only", "sqlite:", "public.audit_rows"),
+    ],
+    ids=["info-fails", "scheme-only"],
+)
+def test_openlineage_names_the_table_from_what_the_hook_knows(
+    api, tmp_path, monkeypatch, airflow_db, info, namespace, name
+):
+    from airflow.providers.openlineage.sqlparser import DatabaseInfo
+    from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "w.db")}))
+
+    def database_info(hook, connection):
+        if isinstance(info, Exception):
+            raise info
+        return DatabaseInfo(scheme="sqlite")
+
+    monkeypatch.setattr(SqliteHook, "get_openlineage_database_info", database_info)
+    operator = CapillaryAuditLogsToSqlOperator(
+        task_id="load", event_names=["TierUpgraded"], sql_conn_id="warehouse", table="audit_rows"
+    )
+    operator.execute({})
+
+    (output,) = operator.get_openlineage_facets_on_complete(None).outputs
+    assert (output.namespace, output.name) == (namespace, name)
+
+
 def test_a_schema_names_where_the_table_lives(api, database, airflow_db):
     schema = "main" if database.dialect == "sqlite" else "audit"
     if database.dialect == "postgresql":
