@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure clean
+.PHONY: venv demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,16 @@ mutation-core: mutation-venv
 
 mutation-pure: mutation-venv
 	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile pure $(MUTMUT_ARGS)
+
+# The layers, each under the tests that drive it in-process: minutes to an hour each on two cores.
+mutation-hook: mutation-venv
+	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile hook $(MUTMUT_ARGS)
+
+mutation-sinks: mutation-venv
+	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile sinks $(MUTMUT_ARGS)
+
+mutation-operators: mutation-venv
+	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile operators $(MUTMUT_ARGS)
 
 clean:
 	rm -rf .demo .pytest_cache build dist *.egg-info .venv-airflow-*
