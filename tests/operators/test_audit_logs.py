@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -1133,15 +1134,49 @@ def test_an_event_another_running_instance_claims_is_refused_before_any_request(
     # Instance 2 of the same run is fetching "shared" and "b" right now: its claim is in the folder.
     running = MappedInstance("daily", "fetch", run_id, 2)
     FolderSink(str(tmp_path)).claim(running, [event_file_name(n, "jsonl") for n in ["shared", "b"]])
-    op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["a", "shared"], destination=str(tmp_path))
+    op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["a", "shared", "b"], destination=str(tmp_path))
 
     with pytest.raises(CapillaryConfigError) as caught:
         op.execute(mapped_context("daily", run_id, 0))
 
-    assert str(caught.value).startswith("event 'shared' is in the groups of map index 0 and 2 of this run;")
-    assert "give each event to one group" in str(caught.value)
+    assert str(caught.value) == (
+        "event 'shared' is in the groups of map index 0 and 2 of this run; "
+        "event 'b' is in the groups of map index 0 and 2 of this run; "
+        "give each event to one group, since instances that write the same file would overwrite each "
+        "other's. If the groups changed since an earlier try of this run, remove that try's manifests "
+        f"({manifest_name('daily', 'fetch', 0)} and the other map indexes) from {FolderSink(str(tmp_path)).uri}"
+    )
     assert capillary_conn.requests == []
     assert list(files_in(tmp_path)) == [claim_name(running)]  # no file, no manifest, no claim of its own
+
+
+def test_a_claim_that_cannot_be_removed_is_named_and_the_run_stands(capillary_conn, airflow_db, tmp_path, capfd, caplog):
+    import threading
+
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    run_id = "scheduled__2026-11-24T00:00:00+00:00"
+    claim = tmp_path / claim_name(MappedInstance("daily", "fetch", run_id, 0))
+    capillary_conn.set_faults([Fault("slow", seconds=1.0)])
+
+    def block_the_claim() -> None:
+        # While the event is fetched, the claim becomes a folder with a file in it: it cannot be unlinked.
+        claim.unlink()
+        (claim / "held").mkdir(parents=True)
+
+    blocker = threading.Timer(0.4, block_the_claim)
+    blocker.start()
+    op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["shared"], destination=str(tmp_path))
+    summary = op.execute(mapped_context("daily", run_id, 0))
+    blocker.join()
+
+    assert summary["rows"] == {"shared": len(expected_rows(capillary_conn.dataset, ["shared"]))}
+    assert (tmp_path / manifest_name("daily", "fetch", 0)).exists()
+    assert re.search(
+        r"Could not remove this task instance's claim; delete it by hand: Cannot remove the claim \S*"
+        + re.escape(claim.name),
+        logged(capfd, caplog),
+    )
 
 
 def test_a_claim_of_another_run_or_by_the_instance_itself_does_not_stop_it(

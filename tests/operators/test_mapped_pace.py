@@ -1,0 +1,69 @@
+"""Without a shared budget, mapped instances split the connection's rate by how many may run at once."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.helpers import logged, use_connection
+
+pytestmark = pytest.mark.airflow
+
+RATE = 600
+GROUPS = [["a"], ["b"], ["c"]]
+DAG = f"""
+import pendulum
+from airflow.sdk import DAG
+from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+    # An unmapped task beside the mapped one: it paces at the whole rate, and is not in the map.
+    CapillaryAuditLogsOperator(task_id="whole", event_names=["u"])
+    CapillaryAuditLogsOperator.partial(task_id="fetch", CAPS).expand(event_names={GROUPS!r})
+"""
+PACING = re.compile(r"Pacing at (\S+) requests a minute: 1/(\d+) of the connection's (\d+)")
+
+
+def source(caps: str = "") -> str:
+    return DAG.replace(", CAPS", f", {caps}" if caps else "")
+
+
+def test_each_mapped_instance_paces_at_its_share_of_this_runs_map(stand_in, monkeypatch, run_dag, capfd, caplog):
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE)
+    # A second run of the same DAG: the map counted is this run's, of this task only.
+    first, _ = run_dag(source(), dag_id="t_mapped_pace")
+    logged(capfd, caplog)
+    second, _ = run_dag(source(), dag_id="t_mapped_pace")
+
+    assert first.state == second.state == "success"
+    # Three instances, one line each; the unmapped task has the whole rate and says nothing of shares.
+    assert PACING.findall(logged(capfd, caplog)) == [("200", "3", "600")] * 3
+
+
+@pytest.mark.parametrize(
+    ("caps", "share"), [("max_active_tis_per_dagrun=2", 2), ("", None)], ids=["capped", "uncapped"]
+)
+def test_a_map_whose_size_cannot_be_read_paces_by_its_caps(stand_in, monkeypatch, run_dag, capfd, caplog, caps, share):
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    def unreachable(*args, **kwargs):
+        raise RuntimeError("the API server cannot be reached")
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_ti_count", unreachable)
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE)
+
+    dag_run, _ = run_dag(source(caps))
+
+    text = logged(capfd, caplog)
+    assert dag_run.state == "success"
+    assert text.count("Could not read how many instances this mapped task has: the API server cannot be reached") == 3
+    uncapped = (
+        "Each mapped instance paces at the connection's whole requests_per_minute: set "
+        "max_active_tis_per_dagrun, or the connection's rate_limit_redis_conn_id"
+    )
+    if share is None:
+        assert text.count(uncapped) == 3 and PACING.findall(text) == []
+    else:
+        assert uncapped not in text
+        assert PACING.findall(text) == [(f"{RATE / share:g}", str(share), str(RATE))] * 3
