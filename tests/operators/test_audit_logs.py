@@ -256,7 +256,11 @@ def test_xcom_row_cap_points_to_destination(capillary_conn, airflow_db):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
     op = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES, max_xcom_rows=3)
-    with pytest.raises(CapillaryConfigError, match="max_xcom_rows=3.*destination"):
+    with pytest.raises(
+        CapillaryConfigError,
+        match=r"^\d+\+ rows exceed max_xcom_rows=3: XCom is not a data store; set destination to write the "
+        r"rows to files \(local disk, s3://, gs://\) instead$",
+    ):
         op.execute({})
 
 
@@ -1175,6 +1179,29 @@ def test_a_claim_that_cannot_be_removed_is_named_and_the_run_stands(capillary_co
     assert re.search(
         r"Could not remove this task instance's claim; delete it by hand: Cannot remove the claim \S*"
         + re.escape(claim.name),
+        logged(capfd, caplog),
+    )
+
+
+def test_an_earlier_file_that_cannot_be_removed_is_named_and_the_run_fails_for_its_own_reason(
+    capillary_conn, airflow_db, tmp_path, capfd, caplog
+):
+    from airflow_capillary_audit.exceptions import CapillaryEventsError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["a", "b"], destination=str(tmp_path))
+    op.execute({})
+    # The earlier file of "b" becomes a folder with a file in it: it cannot be removed.
+    earlier = tmp_path / event_file_name("b", "jsonl")
+    earlier.unlink()
+    (earlier / "held").mkdir(parents=True)
+    capillary_conn.set_faults([Fault("http_400", event_names=["b"])])
+
+    with pytest.raises(CapillaryEventsError, match="'b'.*HTTP 400"):
+        op.execute({})
+
+    assert re.search(
+        r"Could not remove the earlier file of event 'b': Cannot remove \S*" + re.escape(earlier.name),
         logged(capfd, caplog),
     )
 

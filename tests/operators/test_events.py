@@ -153,6 +153,13 @@ def test_the_list_operator_groups_and_excludes(org, airflow_db):
     assert groups == [kept[0:2], kept[2:4]]
 
 
+def test_the_list_operator_uses_capillary_default_and_takes_groups_of_one(org, airflow_db):
+    operator = CapillaryListEventsOperator(task_id="list", group_size=1)
+
+    assert operator.capillary_conn_id == "capillary_default"
+    assert operator.execute({}) == [[name] for name in sorted(ORG)]
+
+
 def test_groups_hold_at_most_group_size_names(org, airflow_db):
     groups = CapillaryListEventsOperator(task_id="list", group_size=4).execute({})
 
@@ -190,12 +197,15 @@ def org_dag(destination, group_size: int, partial: str = "max_active_requests=1"
     )
 
 
-def test_listed_groups_map_into_one_instance_each(org, run_dag, tmp_path):
+def test_listed_groups_map_into_one_instance_each(org, run_dag, tmp_path, capfd, caplog):
     dag_run, xcom = run_dag(org_dag(tmp_path, 2))
 
     assert dag_run.state == "success"
     kept = sorted(n for n in ORG if not n.startswith("Test"))
     assert xcom("list") == [kept[0:2], kept[2:4]]
+    assert (
+        "Leaving out 2 event(s) that match exclude_event_names ['Test*']: 'Test_Old', 'TestingEvent_FE'"
+    ) in logged(capfd, caplog)
     manifests = manifests_in(tmp_path)
     assert sorted(m["map_index"] for m in manifests.values()) == [0, 1]
     for name in kept:
