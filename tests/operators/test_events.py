@@ -134,9 +134,12 @@ def test_an_org_without_events_succeeds_empty_with_a_warning(
 
 def test_every_event_excluded_is_a_success_with_a_warning(org, airflow_db, capfd, caplog):
     rows = CapillaryAuditLogsOperator(task_id="fetch", event_names="*", exclude_event_names="*").execute({})
+    listed = CapillaryListEventsOperator(task_id="list", exclude_event_names="*").execute({})
 
-    assert rows == [] and audit_requests(org) == []
-    assert "No event to fetch: exclude_event_names leaves none" in logged(capfd, caplog)
+    assert rows == [] and listed == [] and audit_requests(org) == []
+    text = logged(capfd, caplog)
+    assert "No event to fetch: exclude_event_names leaves none" in text
+    assert "No event to return: every listed event matches exclude_event_names" in text
 
 
 def test_the_list_operator_returns_the_names_sorted(org, airflow_db):
@@ -203,9 +206,9 @@ def test_listed_groups_map_into_one_instance_each(org, run_dag, tmp_path, capfd,
     assert dag_run.state == "success"
     kept = sorted(n for n in ORG if not n.startswith("Test"))
     assert xcom("list") == [kept[0:2], kept[2:4]]
-    assert (
-        "Leaving out 2 event(s) that match exclude_event_names ['Test*']: 'Test_Old', 'TestingEvent_FE'"
-    ) in logged(capfd, caplog)
+    text = logged(capfd, caplog)
+    assert "Leaving out 2 event(s) that match exclude_event_names ['Test*']: 'Test_Old', 'TestingEvent_FE'" in text
+    assert "The org has 4 event(s), in 2 group(s) of at most 2" in text
     manifests = manifests_in(tmp_path)
     assert sorted(m["map_index"] for m in manifests.values()) == [0, 1]
     for name in kept:
