@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -128,6 +129,12 @@ def logged(capfd, caplog) -> str:
     """Return everything logged so far: Airflow's structured logs go to the process's stdout."""
     out, err = capfd.readouterr()
     return out + err + caplog.text
+
+
+def logged_whole(message: str, text: str) -> bool:
+    """Whether ``message`` was logged as a whole message in ``text``, not inside a longer one."""
+    # A structured line is "[level] message [logger] loc=...", a captured record "... file.py:N message".
+    return re.search(r"(^|\s)" + re.escape(message) + r"(\s+\[|\s*$)", text, re.M) is not None
 
 
 @contextmanager

@@ -70,6 +70,8 @@ def test_an_error_survives_a_pickle_whole():
 
 def test_a_retry_after_holds_every_worker_even_on_a_5xx():
     assert CapillaryServerError("busy", retry_after=1.0).hold_all
+    assert CapillaryServerError("busy", retry_after=1.0).retry_after == 1.0
+    assert CapillaryServerError("busy").args == ("busy",)
     assert not CapillaryServerError("busy").hold_all
     assert CapillaryServerError("busy").reason == "busy"
 

@@ -45,6 +45,27 @@ with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, t
     assert extra["run_id"] == dag_run.run_id
 
 
+def test_an_outlet_without_a_uri_is_passed_over_and_the_assets_after_it_get_their_event(
+    capillary_conn, run_dag, tmp_path
+):
+    uri = f"file://{tmp_path}/mine"
+    source = f"""
+import pendulum
+from airflow.sdk import DAG, Asset, AssetAlias
+from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+with DAG("__DAG_ID__", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+    CapillaryAuditLogsOperator(task_id="fetch", event_names=["a"], destination={str(tmp_path)!r},
+                               outlets=[AssetAlias("capillary-alias"), Asset(uri={uri!r})])
+"""
+    dag_run, xcom = run_dag(source)
+
+    assert dag_run.state == "success"
+    [(run_id, extra)] = asset_events(uri)
+    assert run_id == dag_run.run_id
+    assert extra["manifest"] == xcom("fetch")["manifest"]
+
+
 @pytest.mark.parametrize(
     ("destination", "expected"),
     [
