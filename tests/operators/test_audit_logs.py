@@ -630,6 +630,27 @@ def test_a_windowed_run_of_readable_times_warns_of_nothing(capillary_conn, airfl
     assert "without a readable time" not in text and "could not be read" not in text
 
 
+@pytest.mark.parametrize("mapped", [False, True], ids=["unmapped", "mapped"])
+def test_a_failed_rerun_of_other_events_leaves_no_manifest_of_the_earlier_run(
+    capillary_conn, airflow_db, tmp_path, mapped
+):
+    from airflow_capillary_audit.exceptions import CapillaryEventsError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    context = mapped_context("daily", "scheduled__2026-11-24T00:00:00+00:00", 1) if mapped else {}
+    CapillaryAuditLogsOperator(task_id="fetch", event_names=["x"], destination=str(tmp_path)).execute(context)
+    assert manifest_of(tmp_path)["events"][0]["event_name"] == "x"
+    # The rerun asks for other events (the org's list changed, say) and fails: the earlier manifest
+    # names none of its files, and must go all the same, since it no longer describes the folder's run.
+    capillary_conn.set_faults([Fault("http_400", event_names=["y"])])
+    rerun = CapillaryAuditLogsOperator(task_id="fetch", event_names=["y"], destination=str(tmp_path))
+
+    with pytest.raises(CapillaryEventsError, match="'y'.*HTTP 400"):
+        rerun.execute(context)
+
+    assert manifest_of(tmp_path) is None
+
+
 def test_a_run_outside_a_dag_writes_a_manifest_that_says_so(capillary_conn, airflow_db, tmp_path):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
