@@ -741,7 +741,12 @@ def test_each_event_is_reported_with_where_its_rows_went(
     records = len(capillary_conn.dataset.records("PointsRedeemed"))
     rows = len(expected_rows(capillary_conn.dataset, ["PointsRedeemed"]))
     where = f"file://{tmp_path}/PointsRedeemed.jsonl" if to_files else "XCom"
-    assert logged_whole(f"Event 'PointsRedeemed': {records} record(s), {rows} row(s) -> {where}", logged(capfd, caplog))
+    text = logged(capfd, caplog)
+    assert logged_whole(f"Event 'PointsRedeemed': {records} record(s), {rows} row(s) -> {where}", text)
+    if to_files:
+        [manifest] = manifests_in(tmp_path)
+        manifest = f"file://{tmp_path}/{manifest}"
+        assert logged_whole(f"Wrote {rows} rows for 1 event(s); manifest {manifest}", text)
 
 
 def test_the_manifest_time_is_utc_whatever_the_workers_zone(capillary_conn, airflow_db, tmp_path):

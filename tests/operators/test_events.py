@@ -143,9 +143,10 @@ def test_every_event_excluded_is_a_success_with_a_warning(org, airflow_db, capfd
     assert logged_whole("No event to return: every listed event matches exclude_event_names", text)
 
 
-def test_the_list_operator_returns_the_names_sorted(org, airflow_db):
+def test_the_list_operator_returns_the_names_sorted(org, airflow_db, capfd, caplog):
     assert CapillaryListEventsOperator(task_id="list").execute({}) == sorted(ORG)
     assert listings(org) == 1 and audit_requests(org) == []
+    assert logged_whole(f"The org has {len(ORG)} event(s)", logged(capfd, caplog))
 
 
 def test_the_list_operator_groups_and_excludes(org, airflow_db):
