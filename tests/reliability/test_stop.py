@@ -191,6 +191,23 @@ def test_a_stop_ends_a_body_that_trickles_in(api, monkeypatch, airflow_db, tmp_p
     stopper.join()
 
 
+def test_a_stop_ends_a_listing_that_trickles_in_and_names_the_listing(api, monkeypatch, airflow_db):
+    from airflow_capillary_audit.exceptions import CapillaryCancelledError
+    from airflow_capillary_audit.hooks.capillary import CapillaryHook
+
+    use_capillary(monkeypatch, api.url, timeout=300, max_retries=0)
+    api.set_faults([Fault("trickle", bytes_per_second=20, endpoint="events")])
+    hook = CapillaryHook()
+    stopper = threading.Timer(1.0, hook.stop)
+    stopper.start()
+
+    with pytest.raises(CapillaryCancelledError) as caught:
+        hook.list_event_names()
+
+    assert str(caught.value).startswith("Request listing the org's events stopped: the task was stopped")
+    stopper.join()
+
+
 def test_an_execution_timeout_ends_a_body_that_trickles_in(api, monkeypatch, run_dag, tmp_path):
     use_capillary(monkeypatch, api.url, timeout=5)
     api.set_faults([TRICKLE])
