@@ -133,8 +133,19 @@ def logged(capfd, caplog) -> str:
 
 def logged_whole(message: str, text: str) -> bool:
     """Whether ``message`` was logged as a whole message in ``text``, not inside a longer one."""
+    return logged_matching(re.escape(message), text)
+
+
+def logged_matching(pattern: str, text: str) -> bool:
+    """Whether a whole logged message in ``text`` matches the regular expression ``pattern``."""
     # A structured line is "[level] message [logger] loc=...", a captured record "... file.py:N message".
-    return re.search(r"(^|\s)" + re.escape(message) + r"(\s+\[|\s*$)", text, re.M) is not None
+    return re.search(r"(^|\s)" + pattern + r"(\s+\[|\s*$)", text, re.M) is not None
+
+
+def make_unremovable(path: Path) -> None:
+    """Turn the file at ``path`` into a folder of the same name with a folder inside: no unlink removes it."""
+    path.unlink()
+    (path / "held").mkdir(parents=True)
 
 
 @contextmanager

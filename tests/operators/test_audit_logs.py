@@ -28,7 +28,9 @@ from tests.helpers import (
     expected_rows,
     files_in,
     logged,
+    logged_matching,
     logged_whole,
+    make_unremovable,
     manifest_of,
     manifests_in,
     use_connection,
@@ -1194,12 +1196,8 @@ def test_a_claim_that_cannot_be_removed_is_named_and_the_run_stands(capillary_co
     claim = tmp_path / claim_name(MappedInstance("daily", "fetch", run_id, 0))
     capillary_conn.set_faults([Fault("slow", seconds=1.0)])
 
-    def block_the_claim() -> None:
-        # While the event is fetched, the claim becomes a folder with a file in it: it cannot be unlinked.
-        claim.unlink()
-        (claim / "held").mkdir(parents=True)
-
-    blocker = threading.Timer(0.4, block_the_claim)
+    # While the event is fetched, the claim becomes something no unlink removes.
+    blocker = threading.Timer(0.4, make_unremovable, [claim])
     blocker.start()
     op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["shared"], destination=str(tmp_path))
     summary = op.execute(mapped_context("daily", run_id, 0))
@@ -1207,12 +1205,11 @@ def test_a_claim_that_cannot_be_removed_is_named_and_the_run_stands(capillary_co
 
     assert summary["rows"] == {"shared": len(expected_rows(capillary_conn.dataset, ["shared"]))}
     assert (tmp_path / manifest_name("daily", "fetch", 0)).exists()
-    assert re.search(
-        r"(^|\s)Could not remove this task instance's claim; delete it by hand: Cannot remove the claim \S*"
+    assert logged_matching(
+        r"Could not remove this task instance's claim; delete it by hand: Cannot remove the claim \S*"
         + re.escape(claim.name)
-        + r": .*(\s+\[|$)",
+        + ": .*",
         logged(capfd, caplog),
-        re.M,
     )
 
 
@@ -1224,21 +1221,16 @@ def test_an_earlier_file_that_cannot_be_removed_is_named_and_the_run_fails_for_i
 
     op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["a", "b"], destination=str(tmp_path))
     op.execute({})
-    # The earlier file of "b" becomes a folder with a file in it: it cannot be removed.
     earlier = tmp_path / event_file_name("b", "jsonl")
-    earlier.unlink()
-    (earlier / "held").mkdir(parents=True)
+    make_unremovable(earlier)
     capillary_conn.set_faults([Fault("http_400", event_names=["b"])])
 
     with pytest.raises(CapillaryEventsError, match="'b'.*HTTP 400"):
         op.execute({})
 
-    assert re.search(
-        r"(^|\s)Could not remove the earlier file of event 'b': Cannot remove \S*"
-        + re.escape(earlier.name)
-        + r": .*(\s+\[|$)",
+    assert logged_matching(
+        r"Could not remove the earlier file of event 'b': Cannot remove \S*" + re.escape(earlier.name) + ": .*",
         logged(capfd, caplog),
-        re.M,
     )
 
 

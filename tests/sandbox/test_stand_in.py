@@ -61,6 +61,15 @@ def audit(
     return (session or requests).get(stand_in.url + PATH, params=params, **options)
 
 
+def raw_audit(
+    stand_in: CapillaryStandIn, event: str = "points_update", headers: dict[str, str] = AUTH
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """Ask for an event's audit logs with http.client, to read the body as it arrives; the caller closes."""
+    connection = http.client.HTTPConnection(stand_in.host, stand_in.port, timeout=5)
+    connection.request("GET", f"{PATH}?format=json&eventName={event}", headers=headers)
+    return connection, connection.getresponse()
+
+
 def listing(stand_in: CapillaryStandIn, session: requests.Session | None = None, **options: Any) -> requests.Response:
     options.setdefault("headers", AUTH)
     options.setdefault("timeout", 5)
@@ -497,9 +506,7 @@ def test_truncated_fault_gives_an_incomplete_body(stand_in):
     stand_in.set_faults([Fault("truncated")])
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
         audit(stand_in, "tier_change")
-    connection = http.client.HTTPConnection(stand_in.host, stand_in.port, timeout=5)
-    connection.request("GET", f"{PATH}?format=json&eventName=tier_change", headers=AUTH)
-    response = connection.getresponse()
+    connection, response = raw_audit(stand_in, "tier_change")
     assert response.status == 200
     with pytest.raises(http.client.IncompleteRead):
         response.read()
@@ -521,9 +528,7 @@ def test_slow_fault_trips_a_short_client_timeout(stand_in):
 def test_trickle_fault_sends_the_whole_body_slowly_in_small_pieces(stand_in):
     body = stand_in.dataset.body("points_update")
     stand_in.set_faults([Fault("trickle", bytes_per_second=2000, times=1)])
-    connection = http.client.HTTPConnection(stand_in.host, stand_in.port, timeout=5)
-    connection.request("GET", f"{PATH}?format=json&eventName=points_update", headers=AUTH)
-    response = connection.getresponse()
+    connection, response = raw_audit(stand_in)
     started = time.monotonic()
     pieces = []
     while piece := response.read1(65536):
@@ -542,9 +547,7 @@ def test_trickle_fault_sends_the_whole_body_slowly_in_small_pieces(stand_in):
 def test_stall_fault_sends_half_the_body_then_holds_the_rest(stand_in):
     body = stand_in.dataset.body("points_update")
     stand_in.set_faults([Fault("stall", seconds=0.6, times=1)])
-    connection = http.client.HTTPConnection(stand_in.host, stand_in.port, timeout=5)
-    connection.request("GET", f"{PATH}?format=json&eventName=points_update", headers=AUTH)
-    response = connection.getresponse()
+    connection, response = raw_audit(stand_in)
     first = response.read1(len(body))
     connection.sock.settimeout(0.3)
     with pytest.raises(TimeoutError):
@@ -563,9 +566,7 @@ def test_stall_fault_sends_half_the_body_then_holds_the_rest(stand_in):
 def test_gzip_goes_only_to_clients_that_accept_it(accept, compressed):
     with CapillaryStandIn(users=USERS, dataset=Dataset(seed=3), gzip=True) as api:
         headers = {**AUTH, "Accept-Encoding": accept} if accept else AUTH
-        connection = http.client.HTTPConnection(api.host, api.port, timeout=5)
-        connection.request("GET", f"{PATH}?format=json&eventName=points_update", headers=headers)
-        response = connection.getresponse()
+        connection, response = raw_audit(api, headers=headers)
         raw = response.read()
         connection.close()
         body = api.dataset.body("points_update")
