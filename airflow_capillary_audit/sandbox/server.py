@@ -103,6 +103,7 @@ _NOT_JSON = b"Internal error: upstream returned an unexpected response\n"
 _RESET_PAUSE_SECONDS = 0.05
 # The size of each chunk of a body sent with ``Transfer-Encoding: chunked``.
 _CHUNK_BYTES = 16 * 1024
+# Accept-Encoding qualities that refuse a coding (RFC 9110 allows up to three decimals).
 _REFUSED_QUALITIES = frozenset({"q=0", "q=0.0", "q=0.00", "q=0.000"})
 # The APIs a rate limit counts, each apart: Capillary counts per API key and per API.
 _LIMITED_ENDPOINTS = ("audit_logs", "events")
