@@ -73,7 +73,8 @@ bench: venv
 # .venv-mutation/ so that CI's fresh .venv does not take it away mid-run. Runs in
 # .mutation/<profile>/, which keeps results between runs; the report goes to
 # artifacts/mutation/<profile>.md and fails on any survivor that tests/mutation_equivalents.txt does
-# not explain. MUTMUT_ARGS=--survivors reruns only what the last run did not kill.
+# not explain. MUTMUT_ARGS=--survivors reruns only what the last run did not kill;
+# MUTMUT_ARGS=--unfinished carries on a stopped run with only the mutants it did not reach.
 MUTATION_VENV := .venv-mutation
 
 $(MUTATION_VENV)/bin/activate:

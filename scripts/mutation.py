@@ -15,6 +15,7 @@ unexplained.
     python scripts/mutation.py --profile sinks    # the folder sink under its tests
     python scripts/mutation.py --profile operators  # the operators under the DAG-level tests
     python scripts/mutation.py --report-only      # the report of the last run, without running
+    python scripts/mutation.py --unfinished       # carry on a stopped run: only what it did not reach
 """
 
 from __future__ import annotations
@@ -414,6 +415,16 @@ def _listing(mutants: list[Mutant], *, with_reason: bool = False) -> list[str]:
     return lines or ["none"]
 
 
+def to_rerun(mutants: list[Mutant], *, survivors: bool) -> list[str]:
+    """Name the mutants a rerun takes: those without a result, and with ``survivors`` the survivors.
+
+    Mutants of functions changed since the last run have no result (mutmut resets them to "not
+    checked"), so either choice also takes them.
+    """
+    done = KILLED if survivors else KILLED | UNKILLED
+    return [m.name for m in mutants if m.status not in done]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -425,17 +436,21 @@ def main() -> int:
     parser.add_argument(
         "--survivors", action="store_true", help="rerun only the mutants the last run did not kill"
     )
+    parser.add_argument(
+        "--unfinished",
+        action="store_true",
+        help="run only the mutants the last run did not reach (a stopped run carries on)",
+    )
     parser.add_argument("mutants", nargs="*", help="rerun only these mutants (mutmut names or globs)")
     options = parser.parse_args()
 
     profile = PROFILES[options.profile]
     folder = ROOT / ".mutation" / options.profile
     names = list(options.mutants)
-    if options.survivors:
-        # Survivors, and mutants of functions changed since (mutmut resets those to "not checked").
-        names += [m.name for m in collect(folder, diffs=False) if m.status not in KILLED]
+    if options.survivors or options.unfinished:
+        names += to_rerun(collect(folder, diffs=False), survivors=options.survivors)
         if not names:
-            raise SystemExit("no survivors to rerun")
+            raise SystemExit("no survivors to rerun" if options.survivors else "every mutant has a result")
     if not options.report_only:
         folder = stage(options.profile, profile, options.fresh)
         # mutmut keeps which tests call each function from its first run; after the code changed, a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.mutation import split_name
+from scripts.mutation import Mutant, split_name, to_rerun
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,27 @@ from scripts.mutation import split_name
 def test_a_mutant_is_named_by_its_module_path_and_function(name, expected):
     # The equivalents file names functions by their module's dotted path below the package.
     assert split_name(name) == expected
+
+
+STATUSES = {
+    "a": "killed",
+    "b": "timeout",
+    "c": "survived",
+    "d": "no tests",
+    "e": "not checked",
+    "f": "suspicious",
+}
+
+
+@pytest.mark.parametrize(
+    ("survivors", "expected"),
+    [
+        # Carrying on a stopped run: only the mutants that have no result yet.
+        (False, ["e", "f"]),
+        # After a new test: the survivors too, and those that have no result.
+        (True, ["c", "d", "e", "f"]),
+    ],
+)
+def test_a_rerun_takes_what_has_no_result_and_with_survivors_the_survivors(survivors, expected):
+    mutants = [Mutant(name=name, status=status) for name, status in STATUSES.items()]
+    assert to_rerun(mutants, survivors=survivors) == expected
