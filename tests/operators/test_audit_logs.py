@@ -233,6 +233,38 @@ CapillaryAuditLogsOperator(task_id="from_xcom", event_names=pick())
     assert xcom("from_xcom") == expected_rows(dataset, ["from xcom", "PointsRedeemed"])
 
 
+def test_a_destination_from_an_upstream_task_is_written_and_declares_no_asset(capillary_conn, run_dag, tmp_path):
+    folder = tmp_path / "from-xcom"
+    source = dag_source(
+        f"""
+@task
+def pick_folder():
+    return {str(folder)!r}
+
+CapillaryAuditLogsOperator(task_id="fetch", event_names=["PointsRedeemed"], destination=pick_folder())
+"""
+    )
+    dag_run, xcom = run_dag(source)
+
+    assert dag_run.state == "success"
+    assert xcom("fetch")["destination"] == f"file://{folder}"
+    assert read_back(folder / event_file_name("PointsRedeemed", "jsonl"), "jsonl") == expected_rows(
+        capillary_conn.dataset, ["PointsRedeemed"]
+    )
+    # No folder is known when the DAG is parsed, so no outlet asset is declared for one.
+    from airflow.sdk import DAG, task
+
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    with DAG("parsed_only", schedule=None):
+        op = CapillaryAuditLogsOperator(
+            task_id="fetch",
+            event_names=["PointsRedeemed"],
+            destination=task(task_id="pick_folder")(lambda: str(folder))(),
+        )
+    assert op.outlets == []
+
+
 def test_mapped_over_event_groups(capillary_conn, run_dag, tmp_path):
     groups = [["a1", "a2"], ["b1"], ["c1", "c 2 & 3"]]
     source = dag_source(
@@ -698,18 +730,21 @@ def test_a_run_outside_a_dag_writes_a_manifest_that_says_so(capillary_conn, airf
     assert summary["manifest"] == f"file://{tmp_path}/_manifest.t.json"
 
 
+# A folder named with a trailing slash, and one whose name ends in a letter (only slashes are trimmed).
+@pytest.mark.parametrize("folder", ["audit/", "audit-X"])
 def test_an_object_store_folder_with_a_trailing_slash_names_each_file_once(
-    capillary_conn, airflow_db, memory_store
+    capillary_conn, airflow_db, memory_store, folder
 ):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
     op = CapillaryAuditLogsOperator(
-        task_id="t", event_names=["a", "b c"], destination="memory://bucket/audit/"
+        task_id="t", event_names=["a", "b c"], destination=f"memory://bucket/{folder}"
     )
     summary = op.execute({})
 
-    assert summary["files"] == ["memory://bucket/audit/a.jsonl", "memory://bucket/audit/b%20c.jsonl"]
-    assert memory_store.cat("/bucket/audit/a.jsonl").decode().count("\n") == summary["rows"]["a"]
+    name = folder.rstrip("/")
+    assert summary["files"] == [f"memory://bucket/{name}/a.jsonl", f"memory://bucket/{name}/b%20c.jsonl"]
+    assert memory_store.cat(f"/bucket/{name}/a.jsonl").decode().count("\n") == summary["rows"]["a"]
 
 
 def test_files_read_naive_times_in_the_connections_timezone(stand_in, monkeypatch, airflow_db, tmp_path):

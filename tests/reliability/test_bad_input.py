@@ -43,6 +43,14 @@ BAD_INPUT = [
     ("name with escape", {"event_names": "\x1b[31mred"}, {}, "control character '\\x1b' at position 0"),
     ("name with tab", {"event_names": ["a\tb"]}, {}, "control character '\\t'"),
     ("name with C1 control", {"event_names": "next\x85line"}, {}, "control character '\\x85'"),
+    (
+        # 100 characters are a legal name, but percent-encoded they take 606 bytes as a file name.
+        "name too long for a file",
+        {"event_names": ["ok", "é" * 100]},
+        {},
+        f"event_names: the event name {'é' * 40 + '...'!r} is too long for a file name: encoded it takes "
+        "606 bytes, more than the 255 file systems allow",
+    ),
     ("name with a lone surrogate", {"event_names": ["ok", "bad\ud800"]}, {}, "holds the unpaired surrogate"),
     (
         "exclusions a number",
@@ -172,7 +180,12 @@ BAD_INPUT = [
     ("destination is a file", {"destination": "{file}"}, {}, "is an existing file"),
     ("destination is a file URI", {"destination": "file://{file}"}, {}, "is an existing file"),
     # output format and shape
-    ("output_format unknown", {"output_format": "xml"}, {}, "output_format 'xml' is not supported"),
+    (
+        "output_format unknown",
+        {"output_format": "xml"},
+        {},
+        "output_format 'xml' is not supported; use one of jsonl, json, csv, parquet",
+    ),
     ("output_format upper case", {"output_format": "JSONL"}, {}, "output_format 'JSONL' is not supported"),
     ("output_format empty", {"output_format": ""}, {}, "output_format '' is not supported"),
     ("parquet needs flat rows", {"output_format": "parquet", "flatten": False}, {}, "set flatten=True"),
