@@ -33,6 +33,7 @@ from tests.helpers import (
     airflow_redact,
     connection_json,
     logged,
+    logged_matching,
     use_connection,
 )
 
@@ -204,13 +205,19 @@ def test_retry_budget_exhausted_says_how_often(stand_in, monkeypatch, capfd, cap
     assert "attempt 3 of 3" not in text
 
 
-def test_a_hanging_server_times_out(stand_in, monkeypatch):
+def test_a_hanging_server_times_out(stand_in, monkeypatch, capfd, caplog):
     stand_in.set_faults([Fault("hang", seconds=5)])
     hook = use_connection(monkeypatch, stand_in.url, timeout=0.3, max_retries=1)
 
     with pytest.raises(CapillaryTimeoutError, match="0.3 s") as raised:
         hook.get_audit_logs("e")
     assert len(stand_in.requests) == 2
+    # The retry line says why: the time it waited.
+    assert logged_matching(
+        r"Capillary request for event 'e' failed on attempt 1 of 2: no answer within 0\.3 s; "
+        r"retrying in \d+\.\d\d s",
+        logged(capfd, caplog),
+    )
     # The transport's own error stays the cause, for a traceback that shows where the time went.
     assert isinstance(raised.value.__cause__, requests.Timeout)
     assert (raised.value.attempts, raised.value.event_name, raised.value.retryable) == (2, "e", True)
