@@ -441,6 +441,11 @@ def main() -> int:
         action="store_true",
         help="run only the mutants the last run did not reach (a stopped run carries on)",
     )
+    parser.add_argument(
+        "--keep-stats",
+        action="store_true",
+        help="keep the last run's map of which tests reach each function (only tests were added since)",
+    )
     parser.add_argument("mutants", nargs="*", help="rerun only these mutants (mutmut names or globs)")
     options = parser.parse_args()
 
@@ -455,7 +460,9 @@ def main() -> int:
         folder = stage(options.profile, profile, options.fresh)
         # mutmut keeps which tests call each function from its first run; after the code changed, a
         # function may be called by tests it was not before, and a stale map runs too few of them.
-        (folder / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        # (mutmut maps tests added since by itself, so a run that follows new tests may keep it.)
+        if not options.keep_stats:
+            (folder / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         started = time.monotonic()
         mutmut(folder, "run", "--max-children", str(options.max_children), *names, capture=False)
         print(f"\nmutmut ran for {time.monotonic() - started:.0f} s")
