@@ -223,6 +223,19 @@ def test_a_hanging_server_times_out(stand_in, monkeypatch, capfd, caplog):
     assert (raised.value.attempts, raised.value.event_name, raised.value.retryable) == (2, "e", True)
 
 
+@pytest.mark.parametrize("event_name", ["", "   ", None, 42])
+def test_an_event_name_that_is_not_a_non_blank_string_is_refused_before_any_request(
+    stand_in, monkeypatch, event_name
+):
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        hook.get_audit_logs(event_name)
+
+    assert str(caught.value) == f"event_name must be a non-blank string, got {event_name!r}"
+    assert stand_in.requests == []
+
+
 def test_redirect_to_another_host_never_carries_credentials(stand_in, monkeypatch):
     with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as other:
         other_url = other.url.replace("127.0.0.1", "localhost")

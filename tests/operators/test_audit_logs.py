@@ -913,6 +913,18 @@ def test_counts_must_be_whole_numbers_of_at_least_one(name, value):
     assert str(caught.value) == f"{name} must be a whole number of at least 1, got {value!r}"
 
 
+@pytest.mark.parametrize("name", ["max_xcom_rows", "max_active_requests"])
+def test_one_is_the_least_count_taken(capillary_conn, airflow_db, name):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    one_row = [audit_log("r", [{"value": "v", "changedOn": "2026-03-01T08:00:00Z"}])]
+    body = json.dumps({"data": one_row, "warnings": [], "errors": []})
+    capillary_conn.set_faults([Fault("body", body=body, event_names=[WINDOW_EVENT])])
+    op = CapillaryAuditLogsOperator(task_id="t", event_names=WINDOW_EVENT, **{name: 1})
+
+    assert [(row["id"], row["value"]) for row in op.execute({})] == [("r", "v")]
+
+
 def test_many_workers_keep_their_connections_open(capillary_conn, airflow_db, caplog):
     import logging
 

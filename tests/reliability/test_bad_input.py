@@ -188,7 +188,13 @@ BAD_INPUT = [
     ),
     ("output_format upper case", {"output_format": "JSONL"}, {}, "output_format 'JSONL' is not supported"),
     ("output_format empty", {"output_format": ""}, {}, "output_format '' is not supported"),
-    ("parquet needs flat rows", {"output_format": "parquet", "flatten": False}, {}, "set flatten=True"),
+    (
+        "parquet needs flat rows",
+        {"output_format": "parquet", "flatten": False},
+        {},
+        "output_format 'parquet' needs flat rows; set flatten=True, or use output_format 'jsonl' or 'json' "
+        "to keep Capillary's nested records",
+    ),
     ("flatten not a bool", {"flatten": "yes"}, {}, "flatten must be true or false"),
     (
         "csv_neutralize_formulas not a bool",
