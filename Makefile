@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators clean
+.PHONY: venv demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators mutation-connection clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,9 @@ mutation-sinks: mutation-venv
 
 mutation-operators: mutation-venv
 	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile operators $(MUTMUT_ARGS)
+
+mutation-connection: mutation-venv
+	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile connection $(MUTMUT_ARGS)
 
 clean:
 	rm -rf .demo .pytest_cache build dist *.egg-info .venv-airflow-*

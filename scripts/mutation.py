@@ -14,6 +14,7 @@ unexplained.
     python scripts/mutation.py --profile hook     # the request path under its in-process tests
     python scripts/mutation.py --profile sinks    # the folder sink under its tests
     python scripts/mutation.py --profile operators  # the operators under the DAG-level tests
+    python scripts/mutation.py --profile connection  # the connection's reading under its in-process tests
     python scripts/mutation.py --report-only      # the report of the last run, without running
     python scripts/mutation.py --unfinished       # carry on a stopped run: only what it did not reach
 """
@@ -104,17 +105,28 @@ PROFILES = {
             "operators/sql.py",
             "operators/events.py",
             "tables.py",
-            "connection.py",
             "exceptions.py",
         ),
         tests=(
             "tests/operators",
             "tests/reliability",
-            "tests/test_connection.py",
             "tests/test_exceptions.py",
             "tests/test_tables.py",
+        ),
+    ),
+    # The connection's reading and its form under the tests that read a connection in-process: the
+    # connection and provider tests, the hook's, and the operator's bad-input, secrets and transport
+    # tables. Under the operators' DAG-level tests every one of its mutants ran a DAG first.
+    "connection": Profile(
+        modules=("connection.py",),
+        tests=(
+            "tests/test_connection.py",
             # The connection form's fields, as the provider info and the hook's classmethods give them.
             "tests/test_provider.py",
+            "tests/hooks",
+            "tests/reliability/test_bad_input.py",
+            "tests/reliability/test_secrets.py",
+            "tests/reliability/test_transport.py",
         ),
     ),
     # The modules that import nothing from Airflow, each under its own unit tests only.
