@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from airflow_capillary_audit.auth import OAUTH_TOKEN_PATH, CapillaryOAuth
-from airflow_capillary_audit.exceptions import CapillaryAuthError, CapillaryConfigError
+from airflow_capillary_audit.exceptions import (
+    CapillaryAuthError,
+    CapillaryCancelledError,
+    CapillaryConfigError,
+)
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
 from tests.helpers import FakeClock, airflow_redact, connection_json
@@ -73,6 +78,34 @@ def test_expiry_in_the_middle_of_a_run_renews_once(oauth_api, monkeypatch):
 
     statuses = [(r.path == OAUTH_TOKEN_PATH, r.status) for r in oauth_api.requests]
     assert statuses == [(True, 200), (False, 200), (False, 401), (True, 200), (False, 200)]
+
+
+# An event's request, and the listing of the org's events (which names no event).
+SENT_AGAIN = [
+    pytest.param({"event_names": ["second"]}, "second", "for event 'second'", id="event"),
+    pytest.param({"endpoint": "events"}, None, "listing the org's events", id="listing"),
+]
+
+
+@pytest.mark.parametrize(("where", "event_name", "subject"), SENT_AGAIN)
+def test_a_stop_during_the_request_sent_again_with_a_new_token_names_what_it_was_for(
+    oauth_api, monkeypatch, where, event_name, subject
+):
+    hook = oauth_hook(monkeypatch, oauth_api.url, timeout=300)
+    hook.get_audit_logs("first")
+    oauth_api.expire_oauth_tokens()
+    # The refused request is answered before any fault: the one sent again is the one that trickles in.
+    oauth_api.set_faults([Fault("trickle", bytes_per_second=20, **where)])
+    stopper = threading.Timer(1.0, hook.stop)
+    stopper.start()
+
+    with pytest.raises(CapillaryCancelledError) as caught:
+        hook.get_audit_logs(event_name) if event_name else hook.list_event_names()
+    stopper.join()
+
+    assert str(caught.value).startswith(f"Request {subject} stopped: the task was stopped")
+    statuses = [(r.path == OAUTH_TOKEN_PATH, r.status) for r in oauth_api.requests]
+    assert statuses[-3:] == [(False, 401), (True, 200), (False, 200)]
 
 
 def test_expiry_while_workers_run_fetches_one_new_token(oauth_api, monkeypatch):
