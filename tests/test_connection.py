@@ -71,6 +71,14 @@ def test_every_extra_is_read_with_its_type(monkeypatch):
     assert type(settings.timeout) is float
 
 
+# The connection form and the CLI give every extra as text.
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("false", False), (" False ", False), ("TRUE", True)])
+@pytest.mark.parametrize("name", ["password_is_md5", "allow_insecure_http"])
+def test_a_true_or_false_extra_may_be_given_as_text(monkeypatch, name, text, value):
+    settings = settings_of(monkeypatch, password=PASSWORD_MD5, extra={name: text})
+    assert getattr(settings, name) is value
+
+
 def test_extras_in_the_old_prefixed_form_are_read_and_blank_ones_ignored(monkeypatch):
     extra = {"extra__capillary__timeout": "4", "extra__capillary__max_retries": "", "max_retries": None}
     settings = settings_of(monkeypatch, extra=extra)
