@@ -11,7 +11,7 @@ each answer. Its subclasses decide where the rows go: XCom or files
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -212,8 +212,12 @@ class CapillaryAuditLogsBaseOperator(BaseOperator):
         results: dict[str, _Result] = {}
         failures: dict[str, BaseException] = {}
         pool = ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="capillary")
+        # Filled one event at a time: a timeout that lands while the events are queued finds those
+        # queued so far here, and is the error raised.
+        futures: dict[Future[_Result], str] = {}
         try:
-            futures = {pool.submit(job, name): name for name in selection.event_names}
+            for name in selection.event_names:
+                futures[pool.submit(job, name)] = name
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)

@@ -108,6 +108,46 @@ def test_a_kill_ends_the_back_off_and_runs_no_queued_event(api, monkeypatch, air
     assert data_files(tmp_path) == {} and manifest_of(tmp_path) is None and hidden_files(tmp_path) == []
 
 
+class QueueingInterrupted(Exception):
+    """Stands for the execution timeout's exception, raised in the task's thread while events are queued."""
+
+
+class NamesInterruptedOnce(list):
+    """Event names whose first walk is interrupted after the first name, as a timeout could be."""
+
+    walked = False
+
+    def __iter__(self):
+        if self.walked:
+            return super().__iter__()
+        self.walked = True
+        return self._interrupted()
+
+    def _interrupted(self):
+        yield self[0]
+        raise QueueingInterrupted
+
+
+def test_a_timeout_while_the_events_are_queued_is_the_error_raised(api, monkeypatch, airflow_db):
+    from types import SimpleNamespace
+
+    from airflow_capillary_audit.hooks.capillary import CapillaryHook
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    use_capillary(monkeypatch, api.url)
+    names = NamesInterruptedOnce(NAMES[:3])
+    operator = CapillaryAuditLogsOperator(task_id="fetch", event_names=NAMES[:3])
+    hook = CapillaryHook()
+    discarded: list[str] = []
+
+    with pytest.raises(QueueingInterrupted):
+        operator._fetch_all(hook, SimpleNamespace(event_names=names), lambda name, logs: name, discarded.append)
+
+    # The events never queued are discarded and never requested; the first one may have been.
+    assert discarded[-2:] == NAMES[1:3]
+    assert {r.event_name for r in api.requests} <= {NAMES[0]}
+
+
 DAG = """
 from datetime import timedelta
 
@@ -228,18 +268,23 @@ def test_a_stop_leaves_only_files_this_run_wrote_whole(api, monkeypatch, run_dag
     fast, hanging = ["stop event 01", "stop event 03"], ["stop event 02", "stop event 04"]
     names = [fast[0], hanging[0], fast[1], hanging[1]]
     folder = tmp_path / "out"
-    # Each exchange ends within 3 s, after the 2 s execution_timeout, so the hanging ones are in flight.
-    use_capillary(monkeypatch, api.url, timeout=3)
-    source = DAG.format(names=names, folder=str(folder), workers=len(names), timeout=2)
-    first, _ = run_dag(source)
+    # Each exchange ends within 10 s, after the 4 s execution_timeout of the second run, so the
+    # hanging ones are in flight then; the first run has time to spare on a loaded machine.
+    use_capillary(monkeypatch, api.url, timeout=10)
+    source = DAG.format(names=names, folder=str(folder), workers=len(names), timeout=4)
+    first, _ = run_dag(DAG.format(names=names, folder=str(folder), workers=len(names), timeout=120))
     assert first.state == "success"
     earlier = data_files(folder)
     assert sorted(earlier) == sorted(event_file_name(name, "jsonl") for name in names)
     api.set_faults([Fault("hang", seconds=60, event_names=hanging)])
+    earlier_threads = set(threading.enumerate())
 
     second, _ = run_dag(source)
 
     assert second.state == "failed"
+    # The task ended only once the exchanges in flight had (a stop cannot cut a wait for headers
+    # short): none of its pool's threads (capillary_0, capillary_1, ...) runs on after it.
+    assert [t.name for t in set(threading.enumerate()) - earlier_threads if t.name.startswith("capillary_")] == []
     # The earlier run's files of the events this run did not finish are gone; no manifest is left.
     kept = {event_file_name(name, "jsonl") for name in fast}
     assert data_files(folder) == {name: body for name, body in earlier.items() if name in kept}
