@@ -10,7 +10,7 @@ import pytest
 from airflow_capillary_audit.connection import CapillarySettings
 from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
-from tests.helpers import LOGIN, PASSWORD, PASSWORD_MD5
+from tests.helpers import LOGIN, PASSWORD, PASSWORD_MD5, logged, logged_whole
 
 HOST = "https://eu.api.capillarytech.com"
 
@@ -88,13 +88,19 @@ def test_extras_in_the_old_prefixed_form_are_read_and_blank_ones_ignored(monkeyp
 def test_unknown_extras_are_named_with_the_known_ones(monkeypatch, capfd, caplog):
     caplog.set_level(logging.WARNING)
     settings_of(monkeypatch, extra={"colour": "blue", "extra__capillary__size": 1, "timeout": 3})
-    out, err = capfd.readouterr()
-    assert (
+    assert logged_whole(
         "Connection 'capillary_default': ignoring unknown extras ['colour', 'extra__capillary__size']; known "
         "extras are ['allow_insecure_http', 'auth_type', 'max_retries', 'password_is_md5', "
         "'rate_limit_redis_conn_id', 'requests_per_minute', 'retry_initial_wait', 'retry_max_wait', 'timeout', "
-        "'timezone', 'verify']"
-    ) in out + err + caplog.text
+        "'timezone', 'verify']",
+        logged(capfd, caplog),
+    )
+
+
+def test_known_extras_alone_are_not_warned_about(monkeypatch, capfd, caplog):
+    caplog.set_level(logging.WARNING)
+    settings_of(monkeypatch, extra={"timeout": 3, "extra__capillary__max_retries": 2})
+    assert "unknown extras" not in logged(capfd, caplog)
 
 
 def test_a_verify_path_is_kept_as_the_ca_bundle(monkeypatch, tmp_path):
