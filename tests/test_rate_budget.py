@@ -20,7 +20,7 @@ from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryCo
 from airflow_capillary_audit.hooks.capillary import CapillaryHook, budget_key
 from airflow_capillary_audit.pacing import PacerStopped, SharedPacer
 from airflow_capillary_audit.sandbox import RateLimit
-from tests.helpers import LOGIN, refused_port, use_connection
+from tests.helpers import LOGIN, logged, logged_matching, logged_whole, refused_port, use_connection
 
 RATE = 600  # one request each 0.1 s
 # Lower bounds only: a loaded machine makes requests later, never sooner.
@@ -97,16 +97,33 @@ def test_a_429_on_one_hook_holds_the_other_through_the_budget(stand_in, monkeypa
     assert second.monotonic - held_at >= 1 - SLACK
 
 
-def test_the_split_paces_each_hook_at_its_share(stand_in, monkeypatch):
+@pytest.mark.parametrize("share", [2, 3])
+def test_the_split_paces_each_hook_at_its_share(stand_in, monkeypatch, capfd, caplog, share):
     use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE)
-    hook = CapillaryHook(rate_share=3)
+    hook = CapillaryHook(rate_share=share)
 
     for name in ("a", "b", "c", "d"):
         hook.get_audit_logs(name)
 
     arrivals = [r.monotonic for r in stand_in.requests]
-    # A third of 600 a minute is one each 0.3 s: four requests span at least 0.9 s.
-    assert arrivals[-1] - arrivals[0] >= 0.9 - SLACK
+    # A third of 600 a minute is one each 0.3 s: four requests span at least 0.9 s (0.6 s for a half).
+    assert arrivals[-1] - arrivals[0] >= 3 * share * 60 / RATE - SLACK
+    assert logged_whole(
+        f"Pacing at {RATE // share} requests a minute: 1/{share} of the connection's {RATE}, shared with the "
+        "other instances of this task that may run at once (extra 'rate_limit_redis_conn_id' shares one "
+        "budget instead)",
+        logged(capfd, caplog),
+    )
+
+
+# A map of one instance has the whole rate; a share of a connection without a rate is no pace at all.
+@pytest.mark.parametrize(("rate", "share"), [(RATE, 1), (None, 3)], ids=["whole rate", "no rate"])
+def test_no_split_is_announced_where_there_is_none(stand_in, monkeypatch, capfd, caplog, rate, share):
+    use_connection(monkeypatch, stand_in.url, **({"requests_per_minute": rate} if rate else {}))
+    hook = CapillaryHook(rate_share=share)
+
+    assert hook.get_audit_logs("a")["data"] == stand_in.dataset.records("a")
+    assert "Pacing at" not in logged(capfd, caplog)
 
 
 def test_a_shared_budget_ignores_the_split(stand_in, monkeypatch, redis_conn):
@@ -121,15 +138,28 @@ def test_a_shared_budget_ignores_the_split(stand_in, monkeypatch, redis_conn):
     assert time.monotonic() - started < 1.4
 
 
-def test_an_unreachable_budget_fails_the_request_after_its_retries(stand_in, monkeypatch):
+@pytest.mark.parametrize(
+    ("event_name", "subject"), [("a", "for event 'a'"), (None, "listing the org's events")], ids=["event", "listing"]
+)
+def test_an_unreachable_budget_fails_the_request_after_its_retries(
+    stand_in, monkeypatch, capfd, caplog, event_name, subject
+):
     with refused_port() as port:
         monkeypatch.setenv(
             "AIRFLOW_CONN_BUDGET_REDIS", json.dumps({"conn_type": "redis", "host": "127.0.0.1", "port": port})
         )
         use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id="budget_redis", max_retries=1)
-        with pytest.raises(CapillaryConnectionError, match="shared rate budget") as raised:
-            CapillaryHook().get_audit_logs("a")
+        hook = CapillaryHook()
+        with pytest.raises(CapillaryConnectionError) as raised:
+            hook.get_audit_logs(event_name) if event_name else hook.list_event_names()
     assert raised.value.attempts == 2 and stand_in.requests == []
+    assert (raised.value.event_name, raised.value.action) == (event_name, None if event_name else subject)
+    assert str(raised.value).startswith(f"Request {subject} not sent: the shared rate budget ")
+    assert logged_matching(
+        rf"Capillary request {re.escape(subject)} failed on attempt 1 of 2: shared rate budget unreachable; "
+        r"retrying in \d+\.\d\d s",
+        logged(capfd, caplog),
+    )
 
 
 @pytest.mark.parametrize("share", [0, -1, 1.5, True, "2"])
