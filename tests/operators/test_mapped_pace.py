@@ -69,3 +69,24 @@ def test_a_map_whose_size_cannot_be_read_paces_by_its_caps(stand_in, monkeypatch
     else:
         assert uncapped not in text
         assert set(PACING.findall(text)) == {(f"{RATE / share:g}", str(share), str(RATE))}
+
+
+
+def test_a_map_without_a_rate_to_split_does_not_ask_its_size(stand_in, monkeypatch, run_dag, capfd, caplog):
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    asked = []
+
+    def count(*args, **kwargs):
+        asked.append(kwargs)
+        raise RuntimeError("the API server cannot be reached")
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_ti_count", count)
+    use_connection(monkeypatch, stand_in.url)  # no requests_per_minute: no pace, so no share of one
+
+    dag_run, _ = run_dag(source())
+
+    assert dag_run.state == "success"
+    assert asked == []
+    text = logged(capfd, caplog)
+    assert "Could not read how many instances" not in text and PACING.findall(text) == []
