@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -124,6 +125,50 @@ def test_no_split_is_announced_where_there_is_none(stand_in, monkeypatch, capfd,
 
     assert hook.get_audit_logs("a")["data"] == stand_in.dataset.records("a")
     assert "Pacing at" not in logged(capfd, caplog)
+
+
+def test_each_share_takes_its_first_slot_at_its_own_offset(stand_in, monkeypatch):
+    # The 50th of 50 shares of 6000 a minute: its first slot is 49 of the whole rate's 10 ms away.
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=6000)
+    hook = CapillaryHook(rate_share=50, rate_share_index=49)
+    hook.get_conn()
+
+    waited = hook._pacer.acquire()
+
+    # At most the offset (the pacer was made a moment before), and not much less.
+    assert 0.4 < waited <= 0.49
+
+
+def test_a_stop_ends_the_wait_for_a_shares_first_slot(stand_in, monkeypatch):
+    from airflow_capillary_audit.exceptions import CapillaryCancelledError
+
+    # The 50th of 50 shares of 60 a minute: its first slot is 49 s away.
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=60)
+    hook = CapillaryHook(rate_share=50, rate_share_index=49)
+    stopper = threading.Timer(0.3, hook.stop)
+    stopper.start()
+    started = time.monotonic()
+
+    with pytest.raises(CapillaryCancelledError, match="^Request for event 'a' not sent: the task was stopped"):
+        hook.get_audit_logs("a")
+
+    stopper.join()
+    assert time.monotonic() - started < 10, "the stop did not end the wait for the first slot"
+    assert stand_in.requests == []
+
+
+def test_a_shared_budget_without_the_redis_provider_says_what_to_install(stand_in, monkeypatch):
+    monkeypatch.setitem(sys.modules, "airflow.providers.redis.hooks.redis", None)  # as if not installed
+    use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id="budget_redis")
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        CapillaryHook().get_audit_logs("a")
+
+    assert str(caught.value) == (
+        "Connection 'capillary_default': extra 'rate_limit_redis_conn_id' needs Airflow's Redis provider; "
+        "pip install 'airflow-capillary-audit[redis]'"
+    )
+    assert stand_in.requests == []
 
 
 def test_a_shared_budget_ignores_the_split(stand_in, monkeypatch, redis_conn):

@@ -90,3 +90,20 @@ def test_a_map_without_a_rate_to_split_does_not_ask_its_size(stand_in, monkeypat
     assert asked == []
     text = logged(capfd, caplog)
     assert "Could not read how many instances" not in text and PACING.findall(text) == []
+
+
+@pytest.mark.parametrize("map_index", [0, 2])
+def test_each_mapped_instance_takes_its_own_place_in_the_split(stand_in, monkeypatch, airflow_db, map_index):
+    from types import SimpleNamespace
+
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE)
+    # The part of a mapped instance's context the operator reads; the map has three instances.
+    ti = SimpleNamespace(dag_id="d", task_id="fetch", run_id="r", map_index=map_index, get_ti_count=lambda **kw: 3)
+    operator = CapillaryAuditLogsOperator(task_id="fetch", event_names=["a"])
+
+    hook = operator._open_hook({"ti": ti, "run_id": "r"})
+
+    # Its place staggers its first slot behind the instances before it.
+    assert (hook.rate_share, hook.rate_share_index) == (3, map_index)
