@@ -45,6 +45,15 @@ def test_the_budget_key_names_the_till_without_its_login():
     assert key != budget_key("https://us.api.capillarytech.com", LOGIN)
 
 
+
+def test_a_hook_shares_the_budget_of_its_own_cluster_and_till(stand_in, monkeypatch, redis_conn):
+    use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id=redis_conn, requests_per_minute=RATE)
+    hook = CapillaryHook()
+    hook.get_conn()
+
+    assert hook._pacer.key == budget_key(stand_in.url, LOGIN)
+
+
 def leaky(stand_in) -> None:
     # The connection's rate, with a bucket of 2: two hooks each at the whole rate overflow it.
     stand_in.set_rate_limit(RateLimit(limit=RATE, window=60, algorithm="leaky", burst=2))
