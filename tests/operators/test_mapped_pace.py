@@ -107,3 +107,14 @@ def test_each_mapped_instance_takes_its_own_place_in_the_split(stand_in, monkeyp
 
     # Its place staggers its first slot behind the instances before it.
     assert (hook.rate_share, hook.rate_share_index) == (3, map_index)
+
+
+def test_a_task_run_outside_a_dag_has_the_whole_rate(stand_in, monkeypatch, airflow_db):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE)
+    operator = CapillaryAuditLogsOperator(task_id="fetch", event_names=["a"])
+
+    hook = operator._open_hook({})  # execute() called directly: no task instance in the context
+
+    assert (hook.rate_share, hook.rate_share_index) == (1, 0)
