@@ -46,12 +46,21 @@ def test_the_budget_key_names_the_till_without_its_login():
 
 
 
-def test_a_hook_shares_the_budget_of_its_own_cluster_and_till(stand_in, monkeypatch, redis_conn):
-    use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id=redis_conn, requests_per_minute=RATE)
+@pytest.mark.parametrize(("rate", "said"), [(RATE, str(RATE)), (None, "any number of")])
+def test_a_hook_shares_the_budget_of_its_own_cluster_and_till(
+    stand_in, monkeypatch, redis_conn, capfd, caplog, rate, said
+):
+    rated = {"requests_per_minute": rate} if rate else {}
+    use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id=redis_conn, **rated)
     hook = CapillaryHook()
     hook.get_conn()
 
-    assert hook._pacer.key == budget_key(stand_in.url, LOGIN)
+    key = budget_key(stand_in.url, LOGIN)
+    assert hook._pacer.key == key
+    assert logged_whole(
+        f"Pacing at {said} requests a minute from the shared budget {key} in Redis connection {redis_conn!r}",
+        logged(capfd, caplog),
+    )
 
 
 def leaky(stand_in) -> None:

@@ -59,7 +59,7 @@ def test_star_fetches_every_event_the_org_lists(org, airflow_db):
     assert sorted(audit_requests(org)) == sorted(ORG)
 
 
-def test_excluded_events_are_never_requested(org, airflow_db):
+def test_excluded_events_are_never_requested(org, airflow_db, capfd, caplog):
     operator = CapillaryAuditLogsOperator(task_id="fetch", event_names="*", exclude_event_names=["Test*"])
 
     rows = operator.execute({})
@@ -67,6 +67,10 @@ def test_excluded_events_are_never_requested(org, airflow_db):
     kept = sorted(n for n in ORG if not n.startswith("Test"))
     assert rows == expected_rows(org.dataset, kept)
     assert sorted(audit_requests(org)) == kept
+    assert logged_whole(
+        "Leaving out 2 event(s) that match exclude_event_names ['Test*']: 'Test_Old', 'TestingEvent_FE'",
+        logged(capfd, caplog),
+    )
 
 
 def test_exclusions_apply_to_a_literal_list_too(org, airflow_db):
