@@ -63,6 +63,19 @@ def test_a_hook_shares_the_budget_of_its_own_cluster_and_till(
     )
 
 
+
+def test_a_stopped_hook_takes_no_slot_from_the_shared_budget(stand_in, monkeypatch, redis_conn):
+    from airflow_capillary_audit.exceptions import CapillaryCancelledError
+
+    use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id=redis_conn, requests_per_minute=RATE)
+    hook = CapillaryHook()
+    hook.stop()
+
+    with pytest.raises(CapillaryCancelledError, match="^Request for event 'a' not sent: the task was stopped"):
+        hook.get_audit_logs("a")
+    assert stand_in.requests == []
+
+
 def leaky(stand_in) -> None:
     # The connection's rate, with a bucket of 2: two hooks each at the whole rate overflow it.
     stand_in.set_rate_limit(RateLimit(limit=RATE, window=60, algorithm="leaky", burst=2))
