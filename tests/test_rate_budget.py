@@ -17,7 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryConnectionError
+from airflow_capillary_audit.exceptions import (
+    CapillaryCancelledError,
+    CapillaryConfigError,
+    CapillaryConnectionError,
+)
 from airflow_capillary_audit.hooks.capillary import CapillaryHook, budget_key
 from airflow_capillary_audit.pacing import PacerStopped, SharedPacer
 from airflow_capillary_audit.sandbox import RateLimit
@@ -65,8 +69,6 @@ def test_a_hook_shares_the_budget_of_its_own_cluster_and_till(
 
 
 def test_a_stopped_hook_takes_no_slot_from_the_shared_budget(stand_in, monkeypatch, redis_conn):
-    from airflow_capillary_audit.exceptions import CapillaryCancelledError
-
     use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id=redis_conn, requests_per_minute=RATE)
     hook = CapillaryHook()
     hook.stop()
@@ -171,8 +173,6 @@ def test_each_share_takes_its_first_slot_at_its_own_offset(stand_in, monkeypatch
 
 
 def test_a_stop_ends_the_wait_for_a_shares_first_slot(stand_in, monkeypatch):
-    from airflow_capillary_audit.exceptions import CapillaryCancelledError
-
     # The 50th of 50 shares of 60 a minute: its first slot is 49 s away.
     use_connection(monkeypatch, stand_in.url, requests_per_minute=60)
     hook = CapillaryHook(rate_share=50, rate_share_index=49)
