@@ -150,14 +150,18 @@ def test_the_split_paces_each_hook_at_its_share(stand_in, monkeypatch, capfd, ca
     )
 
 
-# A map of one instance has the whole rate; a share of a connection without a rate is no pace at all.
-@pytest.mark.parametrize(("rate", "share"), [(RATE, 1), (None, 3)], ids=["whole rate", "no rate"])
+# A map of one instance has the whole rate, as has a hook given no share; a share of a connection
+# without a rate is no pace at all.
+@pytest.mark.parametrize(
+    ("rate", "share"), [(RATE, 1), (RATE, None), (None, 3)], ids=["whole rate", "no share given", "no rate"]
+)
 def test_no_split_is_announced_where_there_is_none(stand_in, monkeypatch, capfd, caplog, rate, share):
     use_connection(monkeypatch, stand_in.url, **({"requests_per_minute": rate} if rate else {}))
-    hook = CapillaryHook(rate_share=share)
+    hook = CapillaryHook(**({"rate_share": share} if share else {}))
 
     assert hook.get_audit_logs("a")["data"] == stand_in.dataset.records("a")
     assert "Pacing at" not in logged(capfd, caplog)
+    assert hook._pacer.interval == (60 / rate if rate else 0.0)
 
 
 def test_each_share_takes_its_first_slot_at_its_own_offset(stand_in, monkeypatch):
@@ -170,6 +174,15 @@ def test_each_share_takes_its_first_slot_at_its_own_offset(stand_in, monkeypatch
 
     # At most the offset (the pacer was made a moment before), and not much less.
     assert 0.4 < waited <= 0.49
+
+
+def test_a_share_given_no_index_is_the_first_and_starts_at_once(stand_in, monkeypatch):
+    # A share of 60 a minute split 50 ways: the second share's first slot would be 1 s away.
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=60)
+    hook = CapillaryHook(rate_share=50)
+    hook.get_conn()
+
+    assert hook._pacer.acquire() < 0.5
 
 
 def test_a_stop_ends_the_wait_for_a_shares_first_slot(stand_in, monkeypatch):
