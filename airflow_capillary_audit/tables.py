@@ -7,6 +7,7 @@ every value goes to the database as a parameter, never into the text of a statem
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -92,7 +93,7 @@ class Table:
             f"{self.quote(c)} {types[COLUMN_KINDS[c]]}" + (" NOT NULL" if c == "event_name" else "")
             for c in TABLE_COLUMNS
         )
-        index = self.quote(f"{self.name}_event_name_changed_on_idx"[:MAX_IDENTIFIER_LENGTH])
+        index = self.quote(self.index_name)
         on = self.qualified
         # SQLite names an index's schema on the index, PostgreSQL puts it in the table's schema.
         if self.dialect == "sqlite" and self.schema is not None:
@@ -102,6 +103,21 @@ class Table:
             f"CREATE TABLE IF NOT EXISTS {self.qualified} (\n  {columns}\n)",
             f"CREATE INDEX IF NOT EXISTS {index} ON {on} ({key})",
         ]
+
+    @property
+    def index_name(self) -> str:
+        """
+        Return the name of the table's index on ``(event_name, changed_on)``, unique to the table.
+
+        A name too long for the limit keeps the table name's start and a digest of the whole: cut
+        short, it could equal the table's own name (which SQLite refuses and PostgreSQL skips) or the
+        index of another table whose name starts the same.
+        """
+        name = f"{self.name}_event_name_changed_on_idx"
+        if len(name) <= MAX_IDENTIFIER_LENGTH:
+            return name
+        digest = hashlib.sha256(self.name.encode()).hexdigest()[:8]
+        return f"{self.name[: MAX_IDENTIFIER_LENGTH - len(digest) - 5]}_{digest}_idx"
 
     def probe_statement(self) -> str:
         """Return a query that reads no row but describes the table's columns, or fails if it is missing."""

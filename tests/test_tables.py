@@ -45,3 +45,61 @@ def test_a_window_bound_is_the_same_instant_in_utc(moment):
 def test_the_values_prefix_names_every_column_in_row_order(table, target):
     columns = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
     assert table.insert_prefix() == f"INSERT INTO {target} ({columns}) VALUES %s"
+
+
+def test_the_create_statements_in_full():
+    sqlite = Table("audit_rows", dialect="sqlite").create_statements()
+    postgres = Table("rows", schema="audit", dialect="postgresql").create_statements()
+
+    assert sqlite == [
+        'CREATE TABLE IF NOT EXISTS "audit_rows" (\n  "event_name" TEXT NOT NULL,\n  "id" TEXT,\n'
+        '  "org_id" INTEGER,\n  "updated_type" TEXT,\n  "request_id" TEXT,\n  "value" TEXT,\n'
+        '  "previous_value" TEXT,\n  "changed_on" TEXT,\n  "changed_on_raw" TEXT\n)',
+        'CREATE INDEX IF NOT EXISTS "audit_rows_event_name_changed_on_idx" ON "audit_rows" ("event_name", "changed_on")',
+    ]
+    assert postgres == [
+        'CREATE TABLE IF NOT EXISTS "audit"."rows" (\n  "event_name" TEXT NOT NULL,\n  "id" TEXT,\n'
+        '  "org_id" BIGINT,\n  "updated_type" TEXT,\n  "request_id" TEXT,\n  "value" TEXT,\n'
+        '  "previous_value" TEXT,\n  "changed_on" TIMESTAMP WITH TIME ZONE,\n  "changed_on_raw" TEXT\n)',
+        'CREATE INDEX IF NOT EXISTS "rows_event_name_changed_on_idx" ON "audit"."rows" ("event_name", "changed_on")',
+    ]
+
+
+def test_a_dialect_without_ddl_says_what_to_do():
+    with pytest.raises(ValueError) as caught:
+        Table("audit_rows", dialect="mysql").create_statements()
+
+    assert str(caught.value) == (
+        "create_table knows the DDL of postgresql, sqlite, not 'mysql': create the table yourself "
+        "(README, 'Audit rows into a SQL table') and set create_table=False"
+    )
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "window"),
+    [
+        (None, None, ""),
+        (MIDNIGHT_UTC, None, ' AND "changed_on" >= ?'),
+        (None, MIDNIGHT_UTC, ' AND "changed_on" < ?'),
+        (MIDNIGHT_UTC, MIDNIGHT_UTC, ' AND "changed_on" >= ? AND "changed_on" < ?'),
+    ],
+    ids=["all", "since", "until", "both"],
+)
+def test_the_delete_statement_in_full(since, until, window):
+    statement = Table("audit_rows", dialect="sqlite").delete_statement(2, "?", since, until)
+
+    assert statement == f'DELETE FROM "audit_rows" WHERE "event_name" IN (?, ?){window}'
+
+
+def test_an_index_name_that_fits_is_the_table_name_and_its_columns():
+    assert Table("a" * 37).index_name == "a" * 37 + "_event_name_changed_on_idx"
+
+
+@pytest.mark.parametrize("length", [38, 50, 63])
+def test_an_index_name_too_long_stays_within_the_limit_and_unique_to_its_table(length):
+    name = "a" * (length - 1)
+    first, second = Table(name + "1").index_name, Table(name + "2").index_name
+
+    assert first != second
+    assert all(len(index) <= 63 and index.endswith("_idx") for index in (first, second))
+    assert first not in (name + "1", name + "2") and second not in (name + "1", name + "2")

@@ -11,7 +11,7 @@ from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryEv
 from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsToSqlOperator
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
-from airflow_capillary_audit.tables import check_identifier, text_value
+from airflow_capillary_audit.tables import Table, check_identifier, text_value
 from tests.helpers import FAST_EXTRAS, LOGIN, PASSWORD, connection_json, expected_rows, postgres_server
 
 pytestmark = pytest.mark.airflow
@@ -422,3 +422,19 @@ def test_every_event_of_the_org_loads_with_a_star(api, database, airflow_db):
     kept = [n for n in NAMES if not n.startswith("Café")]
     assert summary["events"] == len(kept)
     assert database.rows() == sorted(as_table_rows(expected_rows(api.dataset, kept)), key=key)
+
+
+def test_a_table_with_the_longest_name_allowed_gets_its_index(api, database, airflow_db):
+    # Cut to the 63-character limit, the index's name used to be the table's own: SQLite refused the
+    # load, PostgreSQL skipped the index.
+    table = "t" * 63
+    database.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+    load(table=table, event_names=["TierUpgraded"])
+
+    if database.dialect == "sqlite":
+        indexes = [row[1] for row in database.query(f'PRAGMA index_list("{table}")')]
+    else:
+        indexes = [row[0] for row in database.query(f"SELECT indexname FROM pg_indexes WHERE tablename = '{table}'")]
+    assert indexes == [Table(table).index_name]
+    assert database.rows(table) == sorted(as_table_rows(expected_rows(api.dataset, ["TierUpgraded"])), key=key)
