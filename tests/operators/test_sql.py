@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,7 +13,16 @@ from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsToSql
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
 from airflow_capillary_audit.tables import Table, check_identifier, text_value
-from tests.helpers import FAST_EXTRAS, LOGIN, PASSWORD, connection_json, expected_rows, postgres_server
+from tests.helpers import (
+    FAST_EXTRAS,
+    LOGIN,
+    PASSWORD,
+    connection_json,
+    expected_rows,
+    logged,
+    logged_whole,
+    postgres_server,
+)
 
 pytestmark = pytest.mark.airflow
 
@@ -187,10 +197,16 @@ def test_adjacent_windows_add_up_without_duplicates_or_gaps(api, database, airfl
     assert len(got) == len(set(got))
 
 
-def test_a_window_removes_only_its_own_rows(api, database, airflow_db):
+# Bounds inside a day too: SQLite compares the ISO text, so a bound must be the same text, not a
+# datetime that the driver writes another way ("2026-11-17 06:00:00+00:00").
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [(END - 3 * DAY, END - 2 * DAY), (END - 3 * DAY + timedelta(hours=6), END - 2 * DAY + timedelta(hours=18))],
+    ids=["midnights", "inside days"],
+)
+def test_a_window_removes_only_its_own_rows(api, database, airflow_db, since, until):
     load()
     everything = database.rows()
-    since, until = END - 3 * DAY, END - 2 * DAY
 
     summary = load(changed_since=since, changed_until=until)
 
@@ -438,3 +454,33 @@ def test_a_table_with_the_longest_name_allowed_gets_its_index(api, database, air
         indexes = [row[0] for row in database.query(f"SELECT indexname FROM pg_indexes WHERE tablename = '{table}'")]
     assert indexes == [Table(table).index_name]
     assert database.rows(table) == sorted(as_table_rows(expected_rows(api.dataset, ["TierUpgraded"])), key=key)
+
+
+def test_each_event_and_the_new_table_are_logged(api, database, airflow_db, capfd, caplog):
+    load(event_names=["TierUpgraded"])
+
+    records, rows = api.dataset.records("TierUpgraded"), expected_rows(api.dataset, ["TierUpgraded"])
+    text = logged(capfd, caplog)
+    assert logged_whole(f"Event 'TierUpgraded': {len(records)} record(s), {len(rows)} row(s) -> table", text)
+    assert logged_whole("Created table audit_rows", text)
+
+
+def test_a_malformed_record_names_its_event_and_answer_and_loads_nothing(database, airflow_db, monkeypatch):
+    record = {"id": "r1", "orgId": 1, "eventName": "Odd", "updatedType": "MODIFIED", "valueHistory": "oops"}
+    body = json.dumps({"data": [record], "warnings": [], "errors": []}).encode()
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, faults=[Fault("body", body=body)]) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(server.url, **FAST_EXTRAS))
+        with pytest.raises(CapillaryEventsError) as caught:
+            load(event_names=["Odd"])
+
+    assert re.fullmatch(
+        r"1 of 1 event\(s\) failed; nothing of this run is marked complete:\n"
+        r"  - 'Odd': CapillaryResponseError: Capillary's audit logs are malformed: event name 'Odd': audit log "
+        r"record 0 has a valueHistory that is a str, not a list \| event name 'Odd' \| HTTP 200 \| after 1 "
+        r"attempt \| X-Cap-Requestid [0-9a-f-]+",
+        str(caught.value),
+    )
+    # The answers are checked before the database is touched: not even the table was created.
+    catalogue = "sqlite_master WHERE type = 'table'" if database.dialect == "sqlite" else "pg_tables WHERE true"
+    column = "name" if database.dialect == "sqlite" else "tablename"
+    assert database.query(f"SELECT {column} FROM {catalogue} AND {column} = 'audit_rows'") == []
