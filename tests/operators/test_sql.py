@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryEventsError
+from airflow_capillary_audit.operators import sql
 from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsToSqlOperator
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
@@ -463,6 +464,18 @@ def test_each_event_and_the_new_table_are_logged(api, database, airflow_db, capf
     text = logged(capfd, caplog)
     assert logged_whole(f"Event 'TierUpgraded': {len(records)} record(s), {len(rows)} row(s) -> table", text)
     assert logged_whole("Created table audit_rows", text)
+    assert logged_whole(
+        f"Table audit_rows: deleted 0 row(s) of 1 event(s) in the window, inserted {len(rows)}", text
+    )
+
+
+def test_a_delete_in_pages_of_event_names_counts_every_page(api, database, airflow_db, monkeypatch):
+    monkeypatch.setattr(sql, "_NAMES_PER_DELETE", 3)  # four events: pages of 3 and 1
+    first = load()
+
+    second = load()
+
+    assert second["rows_deleted"] == first["rows_inserted"] == len(database.rows()) > 0
 
 
 def test_a_malformed_record_names_its_event_and_answer_and_loads_nothing(database, airflow_db, monkeypatch):
