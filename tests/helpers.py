@@ -208,6 +208,8 @@ def postgres_server() -> Iterator[dict[str, Any]]:
     """
     Run a throw-away PostgreSQL cluster on a Unix socket (no TCP listener); give an Airflow connection.
 
+    The connection's host is the cluster's folder, where ``server.log`` holds every statement run.
+
     Skipped where PostgreSQL's server or Airflow's PostgreSQL provider is not installed. As root the
     server runs as the ``postgres`` user, which PostgreSQL requires.
     """
@@ -249,6 +251,9 @@ def postgres_server() -> Iterator[dict[str, Any]]:
                     "synchronous_commit=off",
                     "-c",
                     "full_page_writes=off",
+                    # Every statement goes to server.log, so that a test can count the round trips.
+                    "-c",
+                    "log_statement=all",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

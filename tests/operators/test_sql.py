@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -357,7 +358,12 @@ def test_a_dag_run_records_the_tables_asset_event(api, database, run_dag):
             select(AssetModel.uri, AssetEvent.extra).join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
         ).all()
     extras = [extra for uri, extra in events if uri == "capillary-table://warehouse/_/audit_rows"]
-    assert extras and extras[-1]["rows_inserted"] == summary["rows_inserted"]
+    assert extras and extras[-1] == {
+        "table": "audit_rows",
+        "rows_deleted": summary["rows_deleted"],
+        "rows_inserted": summary["rows_inserted"],
+        "run_id": dag_run.run_id,
+    }
 
 
 def test_openlineage_reports_events_in_and_the_table_out(api, database, airflow_db):
@@ -497,3 +503,37 @@ def test_a_malformed_record_names_its_event_and_answer_and_loads_nothing(databas
     catalogue = "sqlite_master WHERE type = 'table'" if database.dialect == "sqlite" else "pg_tables WHERE true"
     column = "name" if database.dialect == "sqlite" else "tablename"
     assert database.query(f"SELECT {column} FROM {catalogue} AND {column} = 'audit_rows'") == []
+
+
+@pytest.mark.parametrize("page_size", [50, 1000])
+def test_rows_go_in_one_copy_or_one_statement_a_page_never_one_a_row(api, database, airflow_db, page_size):
+    if database.dialect != "postgresql":
+        pytest.skip("the server's log of statements is PostgreSQL's")
+    log = Path(database.connection["host"]) / "server.log"
+    start = log.stat().st_size
+
+    summary = load(page_size=page_size)
+
+    with log.open("rb") as read:
+        read.seek(start)
+        statements = re.findall(rb"statement: (COPY|INSERT INTO) \"audit_rows\"", read.read())
+    connection = database.hook().get_conn()
+    driver = type(connection).__module__.split(".")[0]
+    connection.close()
+    if driver == "psycopg":
+        assert statements == [b"COPY"]
+    else:
+        assert statements == [b"INSERT INTO"] * -(-summary["rows_inserted"] // page_size)
+
+
+def test_a_table_that_cannot_be_read_without_create_table_says_what_to_do(api, database, airflow_db):
+    with pytest.raises(CapillaryConfigError) as caught:
+        load(create_table=False)
+
+    # The driver's own words sit in the brackets.
+    assert re.fullmatch(
+        r"table 'audit_rows' cannot be read through 'warehouse' \(.+\); create it or set create_table=True",
+        str(caught.value),
+        re.S,
+    )
+    assert api.requests == []
