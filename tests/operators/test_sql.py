@@ -6,12 +6,14 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryEventsError
 from airflow_capillary_audit.operators import sql
 from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsToSqlOperator
+from airflow_capillary_audit.operators.sql import dialect_of
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
 from airflow_capillary_audit.tables import Table, check_identifier, text_value
@@ -300,8 +302,14 @@ def test_bad_input_fails_before_any_request(api, database, airflow_db, arguments
 def test_a_table_whose_columns_do_not_fit_is_refused_before_any_request(api, database, airflow_db):
     database.execute('CREATE TABLE "audit_rows" (event_name TEXT, value TEXT)')
 
-    with pytest.raises(CapillaryConfigError, match=r"table 'audit_rows' exists without the columns \['id', "):
+    with pytest.raises(CapillaryConfigError) as caught:
         load()
+
+    assert str(caught.value) == (
+        "table 'audit_rows' exists without the columns ['id', 'org_id', 'updated_type', 'request_id', "
+        "'previous_value', 'changed_on', 'changed_on_raw'] (it has ['event_name', 'value']); name another "
+        "table, or add the columns (README, 'Audit rows into a SQL table')"
+    )
     assert api.requests == []
 
 
@@ -314,6 +322,12 @@ def test_an_existing_table_with_every_column_is_used_as_it_is(api, database, air
 
     loaded_by = database.query('SELECT DISTINCT "loaded_by" FROM "audit_rows"')
     assert database.rows() and loaded_by == [("etl",)]
+    # Used as it is: no index of ours is added to a table the user made.
+    if database.dialect == "sqlite":
+        indexes = database.query('PRAGMA index_list("audit_rows")')
+    else:
+        indexes = database.query("SELECT indexname FROM pg_indexes WHERE tablename = 'audit_rows'")
+    assert indexes == []
 
 
 @pytest.mark.parametrize("name", ["audit_rows", "Audit_Rows_2", "_x", "order"])
@@ -537,3 +551,22 @@ def test_a_table_that_cannot_be_read_without_create_table_says_what_to_do(api, d
         re.S,
     )
     assert api.requests == []
+
+
+# The dialect comes from the hook's dialect_name where it has one, else from the connection's type
+# (providers before dialect_name, or a hook that says "default"). Any object with those attributes will do.
+@pytest.mark.parametrize(
+    ("attributes", "dialect"),
+    [
+        ({"dialect_name": "mysql", "conn_type": "other"}, "mysql"),
+        ({"dialect_name": "default", "conn_type": "postgres"}, "postgresql"),
+        ({"dialect_name": "", "conn_type": "sqlite"}, "sqlite"),
+        ({"dialect_name": None, "conn_type": "sqlite"}, "sqlite"),
+        ({"conn_type": "sqlite"}, "sqlite"),
+        ({"dialect_name": None, "conn_type": None}, ""),
+        ({}, ""),
+    ],
+    ids=["dialect name", "default", "blank", "none", "no dialect name", "neither given", "neither there"],
+)
+def test_the_dialect_of_a_hook(attributes, dialect):
+    assert dialect_of(SimpleNamespace(**attributes)) == dialect
