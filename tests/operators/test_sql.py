@@ -570,3 +570,10 @@ def test_a_table_that_cannot_be_read_without_create_table_says_what_to_do(api, d
 )
 def test_the_dialect_of_a_hook(attributes, dialect):
     assert dialect_of(SimpleNamespace(**attributes)) == dialect
+
+
+def test_a_blank_schema_is_no_schema(api, database, airflow_db):
+    summary = load(schema="", event_names=["TierUpgraded"])
+
+    assert summary["table"] == "audit_rows"
+    assert database.rows() == sorted(as_table_rows(expected_rows(api.dataset, ["TierUpgraded"])), key=key)
