@@ -577,3 +577,15 @@ def test_a_blank_schema_is_no_schema(api, database, airflow_db):
 
     assert summary["table"] == "audit_rows"
     assert database.rows() == sorted(as_table_rows(expected_rows(api.dataset, ["TierUpgraded"])), key=key)
+
+
+def test_a_connection_with_a_rate_paces_the_load(api, database, airflow_db, monkeypatch):
+    extras = {**FAST_EXTRAS, "requests_per_minute": 600}
+    monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(api.url, **extras))
+
+    summary = load()
+
+    assert summary["rows_inserted"] == len(database.rows()) > 0
+    # Four requests, one each 0.1 s: 0.3 s from the first to the last, less any lateness of the first.
+    arrivals = sorted(r.monotonic for r in api.requests)
+    assert arrivals[-1] - arrivals[0] >= 0.2
