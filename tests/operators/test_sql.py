@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from airflow.sdk import Asset
 
+from airflow_capillary_audit._compat import BaseHook
 from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryEventsError
 from airflow_capillary_audit.operators import sql
 from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsToSqlOperator
@@ -589,3 +592,63 @@ def test_a_connection_with_a_rate_paces_the_load(api, database, airflow_db, monk
     # Four requests, one each 0.1 s: 0.3 s from the first to the last, less any lateness of the first.
     arrivals = sorted(r.monotonic for r in api.requests)
     assert arrivals[-1] - arrivals[0] >= 0.2
+
+
+def operator(**arguments):
+    return CapillaryAuditLogsToSqlOperator(
+        task_id="load", **{"event_names": NAMES, "sql_conn_id": "warehouse", "table": "audit_rows", **arguments}
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "uris"),
+    [
+        ({}, ["capillary-table://warehouse/_/audit_rows"]),
+        ({"schema": "audit"}, ["capillary-table://warehouse/audit/audit_rows"]),
+        ({"table": "{{ params.table }}"}, []),
+        ({"schema": "{{ params.schema }}"}, []),
+        ({"outlets": [Asset("s3://bucket/mine")]}, ["s3://bucket/mine"]),
+        ({"outlets": []}, []),
+    ],
+    ids=["table", "schema", "templated table", "templated schema", "own outlets", "no outlets"],
+)
+def test_the_table_is_an_outlet_only_when_its_name_is_known_and_none_are_given(arguments, uris):
+    assert [outlet.uri for outlet in operator(**arguments).outlets] == uris
+
+
+def test_a_missing_database_connection_says_so(api, airflow_db):
+    with pytest.raises(Exception) as lookup:  # the type Airflow raises differs between versions
+        BaseHook.get_connection("no_such_db")
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        load(sql_conn_id="no_such_db")
+
+    assert str(caught.value) == (
+        f"sql_conn_id 'no_such_db': no such connection ({type(lookup.value).__name__}); create it, or name "
+        "an existing database connection"
+    )
+    assert api.requests == []
+
+
+def test_a_connection_that_is_no_database_says_so(api, airflow_db):
+    with pytest.raises(CapillaryConfigError) as caught:
+        load(sql_conn_id="capillary_default")
+
+    assert str(caught.value) == (
+        "sql_conn_id 'capillary_default' is a 'capillary' connection, whose hook CapillaryHook is not a "
+        "DbApiHook: name a database connection (postgres, sqlite, ...)"
+    )
+    assert api.requests == []
+
+
+def test_without_common_sql_the_load_says_what_to_install(api, airflow_db, monkeypatch):
+    monkeypatch.setitem(sys.modules, "airflow.providers.common.sql.hooks.sql", None)  # as if not installed
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        load()
+
+    assert str(caught.value) == (
+        "sql_conn_id needs apache-airflow-providers-common-sql, with the provider of your database "
+        "(e.g. apache-airflow-providers-postgres)"
+    )
+    assert api.requests == []
