@@ -652,3 +652,26 @@ def test_without_common_sql_the_load_says_what_to_install(api, airflow_db, monke
         "(e.g. apache-airflow-providers-postgres)"
     )
     assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"create_table": "yes"}, "create_table must be true or false, got 'yes'"),
+        ({"create_table": None}, "create_table must be true or false, got None"),
+        ({"page_size": 0}, "page_size must be a whole number of at least 1, got 0"),
+        ({"page_size": True}, "page_size must be a whole number of at least 1, got True"),
+        ({"page_size": "10"}, "page_size must be a whole number of at least 1, got '10'"),
+    ],
+)
+def test_a_wrong_argument_is_refused_when_the_task_is_made(arguments, message):
+    with pytest.raises(CapillaryConfigError) as caught:
+        operator(**arguments)
+
+    assert str(caught.value) == message
+
+
+def test_one_row_a_page_is_the_least_page_size(api, database, airflow_db):
+    summary = load(page_size=1, event_names=["TierUpgraded"])
+
+    assert summary["rows_inserted"] == len(database.rows()) > 1
