@@ -607,13 +607,28 @@ def operator(**arguments):
         ({"schema": "audit"}, ["capillary-table://warehouse/audit/audit_rows"]),
         ({"table": "{{ params.table }}"}, []),
         ({"schema": "{{ params.schema }}"}, []),
+        ({"table": "{% if params.daily %}daily{% else %}audit_rows{% endif %}"}, []),
         ({"outlets": [Asset("s3://bucket/mine")]}, ["s3://bucket/mine"]),
         ({"outlets": []}, []),
     ],
-    ids=["table", "schema", "templated table", "templated schema", "own outlets", "no outlets"],
+    ids=["table", "schema", "templated table", "templated schema", "template statement", "own outlets", "no outlets"],
 )
 def test_the_table_is_an_outlet_only_when_its_name_is_known_and_none_are_given(arguments, uris):
     assert [outlet.uri for outlet in operator(**arguments).outlets] == uris
+
+
+def test_a_table_named_by_an_upstream_task_is_no_outlet():
+    from airflow.sdk import DAG, task
+
+    with DAG("upstream_table", schedule=None):
+
+        @task
+        def table_name() -> str:
+            return "audit_rows"
+
+        load_task = operator(table=table_name())
+
+    assert load_task.outlets == []
 
 
 def test_a_missing_database_connection_says_so(api, airflow_db):
