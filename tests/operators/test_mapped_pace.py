@@ -118,3 +118,22 @@ def test_a_task_run_outside_a_dag_has_the_whole_rate(stand_in, monkeypatch, airf
     hook = operator._open_hook({})  # execute() called directly: no task instance in the context
 
     assert (hook.rate_share, hook.rate_share_index) == (1, 0)
+
+
+def test_a_map_size_in_the_context_is_taken_without_asking_the_api_server(stand_in, monkeypatch, airflow_db):
+    from types import SimpleNamespace
+
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    use_connection(monkeypatch, stand_in.url, requests_per_minute=RATE)
+    asked = []
+    # Airflow versions that fill expanded_ti_count give the map's size in the context itself.
+    ti = SimpleNamespace(
+        dag_id="d", task_id="fetch", run_id="r", map_index=1, get_ti_count=lambda **kw: asked.append(kw) or 2
+    )
+    operator = CapillaryAuditLogsOperator(task_id="fetch", event_names=["a"])
+
+    hook = operator._open_hook({"ti": ti, "run_id": "r", "expanded_ti_count": 4})
+
+    assert (hook.rate_share, hook.rate_share_index) == (4, 1)
+    assert asked == []
