@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from airflow_capillary_audit.records import ROW_COLUMNS
-from airflow_capillary_audit.tables import Table, time_parameter
+from airflow_capillary_audit.tables import Table, check_identifier, time_parameter
 
 INDIA = timezone(timedelta(hours=5, minutes=30))
 MIDNIGHT_UTC = datetime(2026, 11, 20, tzinfo=timezone.utc)
@@ -103,3 +103,14 @@ def test_an_index_name_too_long_stays_within_the_limit_and_unique_to_its_table(l
     assert first != second
     assert all(len(index) <= 63 and index.endswith("_idx") for index in (first, second))
     assert first not in (name + "1", name + "2") and second not in (name + "1", name + "2")
+
+
+def test_mysql_quotes_with_backticks_and_the_others_with_double_quotes():
+    assert Table("rows", schema="audit", dialect="mysql").qualified == "`audit`.`rows`"
+    assert Table("rows", schema="audit", dialect="sqlite").qualified == '"audit"."rows"'
+
+
+def test_the_longest_identifier_allowed_is_63_characters():
+    assert check_identifier("a" * 63, "table") == "a" * 63
+    with pytest.raises(ValueError, match="^table 'a{64}' is not a plain SQL identifier"):
+        check_identifier("a" * 64, "table")
