@@ -49,7 +49,6 @@ def test_the_budget_key_names_the_till_without_its_login():
     assert key != budget_key("https://us.api.capillarytech.com", LOGIN)
 
 
-
 @pytest.mark.parametrize(("rate", "said"), [(RATE, str(RATE)), (None, "any number of")])
 def test_a_hook_shares_the_budget_of_its_own_cluster_and_till(
     stand_in, monkeypatch, redis_conn, capfd, caplog, rate, said
@@ -65,7 +64,6 @@ def test_a_hook_shares_the_budget_of_its_own_cluster_and_till(
         f"Pacing at {said} requests a minute from the shared budget {key} in Redis connection {redis_conn!r}",
         logged(capfd, caplog),
     )
-
 
 
 def test_a_stopped_hook_takes_no_slot_from_the_shared_budget(stand_in, monkeypatch, redis_conn):

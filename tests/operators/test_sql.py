@@ -55,6 +55,7 @@ class Warehouse:
     def __init__(self, dialect: str, connection: dict) -> None:
         self.dialect = dialect
         self.connection = connection
+        self.driver = "sqlite3" if dialect == "sqlite" else ""  # the fixture reads PostgreSQL's
 
     def hook(self):
         from airflow.sdk import Connection
@@ -79,6 +80,18 @@ class Warehouse:
             return [tuple(row) for row in cursor.fetchall()]
         finally:
             connection.close()
+
+    def indexes(self, table: str = "audit_rows") -> list[str]:
+        """Return the names of the table's indexes."""
+        if self.dialect == "sqlite":
+            return [row[1] for row in self.query(f'PRAGMA index_list("{table}")')]
+        return [row[0] for row in self.query(f"SELECT indexname FROM pg_indexes WHERE tablename = '{table}'")]
+
+    def has_table(self, table: str = "audit_rows") -> bool:
+        """Tell whether a table of that name exists, in any schema."""
+        if self.dialect == "sqlite":
+            return bool(self.query(f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{table}'"))
+        return bool(self.query(f"SELECT 1 FROM pg_tables WHERE tablename = '{table}'"))
 
     def rows(self, table: str = "audit_rows") -> list[dict]:
         """Return the table's rows as dicts, times as ISO 8601 UTC text, in a fixed order."""
@@ -118,9 +131,9 @@ def database(request, tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(warehouse.connection))
     if warehouse.dialect == "postgresql":
         connection = warehouse.hook().get_conn()
-        driver = type(connection).__module__.split(".")[0]
+        warehouse.driver = type(connection).__module__.split(".")[0]
         connection.close()
-        assert driver == ("psycopg" if psycopg3 else "psycopg2")
+        assert warehouse.driver == ("psycopg" if psycopg3 else "psycopg2")
         # Whatever an earlier test left, in any order: the table, its trigger's function, the other schema.
         warehouse.execute(
             'DROP TABLE IF EXISTS "audit_rows"',
@@ -130,9 +143,13 @@ def database(request, tmp_path, monkeypatch):
     return warehouse
 
 
-def load(**arguments):
+def operator(**arguments):
     arguments = {"event_names": NAMES, "sql_conn_id": "warehouse", "table": "audit_rows", **arguments}
-    return CapillaryAuditLogsToSqlOperator(task_id="load", **arguments).execute({})
+    return CapillaryAuditLogsToSqlOperator(task_id="load", **arguments)
+
+
+def load(**arguments):
+    return operator(**arguments).execute({})
 
 
 def as_table_rows(rows: list[dict]) -> list[dict]:
@@ -326,11 +343,7 @@ def test_an_existing_table_with_every_column_is_used_as_it_is(api, database, air
     loaded_by = database.query('SELECT DISTINCT "loaded_by" FROM "audit_rows"')
     assert database.rows() and loaded_by == [("etl",)]
     # Used as it is: no index of ours is added to a table the user made.
-    if database.dialect == "sqlite":
-        indexes = database.query('PRAGMA index_list("audit_rows")')
-    else:
-        indexes = database.query("SELECT indexname FROM pg_indexes WHERE tablename = 'audit_rows'")
-    assert indexes == []
+    assert database.indexes() == []
 
 
 @pytest.mark.parametrize("name", ["audit_rows", "Audit_Rows_2", "_x", "order"])
@@ -472,11 +485,7 @@ def test_a_table_with_the_longest_name_allowed_gets_its_index(api, database, air
 
     load(table=table, event_names=["TierUpgraded"])
 
-    if database.dialect == "sqlite":
-        indexes = [row[1] for row in database.query(f'PRAGMA index_list("{table}")')]
-    else:
-        indexes = [row[0] for row in database.query(f"SELECT indexname FROM pg_indexes WHERE tablename = '{table}'")]
-    assert indexes == [Table(table).index_name]
+    assert database.indexes(table) == [Table(table).index_name]
     assert database.rows(table) == sorted(as_table_rows(expected_rows(api.dataset, ["TierUpgraded"])), key=key)
 
 
@@ -517,9 +526,7 @@ def test_a_malformed_record_names_its_event_and_answer_and_loads_nothing(databas
         str(caught.value),
     )
     # The answers are checked before the database is touched: not even the table was created.
-    catalogue = "sqlite_master WHERE type = 'table'" if database.dialect == "sqlite" else "pg_tables WHERE true"
-    column = "name" if database.dialect == "sqlite" else "tablename"
-    assert database.query(f"SELECT {column} FROM {catalogue} AND {column} = 'audit_rows'") == []
+    assert not database.has_table()
 
 
 @pytest.mark.parametrize("page_size", [50, 1000])
@@ -534,10 +541,7 @@ def test_rows_go_in_one_copy_or_one_statement_a_page_never_one_a_row(api, databa
     with log.open("rb") as read:
         read.seek(start)
         statements = re.findall(rb"statement: (COPY|INSERT INTO) \"audit_rows\"", read.read())
-    connection = database.hook().get_conn()
-    driver = type(connection).__module__.split(".")[0]
-    connection.close()
-    if driver == "psycopg":
+    if database.driver == "psycopg":
         assert statements == [b"COPY"]
     else:
         assert statements == [b"INSERT INTO"] * -(-summary["rows_inserted"] // page_size)
@@ -592,12 +596,6 @@ def test_a_connection_with_a_rate_paces_the_load(api, database, airflow_db, monk
     # Four requests, one each 0.1 s: 0.3 s from the first to the last, less any lateness of the first.
     arrivals = sorted(r.monotonic for r in api.requests)
     assert arrivals[-1] - arrivals[0] >= 0.2
-
-
-def operator(**arguments):
-    return CapillaryAuditLogsToSqlOperator(
-        task_id="load", **{"event_names": NAMES, "sql_conn_id": "warehouse", "table": "audit_rows", **arguments}
-    )
 
 
 @pytest.mark.parametrize(
