@@ -1299,6 +1299,30 @@ def test_a_claim_of_another_run_or_by_the_instance_itself_does_not_stop_it(
     assert (tmp_path / manifest_name("daily", "fetch", 0)).exists()
 
 
+@pytest.mark.parametrize(
+    ("map_index", "held"),
+    [(0, ["_claim.daily.fetch.manual__1.map-0.json"]), (-1, [])],
+    ids=["mapped", "unmapped"],
+)
+def test_only_a_mapped_instance_holds_a_claim_while_it_fetches(
+    capillary_conn, airflow_db, tmp_path, map_index, held
+):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    seen = []
+
+    class Watched(CapillaryAuditLogsOperator):
+        def _fetch_all(self, *args, **kwargs):
+            seen.append(claims_in(tmp_path))
+            return super()._fetch_all(*args, **kwargs)
+
+    op = Watched(task_id="fetch", event_names=["shared"], destination=str(tmp_path))
+    op.execute(mapped_context("daily", "manual__1", map_index))
+
+    assert seen == [held]
+    assert claims_in(tmp_path) == []
+
+
 def test_an_event_in_two_groups_is_refused_and_the_manifest_written_stays_true(
     capillary_conn, run_dag, tmp_path
 ):
