@@ -283,6 +283,7 @@ def read_equivalents(path: Path) -> list[Equivalent]:  # noqa: PLR0912 - one bra
     Read the equivalents file: blocks of ``## <module>.<function>``, ``-``/``+`` lines, ``why:``.
 
     Lines are compared without indentation, so an entry survives code moving but not code changing.
+    An entry that repeats another (same function, same lines) is refused: only one of them could match.
     A block whose only line is ``* no test runs this function`` explains that function's "no tests"
     mutants. Lines starting with ``#`` are comments.
     """
@@ -294,6 +295,8 @@ def read_equivalents(path: Path) -> list[Equivalent]:  # noqa: PLR0912 - one bra
     added: list[str] = []
     untested = False
     start = 0
+    # Where each entry starts, by what it matches: a second entry for the same mutant is refused.
+    starts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], int] = {}
 
     def fail(number: int, problem: str) -> SystemExit:
         return SystemExit(f"{path}:{number}: {problem}")
@@ -316,7 +319,11 @@ def read_equivalents(path: Path) -> list[Equivalent]:  # noqa: PLR0912 - one bra
         elif line.startswith("why:"):
             if untested == bool(removed or added):
                 raise fail(number, "give either the mutated lines or '* no test runs this function'")
-            entries.append(Equivalent(function, tuple(removed), tuple(added), line[4:].strip(), start))
+            entry = Equivalent(function, tuple(removed), tuple(added), line[4:].strip(), start)
+            if (key := (entry.function, entry.removed, entry.added)) in starts:
+                raise fail(start, f"the entry for {function} repeats the one on line {starts[key]}")
+            starts[key] = start
+            entries.append(entry)
             removed, added, untested = [], [], False
         else:
             expected = "'## function', '-', '+', '* no test runs this function' or 'why:'"
