@@ -22,6 +22,7 @@ unexplained.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -36,6 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "airflow_capillary_audit"
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.txt"
+# Each profile's results as of its last run, kept in the repository: a run on another machine (a fresh
+# clone has no .mutation/) carries on from them instead of starting again.
+RESULTS = ROOT / "tests" / "mutation_results"
 # What the profile's folder keeps between runs: mutmut's results and the migrated metadata DB.
 KEPT = {"mutants", "airflow-metadata"}
 
@@ -205,6 +209,45 @@ def stage(profile_name: str, profile: Profile, fresh: bool) -> Path:
     text = text.split("\n[tool.mutmut]")[0]
     pyproject.write_text(text.rstrip("\n") + "\n" + mutmut_settings(profile), encoding="utf-8")
     return folder
+
+
+def save_results(folder: Path, path: Path) -> None:
+    """Write each mutated file's function hashes and mutant exit codes from mutmut's ``.meta`` files."""
+    mutants = folder / "mutants"
+    kept = {}
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        kept[meta.relative_to(mutants).as_posix()] = {
+            "hash_by_function_name": data["hash_by_function_name"],
+            "exit_code_by_key": data["exit_code_by_key"],
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def restore_results(folder: Path, path: Path) -> int:
+    """
+    Give mutmut the kept results of every mutated file it has none of; return how many files.
+
+    mutmut keeps a result only while its function's hash is unchanged, so a result kept for code
+    that has changed since is dropped by mutmut itself, and that function's mutants run again.
+    """
+    if not path.exists():
+        return 0
+    restored = 0
+    for name, data in json.loads(path.read_text(encoding="utf-8")).items():
+        meta = folder / "mutants" / name
+        if meta.exists():
+            continue
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        empty: dict[str, object] = {
+            "type_check_error_by_key": {},
+            "durations_by_key": {},
+            "estimated_durations_by_key": {},
+        }
+        meta.write_text(json.dumps({**data, **empty}), encoding="utf-8")
+        restored += 1
+    return restored
 
 
 def mutmut(folder: Path, *arguments: str, capture: bool = True) -> str:
@@ -471,12 +514,16 @@ def main() -> int:
     profile = PROFILES[options.profile]
     folder = ROOT / ".mutation" / options.profile
     names = list(options.mutants)
+    kept = RESULTS / f"{options.profile}.json"
+    if not options.report_only:
+        folder = stage(options.profile, profile, options.fresh)
+        if not options.fresh and (restored := restore_results(folder, kept)):
+            print(f"Carrying on from {kept.relative_to(ROOT)}: the results of {restored} file(s)")
     if options.survivors or options.unfinished:
         names += to_rerun(collect(folder, diffs=False), survivors=options.survivors)
         if not names:
             raise SystemExit("no survivors to rerun" if options.survivors else "every mutant has a result")
     if not options.report_only:
-        folder = stage(options.profile, profile, options.fresh)
         # mutmut keeps which tests call each function from its first run; after the code changed, a
         # function may be called by tests it was not before, and a stale map runs too few of them.
         # (mutmut maps tests added since by itself, so a run that follows new tests may keep it.)
@@ -487,6 +534,8 @@ def main() -> int:
         print(f"\nmutmut ran for {time.monotonic() - started:.0f} s")
     if not (folder / "mutants").exists():
         raise SystemExit(f"no results in {folder}; run without --report-only first")
+    # Kept after a stopped run too: `--report-only` then saves what it reached.
+    save_results(folder, kept)
     mutants = collect(folder)
     equivalents = read_equivalents(EQUIVALENTS)
     explain(mutants, equivalents)
