@@ -688,3 +688,12 @@ def test_one_row_a_page_is_the_least_page_size(api, database, airflow_db):
     summary = load(page_size=1, event_names=["TierUpgraded"])
 
     assert summary["rows_inserted"] == len(database.rows()) > 1
+
+
+def test_the_table_load_takes_the_connection_and_concurrency_defaults_of_the_other_operators():
+    # The table load documents capillary_conn_id and max_active_requests by the base operator's, whose
+    # defaults it takes: the capillary_default connection (a connection stored in the metadata DB is
+    # found by its exact id), four events at once.
+    load = CapillaryAuditLogsToSqlOperator(task_id="load", event_names=["a"], sql_conn_id="db", table="audit")
+
+    assert (load.capillary_conn_id, load.max_active_requests) == ("capillary_default", 4)
