@@ -40,6 +40,12 @@ EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.txt"
 # Each profile's results as of its last run, kept in the repository: a run on another machine (a fresh
 # clone has no .mutation/) carries on from them instead of starting again.
 RESULTS = ROOT / "tests" / "mutation_results"
+# The rest of a mutmut .meta file, left empty in a kept result: timings belong to the machine that ran.
+UNTIMED: dict[str, dict[str, object]] = {
+    "type_check_error_by_key": {},
+    "durations_by_key": {},
+    "estimated_durations_by_key": {},
+}
 # What the profile's folder keeps between runs: mutmut's results and the migrated metadata DB.
 KEPT = {"mutants", "airflow-metadata"}
 
@@ -240,12 +246,7 @@ def restore_results(folder: Path, path: Path) -> int:
         if meta.exists():
             continue
         meta.parent.mkdir(parents=True, exist_ok=True)
-        empty: dict[str, object] = {
-            "type_check_error_by_key": {},
-            "durations_by_key": {},
-            "estimated_durations_by_key": {},
-        }
-        meta.write_text(json.dumps({**data, **empty}), encoding="utf-8")
+        meta.write_text(json.dumps({**data, **UNTIMED}), encoding="utf-8")
         restored += 1
     return restored
 
@@ -320,6 +321,11 @@ class Equivalent:
     line: int
     used: bool = field(default=False)
 
+    @property
+    def key(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+        """What the entry matches: the function and its mutated lines."""
+        return self.function, self.removed, self.added
+
 
 def read_equivalents(path: Path) -> list[Equivalent]:  # noqa: PLR0912 - one branch per kind of line
     """
@@ -363,9 +369,9 @@ def read_equivalents(path: Path) -> list[Equivalent]:  # noqa: PLR0912 - one bra
             if untested == bool(removed or added):
                 raise fail(number, "give either the mutated lines or '* no test runs this function'")
             entry = Equivalent(function, tuple(removed), tuple(added), line[4:].strip(), start)
-            if (key := (entry.function, entry.removed, entry.added)) in starts:
-                raise fail(start, f"the entry for {function} repeats the one on line {starts[key]}")
-            starts[key] = start
+            if entry.key in starts:
+                raise fail(start, f"the entry for {function} repeats the one on line {starts[entry.key]}")
+            starts[entry.key] = start
             entries.append(entry)
             removed, added, untested = [], [], False
         else:
@@ -400,7 +406,7 @@ def explain(mutants: list[Mutant], equivalents: list[Equivalent]) -> None:
     """
     by_key: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Equivalent] = {}
     for entry in equivalents:
-        by_key[(entry.function, entry.removed, entry.added)] = entry
+        by_key[entry.key] = entry
     for mutant in mutants:
         if mutant.status == "survived":
             entry = by_key.get((mutant.function, mutant.removed, mutant.added))
