@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import ssl
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
 from airflow_capillary_audit.auth import basic_token, looks_like_md5, md5_hex, password_digest
+from tests.helpers import LOGIN, PASSWORD, connection_json
 
 
 def test_documented_worked_example():
@@ -34,3 +43,52 @@ def test_basic_auth_signs_a_request_and_never_shows_its_token():
     assert request.headers["Authorization"] == f"Basic {token}"
     assert repr(auth) == "CapillaryBasicAuth(<masked>)"
     assert repr(CapillaryOAuth(lambda: ("secret-token", 60.0))) == "CapillaryOAuth(<masked>)"
+
+
+# An OpenSSL 3 set up as a FIPS host's is: every algorithm fetched must come from a FIPS provider,
+# which has no MD5. Python then refuses MD5 unless it is asked for with usedforsecurity=False.
+FIPS_OPENSSL_CONF = """\
+openssl_conf = openssl_init
+
+[openssl_init]
+alg_section = evp_properties
+
+[evp_properties]
+default_properties = fips=yes
+"""
+
+
+@pytest.mark.skipif(ssl.OPENSSL_VERSION_INFO < (3,), reason="default properties need OpenSSL 3")
+def test_basic_auth_signs_on_a_fips_host(stand_in, tmp_path):
+    # Capillary's MD5 is an encoding of the password, not a security use: a FIPS host must still sign.
+    conf = tmp_path / "openssl-fips.cnf"
+    conf.write_text(FIPS_OPENSSL_CONF)
+    code = textwrap.dedent(
+        """
+        import hashlib
+
+        try:
+            hashlib.md5(b"")
+        except ValueError:
+            pass
+        else:
+            raise SystemExit("this OpenSSL gave MD5 for security use: not a FIPS host")
+
+        from airflow_capillary_audit.hooks.capillary import CapillaryHook
+
+        print(len(CapillaryHook().get_audit_logs("e")["data"]))
+        """
+    )
+    environment = {
+        **os.environ,
+        "OPENSSL_CONF": str(conf),
+        "AIRFLOW_CONN_CAPILLARY_DEFAULT": connection_json(stand_in.url, max_retries=0),
+    }
+
+    done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(len(stand_in.dataset.records("e")))]
+    assert [request.headers["Authorization"] for request in stand_in.requests] == [
+        f"Basic {basic_token(LOGIN, md5_hex(PASSWORD))}"
+    ]
