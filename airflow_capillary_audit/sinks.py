@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -417,9 +418,13 @@ def static_folder_uri(destination: str) -> str | None:
         return None
     uri = _folder_uri(static)
     parts = urlsplit(uri)
-    if parts.scheme == "file" and parts.path in ("", "/"):
-        return None
-    if parts.scheme != "file" and not parts.netloc:
+    if parts.scheme == "file":
+        # Dots are read as a plain path's are: "file:///data/.." is the root, as "/data/.." is.
+        path = posixpath.normpath(parts.path) if parts.path else ""
+        if not path.strip("/"):
+            return None
+        return f"file://{parts.netloc}/{path.lstrip('/')}" if path.startswith("/") else uri
+    if not parts.netloc:
         return None
     return uri
 

@@ -408,6 +408,30 @@ def test_the_fixed_folder_of_a_templated_destination(destination, expected):
     assert static_folder_uri(destination) == expected
 
 
+@pytest.mark.parametrize(
+    ("destination", "expected"),
+    [
+        # A path that climbs to the root names no folder of its own, however it is spelt...
+        ("/..", None),
+        ("/.", None),
+        ("/../{{ ds }}", None),
+        ("file:///..", None),
+        ("file:///.", None),
+        ("file:///data/..", None),
+        ("file:///data/../{{ ds }}", None),
+        ("file:////..", None),
+        # ... and a path with dots is named as the folder it is, as a plain path is.
+        ("file:///data/./capillary/../audit/{{ ds }}", "file:///data/audit"),
+        ("/data/./capillary/../audit/{{ ds }}", "file:///data/audit"),
+        ("file:///X/{{ ds }}", "file:///X"),
+        # A relative file URI stays as written, as before.
+        ("file:data/{{ ds }}", "file:data"),
+    ],
+)
+def test_a_destination_at_the_root_has_no_fixed_folder(destination, expected):
+    assert static_folder_uri(destination) == expected
+
+
 def write_manifest_of(sink: FolderSink, dag_id: str, files: list[str], map_index: int = -1) -> str:
     """Write a manifest of task ``fetch`` in ``dag_id`` listing ``files``; return its name."""
     events = [
