@@ -518,13 +518,18 @@ def _connection_error(
 
 
 def _short_cause(err: BaseException) -> str:
-    """Return the innermost reason of a transport error, e.g. ``[Errno 111] Connection refused``."""
+    """
+    Return the innermost reason of a transport error, e.g. ``[Errno 111] Connection refused``, after
+    ``proxy:`` when it was the proxy that could not be reached (the cluster host may be fine).
+    """
     text = str(err)
-    match = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    # requests raises ProxyError whatever stopped the proxy; the cause is read from its text as usual.
+    where = "proxy: " if isinstance(err, requests.exceptions.ProxyError) else ""
+    match = re.search(r"\[Errno -?\d+\][^'\")]*|Tunnel connection failed: [^'\")]*", text)
     if match:
-        return match.group(0).strip()
+        return where + match.group(0).strip()
     markers = ("Connection aborted", "Connection reset", "IncompleteRead", "RemoteDisconnected", "SSLError")
     for marker in markers:
         if marker in text:
-            return marker
-    return type(err).__name__
+            return where + marker
+    return where + type(err).__name__

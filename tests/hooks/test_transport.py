@@ -321,3 +321,39 @@ def test_a_cause_without_a_known_name_is_named_by_its_type(monkeypatch):
         broken.close()
 
     assert "connection failed (ChunkedEncodingError) | " in str(caught.value)
+
+
+# A proxy that cannot be reached is named as the cause, so that the error points at the proxy
+# setting and not at the cluster host: TLS spoken to a proxy that speaks plain HTTP (an https://
+# proxy URL for a plain one), a proxy that closes without answering, one that is down, one that
+# refuses the tunnel.
+@pytest.mark.parametrize(
+    ("proxy", "reply", "scheme", "cause"),
+    [
+        ("https", b"HTTP/1.1 400 Bad Request\r\n\r\n", "https", "proxy: SSLError"),
+        ("http", b"", "http", "proxy: RemoteDisconnected"),
+        ("http", None, "https", "proxy: [Errno 111] Connection refused"),
+        (
+            "http",
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n",
+            "https",
+            "proxy: Tunnel connection failed: 407 Proxy Authentication Required",
+        ),
+    ],
+    ids=["tls-to-a-plain-proxy", "closed-without-an-answer", "proxy-down", "tunnel-refused"],
+)
+def test_a_proxy_that_fails_is_named_as_the_cause(monkeypatch, refusing_port, proxy, reply, scheme, cause):
+    server = RawReply(reply) if reply is not None else None
+    port = server.port if server else refusing_port
+    monkeypatch.setenv(f"{scheme.upper()}_PROXY", f"{proxy}://127.0.0.1:{port}")
+    # The cluster host is never reached: every request stops at the proxy.
+    url = f"{scheme}://127.0.0.1:{refusing_port}"
+    try:
+        hook = use_host(monkeypatch, url, max_retries=0)
+        with pytest.raises(CapillaryConnectionError) as caught:
+            hook.get_audit_logs("e")
+    finally:
+        if server:
+            server.close()
+
+    assert str(caught.value).startswith(f"Connection to {url} failed: connection failed ({cause}) | ")
