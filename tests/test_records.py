@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections import OrderedDict
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
@@ -652,6 +653,29 @@ def test_unparseable_samples_stop_at_five_distinct_values() -> None:
     for stats in (flat, filtered):
         assert stats.unparseable == 9
         assert stats.unparseable_samples == ["a", "b", "c", "d", "e"]
+
+
+def test_unreadable_times_are_sampled_without_keeping_them() -> None:
+    # Each record's unreadable time is counted and dropped: only five samples are kept while the
+    # records stream past. A sample list that grew with every distinct value would hold them all (and
+    # look each new one up among them, in time quadratic in their number).
+    def records(count: int):
+        for index in range(count):
+            yield {"id": str(index), "valueHistory": [{"changedOn": f"unreadable {index:06d} {'x' * 200}"}]}
+
+    stats = FlattenStats()
+    tracemalloc.start()
+    try:
+        for _ in iter_rows("E", records(10_000), stats=stats):
+            pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert stats.unparseable == 10_000
+    assert len(stats.unparseable_samples) == 5
+    # 10,000 values of 220 bytes are 2.2 MB; the pass holds a few records and rows at a time.
+    assert peak < 200_000
 
 
 def test_filter_records_samples_non_string_values_as_json_text() -> None:
