@@ -8,6 +8,7 @@ till). Both have the same two methods, ``acquire`` and ``hold``.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -137,8 +138,9 @@ class SharedPacer:
         stop: threading.Event | None = None,
     ) -> None:
         self.key = key
-        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
-        self._interval_us = round(self.interval * 1_000_000)
+        # Whole microseconds of the server's clock, rounded up: the chain never runs faster than the rate.
+        self._interval_us = math.ceil(60_000_000 / requests_per_minute) if requests_per_minute else 0
+        self.interval = self._interval_us / 1_000_000
         self._stop = stop if stop is not None else threading.Event()
         self._script = client.register_script(_BUDGET_SCRIPT)
 

@@ -249,3 +249,26 @@ def test_the_seconds_waited_add_up_over_every_try(redis_port):
     waited = waiter.acquire()
 
     assert waited >= 0.55
+
+
+# The shared chain is kept in whole microseconds of the Redis server's clock. Its spacing is the rate's
+# interval rounded up, so that no rate runs faster than asked (11 a minute is 5,454,545.45 µs: 5,454,545
+# would be 11.000001 a minute), and `interval` says the spacing the chain keeps.
+@pytest.mark.parametrize(
+    ("rate", "interval"),
+    [(1, 60.0), (7, 8.571429), (11, 5.454546), (60, 1.0), (120, 0.5), (600, 0.1), (6000, 0.01), (None, 0.0)],
+)
+def test_the_shared_spacing_is_whole_microseconds_never_shorter_than_the_rate(rate, interval):
+    with refused_port() as port:  # nothing is sent until a slot is asked for
+        assert SharedPacer(redis_client(port), "k", rate).interval == interval
+
+
+def test_a_hold_of_nothing_leaves_the_shared_budget_untouched(redis_port):
+    # A Retry-After of 0 holds nobody: no key is written, so the chain is as it was.
+    store = redis_client(redis_port)
+    pacer = SharedPacer(store, "k", RATE)
+
+    pacer.hold(0)
+    pacer.hold(-1)
+
+    assert store.get("k") is None
