@@ -40,7 +40,8 @@ def test_basic_auth_signs_a_request_and_never_shows_its_token():
     token = basic_token("store.server", md5_hex("server123"))
     auth = CapillaryBasicAuth(token)
     request = auth(requests.Request("GET", "https://eu.api.capillarytech.com/").prepare())
-    assert request.headers["Authorization"] == f"Basic {token}"
+    # The header as Capillary documents it, spelt so on the wire too (the dict's own key is sent).
+    assert ("Authorization", f"Basic {token}") in list(request.headers.items())
     assert repr(auth) == "CapillaryBasicAuth(<masked>)"
     assert repr(CapillaryOAuth(lambda: ("secret-token", 60.0))) == "CapillaryOAuth(<masked>)"
 
@@ -92,3 +93,19 @@ def test_basic_auth_signs_on_a_fips_host(stand_in, tmp_path):
     assert [request.headers["Authorization"] for request in stand_in.requests] == [
         f"Basic {basic_token(LOGIN, md5_hex(PASSWORD))}"
     ]
+
+
+def test_the_first_token_is_fetched_whatever_the_clock_reads():
+    # A monotonic clock's reference point is undefined: its readings may be negative.
+    from airflow_capillary_audit.auth import CapillaryOAuth
+
+    fetched: list[str] = []
+
+    def fetch() -> tuple[str, float]:
+        fetched.append(f"token-{len(fetched) + 1}")
+        return fetched[-1], 600.0
+
+    auth = CapillaryOAuth(fetch, clock=lambda: -1_000.0)
+
+    assert [auth.token(), auth.token()] == ["token-1", "token-1"]
+    assert fetched == ["token-1"]

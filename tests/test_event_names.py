@@ -89,6 +89,12 @@ def test_bracketed_names_that_are_not_python_lists_are_names(text: str) -> None:
     assert event_names_from(text) == [text]
 
 
+@pytest.mark.parametrize("text", ["['a'] # a note", "['a', 'b'] #", "# ['a']"])
+def test_a_list_with_more_after_or_before_it_is_a_name(text: str) -> None:
+    # Jinja renders a list as the list alone: Python would read these (a comment is allowed), Jinja never gives them.
+    assert event_names_from(text) == [text]
+
+
 def test_a_rendered_list_error_says_how_to_fix_the_template() -> None:
     with pytest.raises(ValueError) as caught:
         event_names_from("['a', 'b']")
