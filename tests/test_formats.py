@@ -203,6 +203,18 @@ def test_parquet_stores_scalars_of_string_columns_as_text() -> None:
     ]
 
 
+def test_parquet_stores_text_as_it_is_beside_scalars_it_turns_into_text() -> None:
+    # A text value (a str subclass too) is stored as its characters, as it is in a column of text
+    # alone, and not as what its __str__ says.
+    class Label(str):
+        def __str__(self) -> str:
+            return "label"
+
+    for rows in ([{"value": 1}, {"value": Label("gold")}], [{"value": Label("gold")}]):
+        table = pq.read_table(io.BytesIO(write("parquet", rows, columns=("value",))))
+        assert table.column("value").to_pylist()[-1] == "gold"
+
+
 @pytest.mark.parametrize("org_id", ["abc", 1.5, True, 2**64])
 def test_parquet_refuses_an_org_id_that_is_not_an_integer(org_id: object) -> None:
     with pytest.raises(ValueError, match="column 'org_id'"):
