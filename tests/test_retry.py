@@ -83,6 +83,21 @@ def test_jitter_spans_zero_to_one():
     assert all(0.0 <= d <= 1.0 for d in draws) and len(set(draws)) > 100
 
 
+def test_jitter_draws_on_python_3_10(monkeypatch):
+    # The package supports Python 3.10, whose int.from_bytes has no default byte order; here the
+    # module's int is one that asks for it, as 3.10's does.
+    from airflow_capillary_audit import retry
+
+    class Int310(int):
+        @classmethod
+        def from_bytes(cls, data, byteorder, *, signed=False):
+            return int.from_bytes(data, byteorder, signed=signed)
+
+    monkeypatch.setattr(retry, "int", Int310, raising=False)
+
+    assert jitter(lambda size: b"\x80\x00") == 32768 / 65535
+
+
 @pytest.mark.parametrize(
     ("attempt", "draw", "expected"),
     [(1, 0.5, 0.5), (2, 0.5, 1.0), (3, 0.0, 1.0), (3, 1.0, 3.0), (4, 1.0, 4.0), (10, 0.0, 4.0)],

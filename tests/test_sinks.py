@@ -538,6 +538,40 @@ def test_claims_of_another_run_dag_or_the_same_map_index_are_ignored(tmp_path):
     assert json.loads((tmp_path / claim_name(instance(0))).read_text())["files"] == ["a.jsonl"]
 
 
+def test_only_a_file_named_as_a_claim_or_a_manifest_is_one(tmp_path):
+    # Copies of another instance's claim and manifest, one that lost its ".json" and two renamed to a
+    # bare index, hold this run's ids and files, but are neither: only the names the package writes count.
+    sink = FolderSink(str(tmp_path))
+    sink.claim(instance(1), ["a.jsonl"])
+    claim = (tmp_path / claim_name(instance(1))).read_bytes()
+    sink.release(instance(1))
+    manifest = tmp_path / write_manifest_of(sink, "capillary_audit_daily", ["b.jsonl"], map_index=2)
+    (tmp_path / claim_name(instance(1)).removesuffix(".json")).write_bytes(claim)
+    (tmp_path / "1.json").write_bytes(claim)
+    (tmp_path / "2.json").write_bytes(manifest.read_bytes())
+    manifest.unlink()
+
+    assert sink.claim(instance(0), ["a.jsonl", "b.jsonl"]) == {}
+
+
+def test_only_manifests_are_unlisted_not_other_json_that_lists_the_files(tmp_path):
+    # A user's copy of a manifest under another name is their file: the sink never removes it.
+    sink = FolderSink(str(tmp_path))
+    manifest = tmp_path / write_manifest_of(sink, "capillary_audit_daily", ["a.jsonl"])
+    (tmp_path / "saved-manifest.json").write_bytes(manifest.read_bytes())
+
+    sink.unlist(["a.jsonl"])
+
+    assert sorted(files_in(tmp_path)) == ["saved-manifest.json"]
+
+
+def test_a_manifest_counts_no_rows_of_its_own(tmp_path):
+    sink = FolderSink(str(tmp_path))
+    written = sink.write_manifest(RUN, [])
+
+    assert (written.name, written.rows) == (manifest_name(RUN.dag_id, RUN.task_id, RUN.map_index), 0)
+
+
 def test_a_manifest_of_another_instance_of_the_run_holds_its_files(tmp_path):
     sink = FolderSink(str(tmp_path))
     write_manifest_of(sink, "capillary_audit_daily", ["a.jsonl"], map_index=2)
