@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators mutation-connection clean
+.PHONY: venv demo example examples test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators mutation-connection clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,15 @@ venv: $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 
 demo: venv
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py capillary_audit_daily
+
+# `make example DAG=capillary_audit_org`: any example DAG against the stand-in (scripts/demo.py lists them).
+DAG ?= capillary_audit_daily
+example: venv
+	$(BIN)/python scripts/demo.py $(DAG)
+
+examples: venv
+	$(BIN)/python scripts/demo.py --all
 
 test: venv
 	$(BIN)/python -m pytest

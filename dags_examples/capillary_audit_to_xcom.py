@@ -28,7 +28,7 @@ with DAG(
         max_xcom_rows=5_000,
     )
 
-    @task
+    @task(multiple_outputs=False)  # one XCom: the counts by event, whatever the event names
     def summarise(rows: list[dict]) -> dict[str, int]:
         """Count the value changes per event and update type."""
         counts = Counter(f"{row['event_name']}/{row['updated_type']}" for row in rows)
