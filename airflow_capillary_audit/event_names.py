@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 
-# event_names="*": every event the org lists, found with one listing request at run time.
+#: ``event_names="*"``: every event the org lists, found with one listing request at run time.
 ALL_EVENTS = "*"
 
 MAX_EVENT_NAME_LENGTH = 255

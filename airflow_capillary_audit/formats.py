@@ -305,7 +305,7 @@ def flat_json_lines(batch: list[Any]) -> bytes | None:
     :func:`write_rows` encodes them with the standard library instead.
 
     :param batch: the rows, dicts.
-    :return: one line per row, each ending in ``\n``; None when msgspec is not installed or a row
+    :return: one line per row, each ending in ``\\n``; None when msgspec is not installed or a row
         is not flat, not a dict keyed by text, or holds text UTF-8 cannot hold.
     """
     encode_lines = msgspec_encode_lines()

@@ -7,6 +7,7 @@ run's folder, manifest and row count on the asset event; this DAG reads that man
 
 from __future__ import annotations
 
+# [START capillary_audit_consumer]
 import json
 import os
 
@@ -38,3 +39,4 @@ with DAG(
         return rows
 
     check_manifest()
+# [END capillary_audit_consumer]

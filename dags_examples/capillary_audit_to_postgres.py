@@ -11,6 +11,7 @@ add up without duplicates or gaps. ``CAPILLARY_AUDIT_SQL_CONN_ID`` names the dat
 
 from __future__ import annotations
 
+# [START capillary_audit_to_postgres]
 import os
 
 import pendulum
@@ -50,3 +51,4 @@ with DAG(
         sql_conn_id=SQL_CONN_ID,
         table=TABLE,
     )
+# [END capillary_audit_to_postgres]
