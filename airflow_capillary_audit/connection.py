@@ -27,8 +27,8 @@ AUTH_TYPES = ("basic", "oauth")
 
 CONN_TYPE = "capillary"
 
-# The extras a Capillary connection understands. The hook reads exactly these keys (an allow-list)
-# and the connection form shows them as fields; keep both views in this one table.
+#: The extras a Capillary connection understands. The hook reads exactly these keys (an allow-list)
+#: and the connection form shows them as fields; keep both views in this one table.
 CONN_FIELDS: dict[str, dict[str, Any]] = {
     "auth_type": {
         "label": "Authentication",

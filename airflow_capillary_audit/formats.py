@@ -31,6 +31,7 @@ try:
 except ImportError:  # msgspec is optional (Airflow installs it): JSON is then written by the standard library
     _MsgspecEncoder = None  # type: ignore[assignment,misc]
 
+#: The values ``output_format`` takes.
 OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "parquet")
 
 FILE_SUFFIX: Mapping[str, str] = MappingProxyType(

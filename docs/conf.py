@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-# Autodoc imports the package, and so Airflow: give it a home of its own, not ~/airflow.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="capillary-docs-airflow-"))
+# Autodoc imports the package (installed in .venv), and so Airflow: give it a home in the build
+# folder, not ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", str(Path(__file__).resolve().parent / "_build" / "airflow-home"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 project = "airflow-capillary-audit"
@@ -35,12 +32,19 @@ templates_path = ["_templates"]
 # Every reference to this package's own names must resolve. Names of other packages (Airflow,
 # requests, the standard library) have no inventory here: the build needs no network.
 nitpicky = True
-nitpick_ignore_regex = [(r"py:.*", r"^(?!airflow_capillary_audit\b).*")]
+nitpick_ignore_regex = [
+    (r"py:.*", r"(datetime|collections|typing|requests|tenacity|airflow)\..*"),
+    # Types of other packages named in annotations by their bare names (imported for type checking).
+    (r"py:class", r"(OperatorLineage|ObjectStoragePath|Connection)"),
+]
 
 autosummary_generate = True
-autosummary_ignore_module_all = False
+# Each name is documented once, in the module that defines it: a module's __all__ also lists names it
+# re-exports (operators.audit_logs re-exports the table load), which would be documented twice.
+autosummary_ignore_module_all = True
 autodoc_default_options = {
     "members": True,
+    "ignore-module-all": True,
     "show-inheritance": True,
     "member-order": "bysource",
 }

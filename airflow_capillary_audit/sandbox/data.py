@@ -55,7 +55,7 @@ VALUES = (
     "",
 )
 JUNK_CHANGED_ON = ("not-a-date", "31/02/2025 25:61", "0000-00-00 00:00:00", "N/A", "")
-# The org's events when any name is served: the example DAGs' daily names among them.
+#: The org's events when any name is served: the example DAGs' daily names among them.
 DEFAULT_ORG_EVENTS = (
     "TestingEvent_FE",
     "PointsRedeemed",
