@@ -1,9 +1,10 @@
 """
 The code the documentation shows, run: every snippet of ``docs/`` comes from a file a test runs.
 
-The example DAGs that the suite does not run elsewhere run here (``capillary_audit_to_xcom``, and the
-task of ``capillary_audit_consumer`` on a manifest the operator wrote); the daily, org, mapped S3 and
-PostgreSQL DAGs run in ``tests/operators/`` and in the system test. The files under
+The example DAGs that the suite does not run elsewhere run here (``capillary_audit_to_xcom``,
+``capillary_audit_to_postgres`` on a SQLite connection, and the task of ``capillary_audit_consumer`` on
+a manifest the operator wrote); the daily and org DAGs run in ``tests/operators/``, and all but the
+XCom and consumer DAGs in the system test. The files under
 ``docs/examples/`` (connections, the tables' DDL, a failure callback) are read or called here, and
 the in-process stand-in's snippet is the body of a test below.
 """
@@ -185,3 +186,36 @@ def test_the_stand_in_runs_in_process(monkeypatch, airflow_db):
         assert answer.attempts == 3 and [r.status for r in api.requests] == [503, 503, 200]
         assert answer.body["data"] == api.dataset.records("TierUpgraded")
     # [END stand_in_in_process]
+
+
+def test_the_table_example_dag_loads_yesterday_into_sqlite(monkeypatch, tmp_path, airflow_db):
+    """The SQLite recipe of the getting-started page: the PostgreSQL example on a SQLite connection."""
+    import shutil
+    import sqlite3
+
+    from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
+    from tests.helpers import AIRFLOW_HOME, LOGIN, PASSWORD, DagBag, write_dag_files_to_db
+
+    # make demo's density, so that yesterday holds changes of every event.
+    dataset = Dataset(seed=42, records_per_event=(20, 40), history_per_record=(0, 10))
+    database = tmp_path / "warehouse.db"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(database)}))
+    monkeypatch.setenv("CAPILLARY_AUDIT_SQL_CONN_ID", "warehouse")
+    path = AIRFLOW_HOME / "dags" / "capillary_audit_to_postgres.py"
+    shutil.copy(DAGS / "capillary_audit_to_postgres.py", path)
+    try:
+        with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset) as api:
+            monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(api.url, **FAST_EXTRAS))
+            dag = DagBag(dag_folder=str(path)).get_dag("capillary_audit_to_postgres")
+            write_dag_files_to_db(path)
+            dag_run = dag.test()
+    finally:
+        path.unlink()
+
+    assert dag_run.state == "success"
+    names = load(DAGS / "capillary_audit_to_postgres.py").EVENT_NAMES
+    expected = expected_rows(dataset, names, since=dag_run.data_interval_start, until=dag_run.data_interval_end)
+    with sqlite3.connect(database) as db:
+        loaded = db.execute("SELECT event_name, id, changed_on FROM capillary_audit_logs").fetchall()
+    assert sorted(loaded) == sorted((r["event_name"], r["id"], r["changed_on"]) for r in expected)
+    assert {name for name, _, _ in loaded} == set(names)
