@@ -22,7 +22,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from tests.helpers import FAST_EXTRAS, connection_json, expected_rows
+from tests.helpers import AIRFLOW_3_0, FAST_EXTRAS, connection_json, expected_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -136,6 +136,13 @@ def test_the_documented_failure_callback_names_the_refused_events(stand_in, monk
     )
 
 
+# Strict: once the example is fixed this passes on 3.0 too, and the marker must go.
+@pytest.mark.xfail(
+    AIRFLOW_3_0,
+    strict=True,
+    reason="summarise's return annotation dict[str, int] makes @task push one XCom per key, and "
+    "Airflow 3.0's execution API answers 404 to a key holding '/' ('PointsRedeemed/DELETED')",
+)
 def test_the_xcom_example_dag_runs(capillary_conn, run_dag):
     source = (DAGS / "capillary_audit_to_xcom.py").read_text(encoding="utf-8")
     dag_run, xcom = run_dag(source, dag_id="capillary_audit_to_xcom")
@@ -145,6 +152,17 @@ def test_the_xcom_example_dag_runs(capillary_conn, run_dag):
     assert xcom("fetch_audit_logs") == rows
     counts = Counter(f"{row['event_name']}/{row['updated_type']}" for row in rows)
     assert xcom("summarise") == dict(sorted(counts.items())) and counts
+
+
+class _EventsOf:
+    """The asset events a run was triggered by, read by asset as Airflow hands them to a task."""
+
+    def __init__(self, asset, events):
+        self.asset, self.events = asset, events
+
+    def __getitem__(self, asset):
+        # Compared, not hashed: Airflow 3.0's Asset has no hash.
+        return self.events if asset == self.asset else []
 
 
 def test_the_consumer_example_reads_the_daily_runs_manifest(capillary_conn, monkeypatch, tmp_path, airflow_db):
@@ -159,7 +177,7 @@ def test_the_consumer_example_reads_the_daily_runs_manifest(capillary_conn, monk
     # What the producer's asset event carries, as the scheduler hands it to the consumer's run.
     event = SimpleNamespace(extra={"destination": summary["destination"], "manifest": summary["manifest"]})
 
-    rows = consumer.check_manifest.function(triggering_asset_events={consumer.audit_logs: [event, event]})
+    rows = consumer.check_manifest.function(triggering_asset_events=_EventsOf(consumer.audit_logs, [event, event]))
 
     assert consumer.audit_logs.uri == f"file://{tmp_path}"
     assert rows == {name: 2 * count for name, count in summary["rows"].items()} and sum(rows.values()) > 0
