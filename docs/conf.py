@@ -36,6 +36,8 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(datetime|collections|typing|requests|tenacity|airflow)\..*"),
     # Types of other packages named in annotations by their bare names (imported for type checking).
     (r"py:class", r"(OperatorLineage|ObjectStoragePath|Connection)"),
+    # Private names of this package (a TypeVar in a signature) have no page, by design.
+    (r"py:.*", r"airflow_capillary_audit\.(\w+\.)*_\w+"),
 ]
 
 autosummary_generate = True
@@ -54,6 +56,8 @@ autodoc_preserve_defaults = True
 autodoc_class_signature = "separated"
 
 myst_heading_anchors = 3
+# Source pages for this package only: a default such as time.monotonic would list the stdlib module.
+viewcode_follow_imported_members = False
 
 html_theme = "furo"
 html_title = f"airflow-capillary-audit {release}"

@@ -111,29 +111,38 @@ def test_the_documented_tables_are_the_operators(dialect, schema, name):
     assert between_markers(EXAMPLES / f"tables_{dialect}.sql", name) == ";\n".join(statements) + ";\n"
 
 
-def test_the_documented_failure_callback_names_the_refused_events(stand_in, monkeypatch, caplog, airflow_db):
-    from airflow_capillary_audit.exceptions import CapillaryEventsError
+@pytest.mark.parametrize("check_event_names", [True, False], ids=["listing refused", "events refused"])
+def test_the_documented_failure_callback_names_what_was_refused(
+    stand_in, monkeypatch, caplog, airflow_db, check_event_names
+):
+    from airflow_capillary_audit.exceptions import CapillaryAuthError, CapillaryEventsError
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
     callback = load(EXAMPLES / "failure_callback.py")
     refused = json.loads(connection_json(stand_in.url, **FAST_EXTRAS))
     monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", json.dumps({**refused, "password": "wrong"}))
     names = [f"event-{i}" for i in range(10)]
-    operator = CapillaryAuditLogsOperator(task_id="fetch_audit_logs", event_names=names, max_active_requests=1)
-    with pytest.raises(CapillaryEventsError) as raised:
+    operator = CapillaryAuditLogsOperator(
+        task_id="fetch_audit_logs", event_names=names, max_active_requests=1, check_event_names=check_event_names
+    )
+    with pytest.raises(CapillaryEventsError if not check_event_names else CapillaryAuthError) as raised:
         operator.execute({})
 
     with caplog.at_level(logging.ERROR, logger=callback.log.name):
         callback.alert_on_refused_credentials({"exception": raised.value})
         callback.alert_on_refused_credentials({"exception": ValueError("not Capillary's")})
     [record] = [r for r in caplog.records if r.name == callback.log.name]
-    # One worker: what it took before the cancellation was requested (and refused), the rest was not.
-    requested = [r.event_name for r in stand_in.requests]
-    not_fetched = [name for name in names if name not in requested]
-    assert 1 <= len(requested) <= 2 and not_fetched == raised.value.not_fetched
-    assert record.getMessage() == (
-        f"Capillary refused the till's credentials for {sorted(requested)}; not fetched: {not_fetched}"
-    )
+    if check_event_names:
+        # The listing that checks the names is refused: no audit log was asked for.
+        assert [r.path for r in stand_in.requests] == ["/v2/events"]
+        expected = "Capillary refused the till's credentials for [\"listing the org's events\"]; not fetched: []"
+    else:
+        # One worker: what it took before the cancellation was requested (and refused), the rest was not.
+        requested = [r.event_name for r in stand_in.requests]
+        not_fetched = [name for name in names if name not in requested]
+        assert 1 <= len(requested) <= 2 and not_fetched == raised.value.not_fetched
+        expected = f"Capillary refused the till's credentials for {sorted(requested)}; not fetched: {not_fetched}"
+    assert record.getMessage() == expected
 
 
 # Strict: once the example is fixed this passes on 3.0 too, and the marker must go.

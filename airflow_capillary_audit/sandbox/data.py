@@ -76,7 +76,7 @@ EVENT_FIELDS = (
     ("couponCode", "STRING"),
 )
 
-# The UTC days before the last one the data reaches that get recent changes, and the hours they fall in.
+#: The UTC days before the last one the data reaches that get recent changes.
 RECENT_DAYS = 3
 _RECENT_FROM = timedelta(hours=2, minutes=30)
 _RECENT_UNTIL = timedelta(hours=21, minutes=30)

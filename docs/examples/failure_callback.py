@@ -16,16 +16,19 @@ log = logging.getLogger(__name__)
 
 
 def alert_on_refused_credentials(context):
-    """Flag a run whose events Capillary refused for the till's credentials (401 or 403)."""
+    """Flag a run that Capillary refused for the till's credentials (401 or 403)."""
     error = context["exception"]
-    if not isinstance(error, CapillaryEventsError):
+    if isinstance(error, CapillaryAuthError):
+        # Refused before any audit log: the org's listing, which checks the event names first.
+        refused, not_fetched = [error.event_name or error.action], []
+    elif isinstance(error, CapillaryEventsError):
+        refused = sorted(name for name, err in error.failures.items() if isinstance(err, CapillaryAuthError))
+        not_fetched = error.not_fetched
+    else:
         return
-    refused = sorted(name for name, err in error.failures.items() if isinstance(err, CapillaryAuthError))
     if refused:
         # Page whoever owns the till's credentials; here, one error line in the task log.
-        log.error(
-            "Capillary refused the till's credentials for %s; not fetched: %s", refused, error.not_fetched
-        )
+        log.error("Capillary refused the till's credentials for %s; not fetched: %s", refused, not_fetched)
 
 
 # Given to the task: CapillaryAuditLogsOperator(..., on_failure_callback=alert_on_refused_credentials)
