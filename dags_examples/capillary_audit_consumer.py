@@ -8,6 +8,7 @@ run's folder, manifest and row count on the asset event; this DAG reads that man
 
 from __future__ import annotations
 
+# [START capillary_audit_consumer]
 import json
 import os
 
@@ -49,3 +50,4 @@ with DAG(
         return rows
 
     check_manifest()
+# [END capillary_audit_consumer]

@@ -8,6 +8,7 @@ the AWS connection (needs ``apache-airflow-providers-amazon[s3fs]`` on the worke
 
 from __future__ import annotations
 
+# [START capillary_audit_mapped_s3]
 import os
 
 import pendulum
@@ -45,3 +46,4 @@ with DAG(
         output_format="jsonl",
         max_active_requests=4,
     ).expand(event_names=EVENT_GROUPS)
+# [END capillary_audit_mapped_s3]

@@ -13,6 +13,7 @@ events instead of the four below.
 
 from __future__ import annotations
 
+# [START capillary_audit_to_postgres]
 import json
 import os
 
@@ -62,3 +63,4 @@ with DAG(
         sql_conn_id=SQL_CONN_ID,
         table=TABLE,
     )
+# [END capillary_audit_to_postgres]

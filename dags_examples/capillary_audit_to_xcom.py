@@ -7,6 +7,7 @@ XCom suits a few thousand rows at most; the operator fails above ``max_xcom_rows
 
 from __future__ import annotations
 
+# [START capillary_audit_to_xcom]
 from collections import Counter
 
 import pendulum
@@ -35,3 +36,4 @@ with DAG(
         return dict(sorted(counts.items()))
 
     summarise(rows.output)
+# [END capillary_audit_to_xcom]
