@@ -7,9 +7,11 @@ import ssl
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
+import airflow_capillary_audit
 from airflow_capillary_audit.auth import basic_token, looks_like_md5, md5_hex, password_digest
 from tests.helpers import LOGIN, PASSWORD, connection_json
 
@@ -80,9 +82,12 @@ def test_basic_auth_signs_on_a_fips_host(stand_in, tmp_path):
         print(len(CapillaryHook().get_audit_logs("e")["data"]))
         """
     )
+    # The child imports the package from where this process did (a mutation run's copy included).
+    package_root = str(Path(airflow_capillary_audit.__file__).parents[1])
     environment = {
         **os.environ,
         "OPENSSL_CONF": str(conf),
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
         "AIRFLOW_CONN_CAPILLARY_DEFAULT": connection_json(stand_in.url, max_retries=0),
     }
 
