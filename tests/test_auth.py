@@ -13,7 +13,7 @@ import pytest
 
 import airflow_capillary_audit
 from airflow_capillary_audit.auth import basic_token, looks_like_md5, md5_hex, password_digest
-from tests.helpers import LOGIN, PASSWORD, connection_json
+from tests.helpers import LOGIN, PASSWORD
 
 
 def test_documented_worked_example():
@@ -48,8 +48,9 @@ def test_basic_auth_signs_a_request_and_never_shows_its_token():
     assert repr(CapillaryOAuth(lambda: ("secret-token", 60.0))) == "CapillaryOAuth(<masked>)"
 
 
-# An OpenSSL 3 set up as a FIPS host's is: every algorithm fetched must come from a FIPS provider,
-# which has no MD5. Python then refuses MD5 unless it is asked for with usedforsecurity=False.
+# OpenSSL 3 told to fetch every algorithm from a FIPS provider, which has no MD5: Python then refuses
+# MD5 unless it is asked for with usedforsecurity=False, as on a FIPS host. (With no FIPS provider
+# installed it has no cipher either, so the child below speaks plain HTTP and imports no Airflow.)
 FIPS_OPENSSL_CONF = """\
 openssl_conf = openssl_init
 
@@ -69,6 +70,7 @@ def test_basic_auth_signs_on_a_fips_host(stand_in, tmp_path):
     code = textwrap.dedent(
         """
         import hashlib
+        import os
 
         try:
             hashlib.md5(b"")
@@ -77,9 +79,19 @@ def test_basic_auth_signs_on_a_fips_host(stand_in, tmp_path):
         else:
             raise SystemExit("this OpenSSL gave MD5 for security use: not a FIPS host")
 
-        from airflow_capillary_audit.hooks.capillary import CapillaryHook
+        import requests
 
-        print(len(CapillaryHook().get_audit_logs("e")["data"]))
+        from airflow_capillary_audit.auth import CapillaryBasicAuth, basic_token, password_digest
+
+        token = basic_token(os.environ["LOGIN"], password_digest(os.environ["PASSWORD"]))
+        answer = requests.get(
+            os.environ["URL"],
+            params={"format": "json", "eventName": "e"},
+            auth=CapillaryBasicAuth(token),
+            timeout=10,
+        )
+        answer.raise_for_status()
+        print(len(answer.json()["data"]))
         """
     )
     # The child imports the package from where this process did (a mutation run's copy included).
@@ -88,7 +100,9 @@ def test_basic_auth_signs_on_a_fips_host(stand_in, tmp_path):
         **os.environ,
         "OPENSSL_CONF": str(conf),
         "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-        "AIRFLOW_CONN_CAPILLARY_DEFAULT": connection_json(stand_in.url, max_retries=0),
+        "URL": f"{stand_in.url}/v2/events/audit_logs",
+        "LOGIN": LOGIN,
+        "PASSWORD": PASSWORD,
     }
 
     done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True)
