@@ -1084,3 +1084,35 @@ def test_a_database_whose_provider_is_not_installed_names_the_package(api, airfl
         f"its hook: pip install {package}"
     )
     assert api.requests == []
+
+
+# --- Memory ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_the_rows_wait_in_a_file_so_memory_does_not_grow_with_them(database, airflow_db, monkeypatch):
+    import gc
+    import tracemalloc
+
+    names = [f"Bulk{n}" for n in range(16)]
+    dataset = Dataset(seed=3, event_names=names, records_per_event=(20, 20), history_per_record=(60, 60), end=END)
+    for name in names:
+        dataset.body(name)  # the stand-in's own copy of every answer, made before memory is traced
+
+    def peak_of_load(events: list[str]) -> int:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            summary = load(event_names=events, max_active_requests=1)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert summary["rows_inserted"] == 1_200 * len(events)
+
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(server.url, **FAST_EXTRAS))
+        load(event_names=names[:1])  # imports and first connections
+        few, many = peak_of_load(names[:2]), peak_of_load(names)
+
+    # Eight times the rows: the peak is that of one answer and a page of rows, not of every row.
+    assert many < 1.5 * few, f"peak {few / 2**20:.1f} MiB for 2 events, {many / 2**20:.1f} MiB for 16"
