@@ -35,7 +35,8 @@ class RowSpool:
     """
 
     def __init__(self, directory: str | None = None) -> None:
-        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="capillary-rows-", dir=directory)
+        # Open for the spool's life, closed by close().
+        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="capillary-rows-", dir=directory)  # noqa: SIM115
         self._lock = threading.Lock()
         self._size = 0
         self._pages: dict[str, list[tuple[int, int]]] = {}
@@ -62,7 +63,7 @@ class RowSpool:
                 with self._lock:
                     self._file.seek(offset)
                     data = self._file.read(size)
-                yield from pickle.loads(data)  # noqa: S301 - this process's own file, written above
+                yield from pickle.loads(data)
 
     def close(self) -> None:
         """Remove the file."""

@@ -60,7 +60,9 @@ _NULL_BECAUSE: dict[str, str] = {
 # an integer type's width bounds the org_id a load stores (wider ones are loaded as null).
 _POSTGRES_TEXT = frozenset({"text", "character varying"})
 _POSTGRES_INTEGER_BITS = {"bigint": 64, "integer": 32, "smallint": 16, "numeric": 64}
-_POSTGRES_TIMESTAMP = frozenset({"timestamp with time zone"})
+_POSTGRES_TIMESTAMP = frozenset(
+    {"timestamp with time zone", *(f"timestamp({digits}) with time zone" for digits in range(7))}
+)
 # SQLite's type affinities (https://sqlite.org/datatype3.html, 3.1) that keep each kind as written:
 # TEXT and BLOB (none) keep text; INTEGER and NUMERIC keep integers; ISO 8601 text is no number, so
 # NUMERIC keeps it too, where INTEGER and REAL would suggest a column of epoch numbers.
@@ -247,7 +249,9 @@ def type_problems(columns: Sequence[Column], dialect: str) -> list[str]:
         if not fits:
             expected = _TYPES[dialect][kind]
             shown = expected.lower() if dialect == "postgresql" else expected
-            problems.append(f"column {column.name!r} is {column.type or '(no type)'}, and a load writes {shown} there")
+            problems.append(
+                f"column {column.name!r} is {column.type or '(no type)'}, and a load writes {shown} there"
+            )
     return problems
 
 
@@ -270,7 +274,7 @@ def null_problems(columns: Sequence[Column]) -> list[str]:
 
 
 def org_id_bits(columns: Sequence[Column], dialect: str) -> int:
-    """Return the width in bits of the integers the table's ``org_id`` holds (64 unless PostgreSQL says less)."""
+    """Return the width in bits of the integers the table's ``org_id`` holds: 64, or less in PostgreSQL."""
     if dialect != "postgresql":
         return 64
     for column in columns:
@@ -335,14 +339,18 @@ def org_id_parameter(value: Any, bits: int = 64) -> int | None:
     return value if -high <= value < high else None
 
 
-def org_ids_not_stored(records: Iterable[Any], record_ids: set[str | None], bits: int = 64) -> list[tuple[int, Any, Any]]:
-    """Return ``(index, id, orgId)`` of each record whose ``orgId`` is not stored and whose id is in ``record_ids``."""
+def org_ids_not_stored(
+    records: Iterable[Any], record_ids: set[str | None], bits: int = 64
+) -> list[tuple[int, Any, Any]]:
+    """Return ``(index, id, orgId)`` of each record named in ``record_ids`` whose ``orgId`` is not stored."""
     found = []
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             continue
         value = record.get("orgId")
-        if value is not None and org_id_parameter(value, bits) is None and text_value(record.get("id")) in record_ids:
+        if value is None or org_id_parameter(value, bits) is not None:
+            continue
+        if text_value(record.get("id")) in record_ids:
             found.append((index, record.get("id"), value))
     return found
 

@@ -41,7 +41,7 @@ def timed_operator(names: list[str], table: str) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    """Warm up on two events into another table, then time the load of ``EVENTS`` events and measure memory."""
+    """Warm up on two events into another table; time the load of ``EVENTS`` events and measure memory."""
     url, count = argv[0], int(argv[1])
     prepare_environment()
     use_stand_in(url)

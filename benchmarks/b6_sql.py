@@ -35,7 +35,7 @@ MB = 1024 * 1024
 
 
 def b6(report: Report, env: dict[str, str], events: int) -> None:
-    """Rows a second into PostgreSQL, end to end and for the load alone, against the naive loop; peak memory."""
+    """Rows a second into PostgreSQL, end to end and the load alone, against the naive loop; peak memory."""
     rows = events * RECORDS * HISTORY
     report.line(
         f"B6  {events} events x {RECORDS * HISTORY:,} rows = {rows:,} rows into a local PostgreSQL table, "
@@ -111,7 +111,7 @@ def _missing_parts() -> str | None:
 
 
 def _naive_insert(count: int) -> tuple[int, float]:
-    """Insert ``count`` of the loaded rows again, one statement a row in one transaction; return them and the seconds."""
+    """Insert ``count`` loaded rows again, an INSERT a row in one transaction; return the count, seconds."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     from airflow_capillary_audit.tables import TABLE_COLUMNS

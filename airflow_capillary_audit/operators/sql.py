@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -208,7 +208,7 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
             ) from None
         try:
             db = connection.get_hook()  # type: ignore[no-untyped-call]
-        except Exception as err:  # noqa: BLE001 - Airflow's AirflowException, or the hook's ImportError
+        except Exception as err:
             raise CapillaryConfigError(_hook_missing(self.sql_conn_id, connection.conn_type, err)) from err
         if not isinstance(db, DbApiHook):
             raise CapillaryConfigError(
@@ -245,7 +245,8 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
                 raise
             except Exception as err:  # noqa: BLE001 - each driver has its own error types
                 raise CapillaryConfigError(
-                    f"table {table.display!r} could not be checked through {self.sql_conn_id!r} ({_short(err)})"
+                    f"table {table.display!r} could not be checked through {self.sql_conn_id!r} "
+                    f"({_short(err)})"
                 ) from None
             finally:
                 cursor.close()
@@ -275,7 +276,7 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
         return _TableState(exists=True, org_id_bits=org_id_bits(columns, table.dialect))
 
     def _described_columns(self, cursor: Any, table: Table) -> list[Column] | None:
-        """Return the table's columns as its database describes them, or None when it is missing (and may be made)."""
+        """Return the table's columns as the database describes them; None when it is missing."""
         if table.dialect == "postgresql":
             return self._postgres_columns(cursor, table)
         if table.dialect == "sqlite":
@@ -295,13 +296,14 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
         user, current_schema = cursor.fetchone()
         if table.schema is not None:
             cursor.execute(
-                "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace WHERE nspname = %s", (table.schema,)
+                "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace WHERE nspname = %s",
+                (table.schema,),
             )
             found = cursor.fetchone()
             if found is None:
                 raise CapillaryConfigError(
-                    f"schema {table.schema!r} does not exist in the database of {self.sql_conn_id!r}: create it "
-                    f"(CREATE SCHEMA {table.quote(table.schema)}) or name an existing schema"
+                    f"schema {table.schema!r} does not exist in the database of {self.sql_conn_id!r}: "
+                    f"create it (CREATE SCHEMA {table.quote(table.schema)}) or name an existing schema"
                 )
             if not found[0]:
                 raise CapillaryConfigError(
@@ -321,37 +323,28 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
             cursor.execute("SELECT has_schema_privilege(%s, 'CREATE')", (schema,))
             if not cursor.fetchone()[0]:
                 raise CapillaryConfigError(
-                    f"table {table.display!r} does not exist, and the login {user!r} of {self.sql_conn_id!r} may "
-                    f"not create tables in schema {schema!r}: create the table (README, 'Audit rows into a SQL "
-                    f'table\'), or GRANT CREATE ON SCHEMA {table.quote(schema)} TO "{user}"'
+                    f"table {table.display!r} does not exist, and the login {user!r} of {self.sql_conn_id!r} "
+                    f"may not create tables in schema {schema!r}: create the table (README, 'Audit rows into "
+                    f'a SQL table\'), or GRANT CREATE ON SCHEMA {table.quote(schema)} TO "{user}"'
                 )
             return None
+        # A load reads (the DELETE's WHERE), deletes and inserts.
         privileges = ("SELECT", "INSERT", "DELETE")
-        cursor.execute(
-            "SELECT " + ", ".join(f"has_table_privilege(%s, '{p}')" for p in privileges), (oid,) * len(privileges)
-        )
-        denied = [p for p, granted in zip(privileges, cursor.fetchone()) if not granted]
+        checks = ", ".join(f"has_table_privilege(%s, '{privilege}')" for privilege in privileges)
+        cursor.execute(f"SELECT {checks}", (oid,) * len(privileges))
+        denied = [privilege for privilege, granted in zip(privileges, cursor.fetchone()) if not granted]
         if denied:
             raise CapillaryConfigError(
-                f"table {table.display!r}: the login {user!r} of {self.sql_conn_id!r} may not {', '.join(denied)} "
-                f"there, which a load does: GRANT {', '.join(privileges)} ON {table.qualified} TO \"{user}\""
+                f"table {table.display!r}: the login {user!r} of {self.sql_conn_id!r} may not "
+                f"{', '.join(denied)} there, which a load does: GRANT {', '.join(privileges)} ON "
+                f'{table.qualified} TO "{user}"'
             )
         cursor.execute(
-            "SELECT attname, format_type(atttypid, NULL), attnotnull, atthasdef OR attidentity <> '' "
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull, atthasdef OR attidentity <> '' "
             "FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             (oid,),
         )
-        columns = [Column(name, kind, bool(not_null), bool(default)) for name, kind, not_null, default in cursor.fetchall()]
-        # A length is part of the type: format_type without the modifier drops it, so read it apart.
-        cursor.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND atttypmod <> -1",
-            (oid,),
-        )
-        modified = dict(cursor.fetchall())
-        return [
-            Column(c.name, modified.get(c.name, c.type), c.not_null, c.has_default) for c in columns
-        ]
+        return [Column(name, kind, not_null, default) for name, kind, not_null, default in cursor.fetchall()]
 
     def _sqlite_columns(self, cursor: Any, table: Table) -> list[Column] | None:
         if table.schema is not None:
@@ -359,8 +352,9 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
             databases = [str(row[1]) for row in cursor.fetchall()]
             if table.schema not in databases:
                 raise CapillaryConfigError(
-                    f"schema {table.schema!r} is not a database of {self.sql_conn_id!r}: its SQLite connection "
-                    f"has {', '.join(map(repr, databases))}; leave schema unset, or name one of those"
+                    f"schema {table.schema!r} is not a database of {self.sql_conn_id!r}: its SQLite "
+                    f"connection has {', '.join(map(repr, databases))}; leave schema unset, or name one of "
+                    "those"
                 )
         prefix = "" if table.schema is None else f"{table.quote(table.schema)}."
         cursor.execute(f"PRAGMA {prefix}table_info({table.quote(table.name)})")
@@ -395,30 +389,31 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
         state: _TableState,
         spool: RowSpool,
     ) -> None:
-        """Fetch, flatten and spool every event's rows; fail naming every failed event, before the database."""
+        """Fetch, flatten, spool every event's rows; fail naming every failed event, before the database."""
+        bits = state.org_id_bits
 
         def handle(name: str, fetched: AuditLogs) -> _EventLoad:
             stats, values = FlattenStats(), ValueStats()
             rows = self._shape(name, fetched, selection, default_tz, stats)
-            parameters = row_parameters(rows, table.dialect, values, state.org_id_bits)
+            parameters = row_parameters(rows, table.dialect, values, bits)
             count = self._checked(fetched, lambda: spool.write(name, parameters))
             org_ids = []
             if values.org_id_rows:
-                org_ids = org_ids_not_stored(fetched.body["data"], values.org_id_record_ids, state.org_id_bits)
+                org_ids = org_ids_not_stored(fetched.body["data"], values.org_id_record_ids, bits)
             return _EventLoad(count, stats, values, org_ids)
 
         results = self._fetch_all(hook, selection, handle)
         for name in selection.event_names:
             loaded = results[name]
             self._report(name, loaded.stats, loaded.rows, "table", selection)
-            self._report_values(name, loaded, state.org_id_bits)
+            self._report_values(name, loaded, bits)
 
     def _report_values(self, name: str, loaded: _EventLoad, bits: int) -> None:
         """Warn of the values loaded other than as sent: text with U+FFFD, an orgId as null."""
         if loaded.values.replaced:
             self.log.warning(
-                "Event %r: %d value(s) held NUL characters or lone surrogates, which a database cannot hold; "
-                "loaded with U+FFFD in their place",
+                "Event %r: %d value(s) held NUL characters or lone surrogates, which a database cannot "
+                "hold; loaded with U+FFFD in their place",
                 name,
                 loaded.values.replaced,
             )
@@ -429,8 +424,8 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
             )
             more = len(loaded.org_ids) - MAX_ORG_ID_SAMPLES
             self.log.warning(
-                "Event %r: %d record(s) have an orgId that is not a whole number from -2**%d to 2**%d-1, loaded "
-                "with a null org_id: %s%s",
+                "Event %r: %d record(s) have an orgId that is not a whole number from -2**%d to 2**%d-1, "
+                "loaded with a null org_id: %s%s",
                 name,
                 len(loaded.org_ids),
                 bits - 1,
@@ -587,7 +582,9 @@ def _exists(cursor: Any, table: Table) -> bool:
     return False
 
 
-def _insert(cursor: Any, table: Table, placeholder: str, rows: Iterable[tuple[Any, ...]], page_size: int) -> None:
+def _insert(
+    cursor: Any, table: Table, placeholder: str, rows: Iterable[tuple[Any, ...]], page_size: int
+) -> None:
     """
     Insert the rows the fastest way the driver has: PostgreSQL's ``COPY`` through psycopg 3,
     ``execute_values`` pages through psycopg2, ``executemany`` pages otherwise; never a round trip a row.
@@ -645,8 +642,8 @@ def _hook_missing(sql_conn_id: str, conn_type: str | None, error: BaseException)
             f"gives its hook: {install}"
         )
     return (
-        f"sql_conn_id {sql_conn_id!r}: the hook of its {conn_type!r} connection cannot be made ({_short(error)}); "
-        f"is {package} installed, with its database driver?"
+        f"sql_conn_id {sql_conn_id!r}: the hook of its {conn_type!r} connection cannot be made "
+        f"({_short(error)}); is {package} installed, with its database driver?"
     )
 
 
@@ -658,7 +655,5 @@ def _short(error: BaseException) -> str:
 
 def _quietly(call: Any) -> None:
     """Run a clean-up whose failure must not hide the error being raised (a dropped connection)."""
-    try:
+    with suppress(Exception):
         call()
-    except Exception:  # noqa: BLE001, S110 - a clean-up of a connection that is closed anyway
-        pass
