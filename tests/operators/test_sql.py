@@ -1116,3 +1116,17 @@ def test_the_rows_wait_in_a_file_so_memory_does_not_grow_with_them(database, air
 
     # Eight times the rows: the peak is that of one answer and a page of rows, not of every row.
     assert many < 1.5 * few, f"peak {few / 2**20:.1f} MiB for 2 events, {many / 2**20:.1f} MiB for 16"
+
+
+def test_a_database_that_cannot_be_reached_is_named_before_any_request(api, airflow_db, tmp_path, monkeypatch):
+    path = tmp_path / "no such folder" / "warehouse.db"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        load()
+
+    assert str(caught.value) == (
+        "sql_conn_id 'warehouse': cannot connect to the database (OperationalError: unable to open database "
+        "file); check the connection"
+    )
+    assert api.requests == []
