@@ -15,6 +15,7 @@ from airflow_capillary_audit._compat import BaseHook
 from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.operators.base import (
     CapillaryAuditLogsBaseOperator,
+    Fetched,
     Selection,
     event_lineage_name,
 )
@@ -170,6 +171,7 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
         with RowSpool() as spool:
             try:
                 selection = self._listed(hook, selection)
+                self._say_opening(hook, selection, f"table {table.display}")
                 self._fetch_rows(hook, selection, hook.settings.tzinfo, table, state, spool)
             finally:
                 hook.close()
@@ -402,11 +404,14 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
                 org_ids = org_ids_not_stored(fetched.body["data"], values.org_id_record_ids, bits)
             return _EventLoad(count, stats, values, org_ids)
 
-        results = self._fetch_all(hook, selection, handle)
-        for name in selection.event_names:
-            loaded = results[name]
-            self._report(name, loaded.stats, loaded.rows, "table", selection)
+        def done(name: str, fetched: Fetched[_EventLoad]) -> int:
+            loaded = fetched.result
+            self._report(name, loaded.stats, loaded.rows, "table", selection, fetched)
             self._report_values(name, loaded, bits)
+            return loaded.rows
+
+        self._fetch_all(hook, selection, handle, done)
+        self._say_landed(spool.rows, len(selection.event_names), "table", selection)
 
     def _report_values(self, name: str, loaded: _EventLoad, bits: int) -> None:
         """Warn of the values loaded other than as sent: text with U+FFFD, an orgId as null."""
