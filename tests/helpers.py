@@ -544,3 +544,50 @@ def served_hook_meta_data() -> list[Any]:
 
     ProvidersManager()._cleanup()
     return HookMetaService.hook_meta_data()
+
+
+class DagProcess:
+    """
+    ``airflow dags test`` of one DAG in a process of its own, with an Airflow home of its own.
+
+    Two of them run at the same time as two workers would: each has its own SQLite metadata DB (a
+    copy of this session's, already migrated), so neither waits for the other's database lock.
+    """
+
+    def __init__(self, folder: Path, dag_id: str, source: str, env: dict[str, str]) -> None:
+        home = folder / f"home-{dag_id}"
+        (home / "dags").mkdir(parents=True)
+        shutil.copyfile(AIRFLOW_HOME / "airflow.db", home / "airflow.db")
+        (home / "dags" / f"{dag_id}.py").write_text(source.replace("__DAG_ID__", dag_id))
+        self.dag_id = dag_id
+        self.log_path = home / "dags-test.log"
+        environment = {
+            **os.environ,
+            **env,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        }
+        with open(self.log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "airflow", "dags", "test", dag_id],
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait(self, timeout: float = 240) -> str:
+        """Wait for the run to end; return everything it printed (its task logs too)."""
+        self._process.wait(timeout)
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def running(self) -> bool:
+        """Whether the run has not ended yet."""
+        return self._process.poll() is None
+
+    def kill(self) -> None:
+        """End the run if it is still going (a test that failed first)."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(30)

@@ -240,7 +240,9 @@ def test_an_event_that_fails_while_written_leaves_nothing_in_s3(capillary_conn, 
 
     assert repr(bad) in str(caught.value)
     good_key = f"capillary/{event_file_name(good, 'jsonl')}"
-    assert s3.listed() == [good_key]
+    # The run's claim stays where deletes are refused, emptied: it claims no file any more.
+    assert s3.listed() == [good_key, "capillary/_claim.fetch.json"]
+    assert json.loads(s3.body("capillary/_claim.fetch.json"))["files"] == []
     assert s3.unfinished_uploads() == []
     rows = [json.loads(line) for line in s3.body(good_key).decode().splitlines()]
     assert rows == expected_rows(capillary_conn.dataset, [good])
@@ -354,8 +356,9 @@ def test_a_store_that_cannot_be_reached_fails_before_any_request(capillary_conn,
     finally:
         closed.close()
 
-    # The earlier manifest cannot be looked for, so nothing is fetched.
-    assert str(caught.value).startswith(
-        f"Cannot prepare destination 's3://{BUCKET}/capillary': Could not connect to the endpoint URL"
+    # The run's claim cannot be written, so nothing is fetched.
+    assert re.match(
+        rf"Cannot write s3://\S*{BUCKET}/capillary/_claim\.fetch\.json: Could not connect to the endpoint URL",
+        str(caught.value),
     )
     assert capillary_conn.requests == []
