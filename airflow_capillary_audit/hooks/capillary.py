@@ -25,12 +25,8 @@ from airflow_capillary_audit.auth import (
     basic_token,
     password_digest,
 )
-from airflow_capillary_audit.connection import (
-    CONN_TYPE,
-    CapillarySettings,
-    form_widgets,
-    ui_field_behaviour,
-)
+from airflow_capillary_audit.connection import CapillarySettings, form_widgets, ui_field_behaviour
+from airflow_capillary_audit.connection_fields import CONN_TYPE
 from airflow_capillary_audit.exceptions import (
     CapillaryBadRequestError,
     CapillaryCancelledError,
