@@ -253,14 +253,6 @@ class FolderSink:
         listing = self._listed if self._listed is not None else self._listing([name])
         return listing.get(name, [])
 
-    def unlist(self, file_names: Sequence[str]) -> None:
-        """Remove every manifest in the folder that lists one of ``file_names``."""
-        wanted = set(file_names)
-        for path in self._manifests():
-            listed = _listed_files(path)
-            if listed is not None and listed & wanted:
-                path.unlink(missing_ok=True)
-
     def _manifests(self) -> list[ObjectStoragePath]:
         if not self.root.exists():
             return []

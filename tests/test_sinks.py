@@ -767,10 +767,12 @@ def test_a_manifest_another_run_removes_first_is_no_error(memory_store, monkeypa
         return opened
 
     monkeypatch.setattr(memory_store, "_open", read_then_lose)
+    sink.prepare(manifest_name("mine", "fetch"), ["e.jsonl"])
+    monkeypatch.undo()
 
-    sink.unlist(["e.jsonl"])
+    sink.write("e.jsonl", one_row)
 
-    assert memory_store.find("/audit-bucket") == []
+    assert memory_store.find("/audit-bucket") == ["/audit-bucket/capillary/e.jsonl"]
 
 
 @pytest.mark.parametrize("destination", ["", "   ", None, 5])
