@@ -113,6 +113,7 @@ def parse_changed_on_naive(
         counted into it; the reading is the same with it or without.
     """
     if raw.__class__ is str and not raw.isdigit():
+        zone: tzinfo
         if raw[-1:] == "Z":
             text, zone = raw[:-1], UTC
         elif raw[-5:] == "+0000":

@@ -604,7 +604,7 @@ def test_a_file_another_task_instance_claims_is_refused_naming_it(tmp_path, hold
         f"(a.jsonl) there; if it is no longer running, delete its claim {sink.uri}/{claim_name(holder)}. "
         "Two tasks must not write one file at the same time, or each would overwrite the other's: run them "
         "one after the other (a dependency, or a pool of one slot) or give them different destinations. "
-        "Nothing was requested or written"
+        "No audit log was requested and nothing was written"
     )
     assert refused.value.claims == [claim_name(holder)]
     assert isinstance(refused.value, CapillaryWriteError)

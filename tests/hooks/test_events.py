@@ -30,6 +30,13 @@ OAUTH_KEY = "brand-client-key"
 OAUTH_SECRET = "s3cr3t-client-value"
 
 
+@pytest.fixture
+def stand_in():
+    """The stand-in's own default org: it lists the default events, as ``python -m ...sandbox`` does."""
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as server:
+        yield server
+
+
 def served_events(api: CapillaryStandIn) -> list[OrgEvent]:
     """Build the entries the hook should return from the stand-in's own list, without the package's reader."""
     events = []

@@ -15,7 +15,7 @@ import pytest
 
 from airflow_capillary_audit.commit import TEMP_PREFIX
 from airflow_capillary_audit.formats import event_file_name
-from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
+from airflow_capillary_audit.sandbox import CapillaryStandIn, Fault
 from tests.helpers import (
     FAST_RETRIES,
     LOGIN,
@@ -33,6 +33,7 @@ from tests.helpers import (
     manifest_of,
     manifests_in,
     needs_proc_fd,
+    org_dataset,
     record_disk_syncs,
     refuse_deletes,
     use_capillary,
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.airflow
 
 # Two events of 60,000 rows each: each file takes a good fraction of a second to write, long enough
 # for a reader polling the folder to catch it half-written many times over.
-BIG = Dataset(seed=11, records_per_event=(1500, 1500), history_per_record=(40, 40))
+BIG = org_dataset(seed=11, records_per_event=(1500, 1500), history_per_record=(40, 40), recent_changes=(0, 0))
 BIG_NAMES = ["big event one", "big event two"]
 
 
@@ -210,8 +211,9 @@ def test_a_store_that_refuses_deletes_still_gets_every_file_and_the_manifest(
     assert json.loads(memory_store.cat("/audit-bucket/capillary/_claim.fetch.json"))["files"] == []
 
 
-# Two tasks of two DAGs that write one event's file into one folder.
+# Two tasks of two DAGs that write one event's file into one folder, each with an event of its own.
 SHARED = "PointsRedeemed"
+SLOW_ONLY, QUICK_ONLY = "good", "fine"
 WRITER_DAG = """
 import pathlib, time
 import pendulum
@@ -265,12 +267,12 @@ def test_two_tasks_writing_one_file_at_overlapping_times_leave_every_manifest_tr
     api.set_faults([Fault("slow", seconds=15, times=1, event_names=[SHARED])])
     env = {"AIRFLOW_CONN_CAPILLARY_DEFAULT": connection_json(api.url, **{**FAST_RETRIES, "timeout": 60})}
     # Their files differ (records against rows), as two tasks' with other windows or options would.
-    slow_dag = writer_dag("fetch_slow", [SHARED, "only slow"], folder, flatten=False)
+    slow_dag = writer_dag("fetch_slow", [SHARED, SLOW_ONLY], folder, flatten=False)
     slow = DagProcess(tmp_path, "slow_writer", slow_dag, env)
-    quick = DagProcess(tmp_path, "quick_writer", writer_dag("fetch_quick", [SHARED, "only quick"], folder, go), env)
+    quick = DagProcess(tmp_path, "quick_writer", writer_dag("fetch_quick", [SHARED, QUICK_ONLY], folder, go), env)
     try:
         # The stand-in records a request once answered: the slow writer's other event is answered at once.
-        wait_for_request(api, "only slow", slow)
+        wait_for_request(api, SLOW_ONLY, slow)
         go.touch()  # the quick writer starts while the slow one waits for its answer
         quick_log = quick.wait()
         slow_log = slow.wait()
@@ -280,9 +282,9 @@ def test_two_tasks_writing_one_file_at_overlapping_times_leave_every_manifest_tr
 
     assert "fetch_slow" in slow_log and "state=success" in slow_log.replace(" ", ""), slow_log
     assert_every_manifest_is_true(folder)
-    # The quick writer was refused before any request of its own, naming the task that writes the file.
+    # The quick writer was refused before any audit-log request, naming the task that writes the file.
     assert [r.event_name for r in api.requests].count(SHARED) == 1
-    assert "only quick" not in [r.event_name for r in api.requests]
+    assert QUICK_ONLY not in [r.event_name for r in api.requests]
     assert "slow_writer" in quick_log and "fetch_slow" in quick_log
     assert list(manifests_in(folder)) == ["_manifest.slow_writer.fetch_slow.json"]
 
@@ -290,14 +292,14 @@ def test_two_tasks_writing_one_file_at_overlapping_times_leave_every_manifest_tr
 def test_a_failed_writer_leaves_the_file_another_task_wrote(api, monkeypatch, run_dag, tmp_path):
     folder = tmp_path / "out"
     use_capillary(monkeypatch, api.url)
-    first, _ = run_dag(writer_dag("fetch_first", [SHARED, "only first"], folder))
+    first, _ = run_dag(writer_dag("fetch_first", [SHARED, "a"], folder))
     assert first.state == "success"
     written = data_files(folder)
     manifests = manifests_in(folder)
 
     # A task of another DAG writes the same file later, and that event fails for it.
     api.set_faults([Fault("http_400", event_names=[SHARED])])
-    second, _ = run_dag(writer_dag("fetch_second", [SHARED, "only second"], folder, flatten=False))
+    second, _ = run_dag(writer_dag("fetch_second", [SHARED, "b"], folder, flatten=False))
 
     assert second.state == "failed"
     assert_every_manifest_is_true(folder)
@@ -360,5 +362,5 @@ def test_a_claim_of_a_task_this_airflow_does_not_know_stands(api, monkeypatch, r
     dag_run, _ = run_dag(writer_dag("fetch_here", [SHARED], folder))
 
     assert dag_run.state == "failed"
-    assert api.requests == []
+    assert [r.event_name for r in api.requests if r.event_name is not None] == []
     assert sorted(p.name for p in folder.iterdir()) == ["_claim.audit_in_staging.fetch.manual__1.json"]
