@@ -68,5 +68,9 @@ def test_a_task_reads_a_stored_connection_with_a_password(stand_in, stored_conne
 
     assert dag_run.state == "success"
     assert xcom("fetch") == expected_rows(stand_in.dataset, ["PointsRedeemed"])
-    # Capillary's Basic auth is the MD5 of the password: only the decrypted password gets in.
-    assert [r.status for r in stand_in.requests] == [200]
+    # Capillary's Basic auth is the MD5 of the password: only the decrypted password gets in (the
+    # org's listing, to check the name, then the audit logs).
+    assert [(r.path, r.status) for r in stand_in.requests] == [
+        ("/v2/events", 200),
+        ("/v2/events/audit_logs", 200),
+    ]
