@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 AUTH_TYPES = ("basic", "oauth")
 
+
 def ui_field_behaviour() -> dict[str, Any]:
     """Return the form's relabelled and hidden fields in the shape of ``get_ui_field_behaviour``."""
     return {
@@ -188,7 +189,7 @@ def _known_extras(extra: Mapping[str, Any], where: str, log: Any) -> dict[str, A
                 f"extra {key!r} is not one this connection reads: did you mean {meant!r}?"
                 for key, meant in misspelt.items()
             )
-            + "; rename it, since a misspelt extra would be ignored"
+            + f"; rename {'it' if len(misspelt) == 1 else 'them'}, since a misspelt extra would be ignored"
         )
     if unknown and log is not None:
         log.warning(

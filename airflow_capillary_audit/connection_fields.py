@@ -12,8 +12,8 @@ from typing import Any
 
 CONN_TYPE = "capillary"
 
-# The extras a Capillary connection understands. The hook reads exactly these keys (an allow-list)
-# and the connection form shows them as fields; keep both views in this one table.
+#: The extras a Capillary connection understands. The hook reads exactly these keys (an allow-list)
+#: and the connection form shows them as fields; keep both views in this one table.
 CONN_FIELDS: dict[str, dict[str, Any]] = {
     "auth_type": {
         "label": "Authentication",
@@ -35,7 +35,8 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     },
     "max_retries": {
         "label": "Max retries",
-        "description": "Retries after the first attempt on timeouts, 429 and 5xx answers.",
+        "description": "Retries after the first attempt on timeouts, connection errors, 429, 500, 502, "
+        "503 and 504 answers, and 200 answers that are not JSON.",
         "schema": {"type": ["integer", "null"], "default": 5, "minimum": 0},
     },
     "retry_max_wait": {

@@ -11,9 +11,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 
-# event_names="*": every event the org lists, found with one listing request at run time.
+#: ``event_names="*"``: every event the org lists, found with one listing request at run time.
 ALL_EVENTS = "*"
 
+#: The longest event name accepted, in characters.
 MAX_EVENT_NAME_LENGTH = 255
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -1,5 +1,5 @@
 """
-Every error a caller of this package can meet.
+Every error a caller of this package can meet::
 
     AirflowException
     └── CapillaryError

@@ -31,7 +31,7 @@ AUTH_STATUSES = frozenset({401, 403})
 BAD_REQUEST_STATUSES = frozenset({400, 404, 405, 415})
 # Capillary documents tokens of up to 60 minutes; 300 s is its usual grant.
 DEFAULT_TOKEN_SECONDS = 300.0
-# What the org's event listing is doing, as its errors and log lines name it: it is about no one event.
+#: What the org's event listing is doing, as its errors and log lines name it: it is about no one event.
 LISTING_EVENTS = "listing the org's events"
 
 

@@ -210,7 +210,8 @@ class CapillaryHook(BaseHook):
 
         :param event_name: the event's name, as configured in Capillary.
         :return: ``{"data": [...], "warnings": [...], "errors": []}``; ``errors`` is always empty,
-            since a body with errors raises :class:`CapillaryResponseError`.
+            since a body with errors raises
+            :class:`~airflow_capillary_audit.exceptions.CapillaryResponseError`.
         """
         return self.fetch_audit_logs(event_name).body
 

@@ -82,8 +82,8 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
 
     :param event_names: one event name or a list of them; each is rendered with Jinja; an XComArg
         or a native list from a template also works. Duplicates are dropped. The exact string ``"*"``
-        (:data:`ALL_EVENTS`) means every event the org lists, found with one listing request at run
-        time; a list is always taken literally. (templated)
+        (:data:`~airflow_capillary_audit.event_names.ALL_EVENTS`) means every event the org lists,
+        found with one listing request at run time; a list is always taken literally. (templated)
     :param exclude_event_names: glob patterns (``fnmatch``, case-sensitive) of event names to leave
         out, such as ``["Test*", "Legacy_?"]``; a string is one pattern. (templated)
     :param capillary_conn_id: the ``capillary`` connection to use.

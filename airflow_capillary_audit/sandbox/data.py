@@ -55,7 +55,7 @@ VALUES = (
     "",
 )
 JUNK_CHANGED_ON = ("not-a-date", "31/02/2025 25:61", "0000-00-00 00:00:00", "N/A", "")
-# The org's events when any name is served: the example DAGs' daily names among them.
+#: The org's events when any name is served: the example DAGs' daily names among them.
 DEFAULT_ORG_EVENTS = (
     "TestingEvent_FE",
     "PointsRedeemed",
@@ -76,7 +76,7 @@ EVENT_FIELDS = (
     ("couponCode", "STRING"),
 )
 
-# The UTC days before the last one the data reaches that get recent changes, and the hours they fall in.
+#: The UTC days before the last one the data reaches that get recent changes.
 RECENT_DAYS = 3
 _RECENT_FROM = timedelta(hours=2, minutes=30)
 _RECENT_UNTIL = timedelta(hours=21, minutes=30)

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.formats import event_file_name, event_name_from_file
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import Fault
@@ -1407,3 +1409,73 @@ def test_histories_in_any_order_give_rows_by_time_with_the_value_each_change_rep
     assert served != [r["changed_on_raw"] for r in rows if r["event_name"] == NAMES[0]]
     chained = [r for r in rows if r["previous_value"] is not None]
     assert chained
+
+
+# --- refused before the first request -------------------------------------------------------------
+
+
+def test_no_xcom_and_no_destination_is_refused_when_the_dag_is_parsed(airflow_db, tmp_path):
+    dag_file = tmp_path / "discards.py"
+    dag_file.write_text(
+        dag_source("CapillaryAuditLogsOperator(task_id='fetch', event_names=['a'], do_xcom_push=False)").replace(
+            "__DAG_ID__", "discards"
+        )
+    )
+
+    bag = DagBag(dag_folder=str(dag_file))
+
+    [error] = bag.import_errors.values()
+    assert "CapillaryConfigError: do_xcom_push=False with no destination would discard every row" in error
+    assert "set destination to write the rows to files" in error
+
+
+def test_parquet_without_pyarrow_is_refused_before_any_request(capillary_conn, airflow_db, tmp_path, monkeypatch):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an environment without pyarrow gives: ImportError
+    op = CapillaryAuditLogsOperator(
+        task_id="t", event_names=NAMES, destination=str(tmp_path), output_format="parquet"
+    )
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        op.execute({})
+
+    assert str(caught.value) == (
+        "output_format 'parquet' needs pyarrow where tasks run: pip install 'airflow-capillary-audit[parquet]' "
+        "(or pyarrow), or use output_format 'jsonl', 'json' or 'csv'"
+    )
+    assert capillary_conn.requests == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["under a file", "in /proc"])
+def test_a_folder_that_cannot_be_written_is_refused_before_any_request(
+    capillary_conn, airflow_db, tmp_path, where
+):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    (tmp_path / "a-file").write_text("not a folder")
+    destination = str(tmp_path / "a-file" / "out") if where == "under a file" else "/proc/capillary-audit/out"
+    op = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES, destination=destination)
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        op.execute({})
+
+    assert re.fullmatch(
+        rf"destination 'file://{re.escape(destination)}' cannot be written to: \[Errno \d+\] .+; check the "
+        r"folder's permissions, or give another destination",
+        str(caught.value),
+    )
+    assert capillary_conn.requests == []
+
+
+def test_the_write_probe_leaves_the_tree_as_it_found_it(capillary_conn, airflow_db, tmp_path):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    destination = tmp_path / "new" / "deeper" / "2026-11-24"
+    # The probe succeeds; the run then stops at the name check, before anything of its own is written.
+    op = CapillaryAuditLogsOperator(task_id="t", event_names=["NoSuchEvent"], destination=str(destination))
+
+    with pytest.raises(CapillaryConfigError, match="'NoSuchEvent' is not an event the org lists"):
+        op.execute({})
+
+    assert list(tmp_path.iterdir()) == []

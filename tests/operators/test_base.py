@@ -407,3 +407,24 @@ def test_a_long_run_says_how_far_it_got(capillary_conn, airflow_db, monkeypatch,
             r"limited\); (about \d+\.\d\d s left at the current pace|no event done yet to tell the time left)",
             line,
         ), line
+
+
+# --- names from the org's listing are checked as given names are ------------------------------------
+
+
+def test_listed_names_the_checks_refuse_are_left_out_and_the_run_goes_on(
+    capillary_conn, airflow_db, tmp_path, capfd, caplog
+):
+    from tests.hooks.test_events import ODD_LISTED, listing_body
+
+    too_long_for_a_file = "é" * 100  # a legal name, but 606 bytes once percent-encoded
+    body = listing_body("PointsRedeemed", too_long_for_a_file, *ODD_LISTED)
+    capillary_conn.set_faults([Fault("body", body=body, endpoint="events")])
+
+    summary = fetch_to(tmp_path, "*")
+
+    assert list(summary["rows"]) == ["PointsRedeemed"]
+    assert [r.event_name for r in capillary_conn.audit_log_requests] == ["PointsRedeemed"]
+    text = logged(capfd, caplog)
+    assert text.count("Capillary listed an event whose name") == len(ODD_LISTED)
+    assert "Leaving out 1 event the org lists that no file can be named for: the event name 'éééé" in text
