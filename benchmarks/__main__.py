@@ -63,7 +63,7 @@ FULL = Sizes(
     b5_group_size=50,
     p1_events=200,
     p1_rounds=3,
-    b6_events=50,
+    b6_events=500,
 )
 QUICK = Sizes(
     b1_events=50,
@@ -74,7 +74,7 @@ QUICK = Sizes(
     b5_group_size=10,
     p1_events=50,
     p1_rounds=1,
-    b6_events=10,
+    b6_events=50,
 )
 BENCHMARKS = ("B1", "B2", "B3", "B4", "B5", "B6", "P1")
 B1_LATENCY = 0.05
