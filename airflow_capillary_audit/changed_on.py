@@ -182,9 +182,13 @@ def reference_changed_on_naive(
             return None
         digits = text[1:] if text[0] in "+-" else text
         if digits.isascii() and digits.isdigit():
-            if len(digits) > 20:  # far beyond any datetime, and int() refuses very long digit strings
+            # Leading zeros aside, more than 20 digits is far beyond any datetime (and int() refuses
+            # very long digit strings, zeros or not).
+            significant = digits.lstrip("0")
+            if len(significant) > 20:
                 raise ChangedOnError(raw)
-            return _from_epoch(int(text), raw)
+            number = int(significant or "0")
+            return _from_epoch(-number if text[0] == "-" else number, raw)
         parsed = read_iso(text)
         if parsed is None:
             raise ChangedOnError(raw)

@@ -697,3 +697,12 @@ def test_epoch_digit_strings_past_the_calendar_are_refused(digits: int) -> None:
             parse_changed_on(raw)
         with pytest.raises(ChangedOnError):
             reference_changed_on_naive(raw)
+
+
+@pytest.mark.parametrize("zeros", [0, 7, 8, 30, 5000])
+def test_leading_zeros_do_not_change_an_epoch(zeros: int) -> None:
+    raw = "0" * zeros + "1715158617000"
+    assert parse_changed_on(raw) == utc(2024, 5, 8, 8, 56, 57)
+    assert reference_changed_on_naive(raw) == datetime(2024, 5, 8, 8, 56, 57)
+    assert parse_changed_on("-" + raw) == utc(1915, 8, 26, 15, 3, 3)
+    assert parse_changed_on("+" + "0" * zeros) == utc(1970, 1, 1)
