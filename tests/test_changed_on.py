@@ -705,4 +705,4 @@ def test_leading_zeros_do_not_change_an_epoch(zeros: int) -> None:
     assert parse_changed_on(raw) == utc(2024, 5, 8, 8, 56, 57)
     assert reference_changed_on_naive(raw) == datetime(2024, 5, 8, 8, 56, 57)
     assert parse_changed_on("-" + raw) == utc(1915, 8, 26, 15, 3, 3)
-    assert parse_changed_on("+" + "0" * zeros) == utc(1970, 1, 1)
+    assert parse_changed_on("+0" + "0" * zeros) == utc(1970, 1, 1)
