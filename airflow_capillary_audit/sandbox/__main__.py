@@ -199,7 +199,7 @@ def build_stand_in(args: argparse.Namespace, *, data_end: datetime | None = None
     if data_end is None and args.live_every is not None:
         # Live changes are made now: the generated history must not run past them.
         data_end = datetime.now(timezone.utc)
-    events = _names(args.events)
+    events = [name.strip() for name in args.events.split(",") if name.strip()] if args.events else None
     live_events = _names(args.live_events)
     rate_limit = None
     if args.rate_limit is not None:
