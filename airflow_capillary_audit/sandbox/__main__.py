@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
             "list of the org's events (GET /v2/events)."
         ),
         epilog=(
-            "Changes while it runs: POST /_control/changes with a JSON object {\"event_name\": ..., "
-            "\"value\": ..., \"record_id\": ..., \"updated_type\": ..., \"new_record\": false} adds a "
+            'Changes while it runs: POST /_control/changes with a JSON object {"event_name": ..., '
+            '"value": ..., "record_id": ..., "updated_type": ..., "new_record": false} adds a '
             "value-history entry to that event now (changedOn = now; value, record and updatedType "
             "chosen when left out) and answers 201 with the change; GET /_control/changes lists the "
             "changes added. The control endpoint needs no credentials and is neither rate limited nor "

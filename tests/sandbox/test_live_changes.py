@@ -22,7 +22,9 @@ from airflow_capillary_audit.sandbox.changes import LiveChanges, changed_on_text
 PATH = "/v2/events/audit_logs"
 CONTROL = "/_control/changes"
 USERS = {"store.server": "server123"}
-AUTH = {"Authorization": "Basic " + base64.b64encode(b"store.server:8a16a6b70505eb1f1ff7cdc0cd5559a7").decode()}
+AUTH = {
+    "Authorization": "Basic " + base64.b64encode(b"store.server:8a16a6b70505eb1f1ff7cdc0cd5559a7").decode()
+}
 END = datetime(2025, 6, 1, tzinfo=timezone.utc)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,8 +112,14 @@ def test_a_change_to_a_named_record_keeps_to_it_and_sets_its_updated_type():
 
 @pytest.mark.parametrize("order", ["descending", "shuffled"])
 def test_a_change_follows_the_history_order(order):
-    dataset = Dataset(seed=5, event_names=["e"], records_per_event=(1, 1), history_per_record=(4, 4),
-                      history_order=order, end=END)
+    dataset = Dataset(
+        seed=5,
+        event_names=["e"],
+        records_per_event=(1, 1),
+        history_per_record=(4, 4),
+        history_order=order,
+        end=END,
+    )
     changes = LiveChanges(dataset, seed=1)
     change = changes.add("e", value="new")
     history = changes.records("e")[0]["valueHistory"]
@@ -144,8 +152,10 @@ def test_control_requests_are_not_recorded_nor_rate_limited():
 
     dataset = Dataset(seed=3, event_names=["e"], end=END)
     with CapillaryStandIn(users=USERS, dataset=dataset, rate_limit=RateLimit(limit=1, window=60)) as stand_in:
-        statuses = [requests.post(stand_in.url + CONTROL, json={"event_name": "e"}, timeout=5).status_code
-                    for _ in range(3)]
+        statuses = [
+            requests.post(stand_in.url + CONTROL, json={"event_name": "e"}, timeout=5).status_code
+            for _ in range(3)
+        ]
         listed = requests.get(stand_in.url + CONTROL, timeout=5).json()["data"]
         assert stand_in.requests == []
     assert statuses == [201, 201, 201]
@@ -155,8 +165,9 @@ def test_control_requests_are_not_recorded_nor_rate_limited():
 def test_live_every_adds_changes_to_each_event_in_turn():
     seen = []
     dataset = Dataset(seed=3, event_names=["a", "b", "c"], end=END)
-    with CapillaryStandIn(users=USERS, dataset=dataset, live_every=0.05, live_events=["a", "b"],
-                          on_change=seen.append) as stand_in:
+    with CapillaryStandIn(
+        users=USERS, dataset=dataset, live_every=0.05, live_events=["a", "b"], on_change=seen.append
+    ) as stand_in:
         deadline = time.monotonic() + 10
         while len(seen) < 4 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -173,14 +184,31 @@ def test_live_every_must_be_positive():
 def test_the_command_line_documents_and_runs_the_live_mode(tmp_path):
     helped = subprocess.run(
         [sys.executable, "-m", "airflow_capillary_audit.sandbox", "--help"],
-        capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
     ).stdout
     assert "--live-every" in helped and "/_control/changes" in " ".join(helped.split())
     ready = tmp_path / "url"
     process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_capillary_audit.sandbox", "--port", "0", "--events", "x,y",
-         "--live-every", "0.2", "--ready-file", str(ready)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "airflow_capillary_audit.sandbox",
+            "--port",
+            "0",
+            "--events",
+            "x,y",
+            "--live-every",
+            "0.2",
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         deadline = time.monotonic() + 30
@@ -194,7 +222,9 @@ def test_the_command_line_documents_and_runs_the_live_mode(tmp_path):
         while len(requests.get(url + CONTROL, timeout=5).json()["data"]) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         # The history generated ends at start-up with --live-every: every entry is older than a change.
-        data = requests.get(url + PATH, params={"format": "json", "eventName": "x"}, headers=AUTH, timeout=5).json()["data"]
+        data = requests.get(
+            url + PATH, params={"format": "json", "eventName": "x"}, headers=AUTH, timeout=5
+        ).json()["data"]
         live = {change["changed_on"] for change in requests.get(url + CONTROL, timeout=5).json()["data"]}
         rows = [row for row in iter_rows("x", data) if row["changed_on_raw"] not in live]
         timed = [datetime.fromisoformat(row["changed_on"]) for row in rows if row["changed_on"]]
