@@ -9,6 +9,7 @@ triggers), then ``airflow triggerer`` started and stopped as an operator does, w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -105,10 +106,8 @@ class AirflowHome:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         # The runner it started, should it have outlived the supervisor.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def log_path(self, start: int) -> Path:
         return self.folder / f"triggerer-{start}.log"
