@@ -12,7 +12,17 @@ try:
 except ImportError:  # Airflow 3.0: the Task SDK does not export a hook base class yet
     from airflow.hooks.base import BaseHook  # type: ignore[attr-defined,no-redef]
 
+try:
+    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSensorTimeout
+except ImportError:  # Airflow 3.0 and 3.1: still in core's exceptions
+    from airflow.exceptions import (  # type: ignore[attr-defined,no-redef]
+        AirflowNotFoundException,
+        AirflowSensorTimeout,
+    )
+
 __all__ = [
+    "AirflowNotFoundException",
+    "AirflowSensorTimeout",
     "BaseHook",
     "BaseOperator",
     "ConnectionFields",

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow.exceptions import AirflowNotFoundException  # type: ignore[attr-defined]  # re-exported in 3.2+
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from airflow_capillary_audit._compat import AirflowNotFoundException
 from airflow_capillary_audit.changed_on import parse_window_bound
 from airflow_capillary_audit.changes import Detection, WatchState, describe, detect, payload
 from airflow_capillary_audit.event_names import (
@@ -24,6 +24,7 @@ from airflow_capillary_audit.event_names import (
 )
 from airflow_capillary_audit.exceptions import (
     CapillaryAuthError,
+    CapillaryBadRequestError,
     CapillaryConfigError,
     CapillaryConnectionError,
     CapillaryError,
@@ -202,7 +203,13 @@ class CapillaryAuditLogTrigger(BaseEventTrigger):
                 poll = await self._poll(hook, state, baseline)
             except Exception as err:
                 refused = isinstance(
-                    err, (CapillaryConfigError, CapillaryAuthError, AirflowNotFoundException)
+                    err,
+                    (
+                        CapillaryConfigError,
+                        CapillaryAuthError,
+                        CapillaryBadRequestError,
+                        AirflowNotFoundException,
+                    ),
                 )
                 if self.fire_once and (refused or not isinstance(err, CapillaryError)):
                     yield _event({"status": "error", "message": f"{type(err).__name__}: {err}"})
@@ -278,6 +285,10 @@ class CapillaryAuditLogTrigger(BaseEventTrigger):
                 )
             except ValueError as shape_error:
                 failures[name] = shape_error
+        refused = next((err for err in failures.values() if isinstance(err, CapillaryBadRequestError)), None)
+        if self.fire_once and refused is not None:
+            # A task waiting on it fails now: Capillary will not answer otherwise before the deadline.
+            raise refused
         till_wide = next((err for err in failures.values() if isinstance(err, _TILL_WIDE)), None)
         if names and not detections:
             # Nothing read: the poll failed, for the reason the till gave, else the first event's.

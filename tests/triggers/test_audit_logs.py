@@ -508,3 +508,20 @@ def test_an_asset_watcher_accepts_it():
 def test_bad_arguments_are_refused_naming_the_field(arguments, field):
     with pytest.raises(CapillaryConfigError, match=field.replace("[", r"\[")):
         CapillaryAuditLogTrigger(**arguments)
+
+
+def test_airflow_lists_the_trigger_and_the_sensor_of_this_provider():
+    from airflow.providers_manager import ProvidersManager
+
+    from airflow_capillary_audit.get_provider_info import get_provider_info
+
+    manager = ProvidersManager()
+    manager.initialize_providers_list()
+    assert "airflow_capillary_audit.triggers.audit_logs" in {t.trigger_class_name for t in manager.trigger}
+    info = get_provider_info()
+    assert info["sensors"] == [
+        {"integration-name": "Capillary", "python-modules": ["airflow_capillary_audit.sensors.audit_logs"]}
+    ]
+    assert info["triggers"] == [
+        {"integration-name": "Capillary", "python-modules": ["airflow_capillary_audit.triggers.audit_logs"]}
+    ]
