@@ -15,13 +15,19 @@ Settings, read when the file is parsed: ``CAPILLARY_WATCH_CONN_ID`` (``capillary
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
 import pendulum
 from airflow.sdk import DAG, Asset, AssetWatcher, task
 
+from airflow_capillary_audit.changes import describe
+from airflow_capillary_audit.formats import write_rows
+from airflow_capillary_audit.sinks import FolderSink, manifest_name
 from airflow_capillary_audit.triggers.audit_logs import CapillaryAuditLogTrigger
+
+log = logging.getLogger(__name__)
 
 WATCH_BASE = os.environ.get("CAPILLARY_WATCH_BASE", "/tmp/capillary-watch")
 CONN_ID = os.environ.get("CAPILLARY_WATCH_CONN_ID", "capillary_default")
@@ -58,13 +64,6 @@ with DAG(
     @task
     def write_changes(*, triggering_asset_events=None, run_id=None) -> dict:
         """Log each change of the triggering asset events and write them to one file for this run."""
-        import logging
-
-        from airflow_capillary_audit.changes import describe
-        from airflow_capillary_audit.formats import write_rows
-        from airflow_capillary_audit.sinks import FolderSink, manifest_name
-
-        log = logging.getLogger(__name__)
         rows, omitted = [], 0
         for event in triggering_asset_events[capillary_changes]:
             payload = event.extra.get("payload") or {}

@@ -6,6 +6,7 @@ in-process), with the stand-in changed while the sensor waits.
 from __future__ import annotations
 
 import inspect
+import json
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -145,7 +146,7 @@ def test_refused_credentials_fail_it(api, run_dag, monkeypatch):
     use_connection(monkeypatch, api.url)
     monkeypatch.setenv(
         "AIRFLOW_CONN_CAPILLARY_DEFAULT",
-        '{"conn_type": "capillary", "host": "%s", "login": "store.server", "password": "wrong"}' % api.url,
+        json.dumps({"conn_type": "capillary", "host": api.url, "login": LOGIN, "password": "wrong"}),
     )
     dag_run, _ = run_dag(
         dag_source(
