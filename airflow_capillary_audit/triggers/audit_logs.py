@@ -6,7 +6,8 @@ import asyncio
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -48,17 +49,20 @@ if TYPE_CHECKING:
 _TILL_WIDE = (CapillaryAuthError, CapillaryConnectionError, CapillaryTimeoutError, CapillaryRateLimitError)
 
 
+# Failures a fix of the connection or the arguments ends, not time: the connection is read again.
+_REFUSED = (CapillaryConfigError, CapillaryAuthError, CapillaryBadRequestError, AirflowNotFoundException)
+
+
 class PollFailed(CapillaryError):
     """Raised inside a poll when no event could be read; the watch logs it and polls again later."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Poll:
-    """What one poll found: each event read, compared with what was seen."""
+    """What one poll read: how many events, and how many changes they hold in all."""
 
-    detections: list[Detection]
-    asked: int
-    failed: int
+    read: int = 0
+    changes: int = 0
 
 
 class CapillaryAuditLogTrigger(BaseEventTrigger):
@@ -185,10 +189,7 @@ class CapillaryAuditLogTrigger(BaseEventTrigger):
 
     async def _watch(self, hook: CapillaryAsyncHook) -> AsyncIterator[TriggerEvent]:
         place = self._place()
-        state = await self._load(place)
-        baseline = state is None and self.changed_since is None
-        if state is None:
-            state = WatchState(_now() if baseline else datetime.fromisoformat(str(self.changed_since)))
+        state, baseline = await self._start(place)
         failures = 0
         poll_number = 0
         while True:
@@ -199,18 +200,25 @@ class CapillaryAuditLogTrigger(BaseEventTrigger):
             if baseline:
                 # The baseline's moment: an event first read after it reports what changed since.
                 state.started_at = _now()
+            saved = state.copy()
+            poll = _Poll()
             try:
-                poll = await self._poll(hook, state, baseline)
-            except Exception as err:
-                refused = isinstance(
-                    err,
-                    (
-                        CapillaryConfigError,
-                        CapillaryAuthError,
-                        CapillaryBadRequestError,
-                        AirflowNotFoundException,
-                    ),
-                )
+                async with aclosing(self._poll(hook, state, baseline, poll)) as groups:
+                    async for group in groups:
+                        for detection in group:
+                            seen = state.seen.get(detection.event_name, set())
+                            state.seen[detection.event_name] = seen | detection.fingerprints
+                        found = payload(
+                            group, max_changes_per_event=self.max_changes_per_event, detected_at=_now()
+                        )
+                        if found["change_count"]:
+                            self._log_changes(poll_number, found)
+                            yield _event({"status": "success", **found})
+                            # Kept at once: a restart from here on must not report these again.
+                            await self._save(place, state)
+                            saved = state.copy()
+            except Exception as err:  # noqa: BLE001 - a failed poll never ends a watch: logged by _backoff
+                refused = isinstance(err, _REFUSED)
                 if self.fire_once and (refused or not isinstance(err, CapillaryError)):
                     yield _event({"status": "error", "message": f"{type(err).__name__}: {err}"})
                     return
@@ -218,93 +226,111 @@ class CapillaryAuditLogTrigger(BaseEventTrigger):
                     # The connection may be fixed meanwhile: the next poll reads it again.
                     await hook.reset()
                 failures += 1
-                cap = max(self.poll_interval, self.max_backoff)
-                wait = backoff_seconds(failures, self.poll_interval, cap, jitter())
-                self.log.warning(
-                    "Poll %d of Capillary audit logs (connection %r) failed, %d failed poll(s) in a row: "
-                    "%s: %s; next poll in %.3g s",
-                    poll_number,
-                    self.capillary_conn_id,
-                    failures,
-                    type(err).__name__,
-                    err,
-                    wait,
-                    exc_info=not isinstance(err, CapillaryError),
-                )
+                wait = self._backoff(poll_number, failures, err)
             else:
                 failures = 0
                 wait = self.poll_interval
-                before = state.copy()
-                for detection in poll.detections:
-                    state.seen[detection.event_name] = state.seen.get(detection.event_name, set()) | set(
-                        detection.fingerprints
-                    )
-                found = payload(
-                    poll.detections, max_changes_per_event=self.max_changes_per_event, detected_at=_now()
-                )
                 if baseline:
                     self.log.info(
                         "Watching %d event(s) of connection %r every %g s: baseline of %d change(s) taken; "
                         "the watch's place is kept in %s",
-                        len(poll.detections),
-                        self.capillary_conn_id,
-                        self.poll_interval,
-                        sum(len(d.fingerprints) for d in poll.detections),
-                        place.description,
+                        *(
+                            poll.read,
+                            self.capillary_conn_id,
+                            self.poll_interval,
+                            poll.changes,
+                            place.description,
+                        ),
                     )
-                    baseline = False
-                if found["change_count"]:
-                    self._log_changes(poll_number, found)
-                    yield _event({"status": "success", **found})
-                if state.seen != before.seen:
-                    await self._save(place, state)
+                baseline = False
+            if state.seen != saved.seen:
+                await self._save(place, state)
             await self._sleep(wait)
 
-    async def _poll(self, hook: CapillaryAsyncHook, state: WatchState, baseline: bool) -> _Poll:
-        """Read every watched event once and compare it with what was seen; raise when none could be read."""
+    def _backoff(self, poll_number: int, failures: int, err: Exception) -> float:
+        """Log a failed poll; return the wait before the next one, doubling up to ``max_backoff``."""
+        cap = max(self.poll_interval, self.max_backoff)
+        wait = backoff_seconds(failures, self.poll_interval, cap, jitter())
+        self.log.warning(
+            "Poll %d of Capillary audit logs (connection %r) failed, %d failed poll(s) in a row: "
+            "%s: %s; next poll in %.3g s",
+            poll_number,
+            self.capillary_conn_id,
+            failures,
+            type(err).__name__,
+            err,
+            wait,
+            exc_info=not isinstance(err, CapillaryError),
+        )
+        return wait
+
+    async def _poll(
+        self, hook: CapillaryAsyncHook, state: WatchState, baseline: bool, poll: _Poll
+    ) -> AsyncGenerator[list[Detection], None]:
+        """
+        Read every watched event once and compare it with what was seen, yielding the comparisons as
+        soon as one finds a change (with those already read beside it); raise when none could be read.
+        """
         settings = await hook.prepare()
         names = await self._names(hook)
-        results = await self._fetch_all(hook, names)
-        detections: list[Detection] = []
+        slots = asyncio.Semaphore(self.max_active_requests)
+        stop: list[BaseException] = []
+        tasks = [asyncio.ensure_future(self._fetch(hook, name, slots, stop)) for name in names]
         failures: dict[str, BaseException] = {}
-        for name, result in zip(names, results):
-            if result is None:
-                continue
-            if isinstance(result, BaseException):
-                failures[name] = result
-                continue
-            try:
-                detections.append(
-                    detect(
+        ready: list[Detection] = []
+        try:
+            for name, task in zip(names, tasks):
+                if any(detection.new for detection in ready) and not task.done():
+                    # A change found is reported now, not when the last event of the poll is read.
+                    yield ready
+                    ready = []
+                result = await task
+                if result is None:
+                    continue
+                if isinstance(result, BaseException):
+                    failures[name] = result
+                    continue
+                try:
+                    detection = detect(
                         name,
                         result.body["data"],
                         state.seen.get(name),
                         since=None if baseline else state.started_at,
                         default_tz=settings.tzinfo,
                     )
-                )
-            except ValueError as shape_error:
-                failures[name] = shape_error
+                except ValueError as shape_error:
+                    failures[name] = shape_error
+                    continue
+                poll.read += 1
+                poll.changes += len(detection.fingerprints)
+                ready.append(detection)
+            self._judge(names, failures, poll)
+            if ready:
+                yield ready
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _judge(self, names: list[str], failures: dict[str, BaseException], poll: _Poll) -> None:
+        """Raise what made a poll fail (no event read; a refused event when a task waits); log the rest."""
         refused = next((err for err in failures.values() if isinstance(err, CapillaryBadRequestError)), None)
         if self.fire_once and refused is not None:
             # A task waiting on it fails now: Capillary will not answer otherwise before the deadline.
             raise refused
         till_wide = next((err for err in failures.values() if isinstance(err, _TILL_WIDE)), None)
-        if names and not detections:
+        if names and not poll.read:
             # Nothing read: the poll failed, for the reason the till gave, else the first event's.
             raise till_wide or next(iter(failures.values()), PollFailed("no event could be read"))
         for name, failure in failures.items():
             if not isinstance(failure, _TILL_WIDE):
                 self.log.warning("Event %r not read this poll (asked again next poll): %s", name, failure)
-        skipped = len(names) - len(detections) - len(failures)
         if till_wide is not None:
             self.log.warning(
                 "%d event(s) not read this poll (asked again next poll): %s",
-                skipped + sum(isinstance(err, _TILL_WIDE) for err in failures.values()),
+                len(names) - poll.read,
                 till_wide,
             )
-        failed = len(names) - len(detections)
-        return _Poll(detections, len(names), failed)
 
     async def _names(self, hook: CapillaryAsyncHook) -> list[str]:
         """Return the events to read this poll: the given names, or the org's listing for ``"*"``."""
@@ -315,28 +341,22 @@ class CapillaryAuditLogTrigger(BaseEventTrigger):
         kept, _ = exclude_event_names(listed, self.exclude_event_names)
         return kept
 
-    async def _fetch_all(
-        self, hook: CapillaryAsyncHook, names: list[str]
-    ) -> list[AuditLogs | BaseException | None]:
-        """Fetch every event, ``max_active_requests`` at a time; after a till-wide failure, ask no more."""
-        slots = asyncio.Semaphore(self.max_active_requests)
-        stop: list[BaseException] = []
-
-        async def one(name: str) -> AuditLogs | BaseException | None:
-            async with slots:
-                if stop:
-                    return None
-                try:
-                    return await hook.fetch_audit_logs(name)
-                except _TILL_WIDE as err:
-                    stop.append(err)
-                    return err
-                except CapillaryConfigError:
-                    raise
-                except CapillaryError as err:
-                    return err
-
-        return list(await asyncio.gather(*(one(name) for name in names)))
+    async def _fetch(
+        self, hook: CapillaryAsyncHook, name: str, slots: asyncio.Semaphore, stop: list[BaseException]
+    ) -> AuditLogs | BaseException | None:
+        """Fetch one event's audit logs in turn; after a till-wide failure, ask no more (``None``)."""
+        async with slots:
+            if stop:
+                return None
+            try:
+                return await hook.fetch_audit_logs(name)
+            except _TILL_WIDE as err:
+                stop.append(err)
+                return err
+            except CapillaryConfigError:
+                raise
+            except CapillaryError as err:
+                return err
 
     def _place(self) -> StatePlace:
         """Return where this watch keeps its place: see :mod:`airflow_capillary_audit.triggers.state`."""
@@ -349,6 +369,15 @@ class CapillaryAuditLogTrigger(BaseEventTrigger):
         if getattr(self, "trigger_id", None) is not None and getattr(self, "task_instance", None) is None:
             return VariablePlace(self.state_key)
         return MemoryPlace()
+
+    async def _start(self, place: StatePlace) -> tuple[WatchState, bool]:
+        """Return where the watch starts, and whether its first poll is a baseline."""
+        state = await self._load(place)
+        if state is not None:
+            return state, False
+        if self.changed_since is not None:
+            return WatchState(datetime.fromisoformat(self.changed_since)), False
+        return WatchState(_now()), True
 
     async def _load(self, place: StatePlace) -> WatchState | None:
         try:

@@ -108,25 +108,33 @@ def test_it_fires_once_with_a_change_made_while_it_watches_silent_before_and_aft
     assert json.loads(json.dumps(payload)) == payload
 
 
-def test_changes_between_two_polls_fire_together_and_each_change_once(api, monkeypatch):
+def test_each_change_fires_once_however_the_polls_group_them(api, monkeypatch):
     use_connection(monkeypatch, api.url)
     trigger = CapillaryAuditLogTrigger(event_names=EVENTS, poll_interval=0.3)
     added = []
+
+    def reported() -> list:
+        return [change for event in events_seen for change in changes_of(event)]
+
+    events_seen: list = []
 
     async def scenario(events, task):
         await until("the baseline", lambda: polls(api, EVENTS[2]) >= 1, task)
         await asyncio.sleep(0.05)
         added.extend([api.add_change(EVENTS[0]), api.add_change(EVENTS[2]), api.add_change(EVENTS[0])])
-        await until("an event", lambda: events, task)
+        await until("the three changes fire", lambda: sum(len(changes_of(e)) for e in events) >= 3, task)
         added.append(api.add_change(EVENTS[1], new_record=True))
-        await until("a second event", lambda: len(events) >= 2, task)
+        await until("the fourth fires", lambda: sum(len(changes_of(e)) for e in events) >= 4, task)
         seen = polls(api, EVENTS[2])
         await until("two more polls", lambda: polls(api, EVENTS[2]) >= seen + 2, task)
+        events_seen.extend(events)
 
     events = watch(trigger, scenario)
-    reported = [change for event in events for change in changes_of(event)]
-    assert sorted(reported) == sorted((c.event_name, c.record_id, c.previous_value, c.value) for c in added)
-    assert len(reported) == len(set(reported)) == 4
+    assert events == events_seen
+    assert sorted(reported()) == sorted((c.event_name, c.record_id, c.previous_value, c.value) for c in added)
+    assert len(reported()) == len(set(reported())) == 4
+    # One event per event name and poll at most: EVENTS[0]'s two changes came together.
+    assert any(len(changes_of(e)) >= 2 and {c[0] for c in changes_of(e)} >= {EVENTS[0]} for e in events)
     assert changes_of(events[-1]) == [(EVENTS[1], added[3].record_id, None, added[3].value)]
 
 
@@ -525,3 +533,38 @@ def test_airflow_lists_the_trigger_and_the_sensor_of_this_provider():
     assert info["triggers"] == [
         {"integration-name": "Capillary", "python-modules": ["airflow_capillary_audit.triggers.audit_logs"]}
     ]
+
+
+def test_a_change_fires_as_soon_as_its_event_is_read_not_at_the_end_of_the_poll(monkeypatch):
+    dataset = Dataset(seed=3, event_names=EVENTS, end=END)
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset, latency=0.2) as api:
+        use_connection(monkeypatch, api.url)
+        trigger = CapillaryAuditLogTrigger(event_names=EVENTS, poll_interval=0.01, max_active_requests=1)
+        # A poll reads the events in the order of their names.
+        first, last = sorted(EVENTS)[0], sorted(EVENTS)[-1]
+        changed_at: list[float] = []
+        fired_at: list[float] = []
+
+        async def main() -> None:
+            async def collect() -> None:
+                async for _event in trigger.run():
+                    fired_at.append(time.monotonic())
+
+            task = asyncio.create_task(collect())
+            await until("the baseline", lambda: polls(api, last) >= 2, task)
+            changed_at.append(time.monotonic())
+            api.add_change(first)
+            await until("the change fires", lambda: fired_at, task)
+            await asyncio.sleep(0.5)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        requests = [r for r in api.requests if r.monotonic > changed_at[0]]
+    # The poll that read the change asked for each event in turn, each answered 0.2 s later: the event
+    # fired before that poll even asked for its last event.
+    found = next(i for i, r in enumerate(requests) if r.event_name == first)
+    last_of_that_poll = next(r for r in requests[found:] if r.event_name == last)
+    assert len(fired_at) == 1
+    assert fired_at[0] < last_of_that_poll.monotonic
