@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators mutation-connection clean
+.PHONY: venv demo watch-demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators mutation-connection clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ venv: $(BIN)/activate
 
 demo: venv
 	$(BIN)/python scripts/demo.py
+
+# The watch: the stand-in changes an event every few seconds; the trigger reports each change.
+watch-demo: venv
+	$(BIN)/python scripts/watch_demo.py
 
 test: venv
 	$(BIN)/python -m pytest
