@@ -151,7 +151,8 @@ class CapillaryAsyncHook:
             await client.aclose()
         redis, self._redis = self._redis, None
         if redis is not None:
-            await redis.aclose()
+            # redis-py 5 renamed close() to aclose().
+            await (redis.aclose() if hasattr(redis, "aclose") else redis.close())
 
     async def reset(self) -> None:
         """Close, and forget the connection: the next request reads it again (say, fixed credentials)."""
