@@ -24,9 +24,9 @@ import asyncio
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import tenacity
 
@@ -67,6 +67,8 @@ from airflow_capillary_audit.retry import RetryPolicy, log_retry, retry_if_retry
 if TYPE_CHECKING:
     import httpx
     from airflow.sdk import Connection
+
+T = TypeVar("T")
 
 # The Redis connection's extras that Airflow's RedisHook passes on as TLS settings, and only those.
 _REDIS_SSL_EXTRAS = (
@@ -320,7 +322,7 @@ class CapillaryAsyncHook:
                 return response, await response.aread()
 
         try:
-            response, content = await asyncio.wait_for(exchange(), settings.timeout)
+            response, content = await _within(settings.timeout, exchange())
         except (asyncio.TimeoutError, httpx.TimeoutException) as err:
             raise CapillaryTimeoutError(
                 f"No answer within {settings.timeout:g} s",
@@ -429,3 +431,13 @@ def _causes(err: BaseException) -> list[BaseException]:
         chain.append(current)
         current = current.__cause__ or current.__context__
     return chain
+
+
+async def _within(seconds: float, exchange: Coroutine[Any, Any, T]) -> T:
+    """Run ``exchange`` for at most ``seconds``; raise ``TimeoutError`` after."""
+    if hasattr(asyncio, "timeout"):
+        # Python 3.11's wait_for can swallow a cancellation that meets the result: a stopped trigger
+        # would run on. asyncio.timeout cannot.
+        async with asyncio.timeout(seconds):
+            return await exchange
+    return await asyncio.wait_for(exchange, seconds)  # Python 3.10

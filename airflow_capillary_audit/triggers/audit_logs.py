@@ -284,7 +284,10 @@ class CapillaryAuditLogTrigger(BaseEventTrigger):
                     # A change found is reported now, not when the last event of the poll is read.
                     yield ready
                     ready = []
-                result = await task
+                # Waited for, not awaited: a cancellation of this trigger is then this trigger's own, even
+                # when the fetch ends at the same moment (a fetch cannot swallow it, as wait_for can).
+                await asyncio.wait([task])
+                result = task.result()
                 if result is None:
                     continue
                 if isinstance(result, BaseException):

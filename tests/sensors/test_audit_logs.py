@@ -15,7 +15,7 @@ import pytest
 from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
 from airflow_capillary_audit.sensors.audit_logs import CapillaryAuditLogSensor
-from tests.helpers import LOGIN, PASSWORD, logged, use_connection
+from tests.helpers import AIRFLOW_3_0, LOGIN, PASSWORD, logged, use_connection
 
 pytestmark = pytest.mark.airflow
 
@@ -136,10 +136,10 @@ def test_execution_timeout_holds_in_deferral(api, run_dag, capfd, caplog):
     polls = audit_requests(api, HTTPX)
     assert len(polls) >= 2
     assert max(r.wall for r in polls) - started.timestamp() < 120
-    assert (
-        "Sensor has timed out: no change of the watched events at or after 2025-06-02T00:00:00+00:00"
-        in logged(capfd, caplog)
-    )
+    # Airflow 3.0's dag.test() keeps the task's log out of this process's output.
+    if not AIRFLOW_3_0:
+        said = "Sensor has timed out: no change of the watched events at or after 2025-06-02T00:00:00+00:00"
+        assert said in logged(capfd, caplog)
 
 
 def test_refused_credentials_fail_it(api, run_dag, monkeypatch):

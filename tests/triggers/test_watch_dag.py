@@ -76,8 +76,8 @@ def test_a_run_logs_each_change_and_writes_them_to_one_file(monkeypatch, tmp_pat
         },
     ]
     # What the scheduler hands the task: the triggering asset events, each with the trigger's payload.
-    events = {
-        module.capillary_changes: [
+    given = {
+        module.capillary_changes.name: [
             SimpleNamespace(
                 extra={"from_trigger": True, "payload": {"changes": rows[:1], "omitted_count": 0}}
             ),
@@ -86,6 +86,14 @@ def test_a_run_logs_each_change_and_writes_them_to_one_file(monkeypatch, tmp_pat
             ),
         ]
     }
+
+    class TriggeringAssetEvents:
+        """Looked up by asset, as Airflow's accessor is (an Asset is not hashable on Airflow 3.0)."""
+
+        def __getitem__(self, asset):
+            return given[asset.name]
+
+    events = TriggeringAssetEvents()
     task = module.dag.get_task("write_changes")
     result = task.python_callable(
         triggering_asset_events=events, run_id="asset_triggered__2026-01-02T03:05:00+00:00"
