@@ -11,6 +11,7 @@ the restart hold exactly the changes made while it was down and after, each once
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -107,8 +108,10 @@ def test_a_restart_reports_the_changes_made_while_down_once_and_nothing_twice(ho
 
     home.stop_triggerer()
     while_down = stand_in.add_change(EVENTS[1], value="while the triggerer was down")
+    restarted = time.monotonic()
     home.start_triggerer()
     wait_for("the change made while down", lambda: len(home.asset_events()) >= 2, home)
+    resumed = time.monotonic() - restarted
     after = stand_in.add_change(EVENTS[0], value="after the restart")
     wait_for("the change after the restart", lambda: len(home.asset_events()) >= 3, home)
     # A few more polls of each event: nothing more is reported.
@@ -122,6 +125,10 @@ def test_a_restart_reports_the_changes_made_while_down_once_and_nothing_twice(ho
     ]
     logs = home.logs()
     assert "Resuming the watch from" in logs
+    # The figure the README quotes (pytest -s): how soon after its start the triggerer reported it.
+    print(
+        f"Airflow {AIRFLOW_VERSION}: 3 changes, 3 asset events; the change made while down {resumed:.1f} s after the restart"
+    )
     if ASSET_STATE_STORE:
         assert "the asset state store of 1 asset(s)" in logs
         assert any(
