@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo watch-demo test lint dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators mutation-connection clean
+.PHONY: venv demo watch-demo example examples test lint docs dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators mutation-connection clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,15 @@ venv: $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 
 demo: venv
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py capillary_audit_daily
+
+# `make example DAG=capillary_audit_org`: any example DAG against the stand-in (scripts/demo.py lists them).
+DAG ?= capillary_audit_daily
+example: venv
+	$(BIN)/python scripts/demo.py $(DAG)
+
+examples: venv
+	$(BIN)/python scripts/demo.py --all
 
 # The watch: the stand-in changes an event every few seconds; the trigger reports each change.
 watch-demo: venv
@@ -37,6 +45,15 @@ lint: venv
 	$(BIN)/python -m pip install --quiet -e '.[lint]'
 	$(BIN)/ruff check .
 	$(BIN)/mypy airflow_capillary_audit
+
+# The documentation site (docs/): Sphinx in .venv with the package and Airflow importable, every
+# warning an error, nitpicky references; then every relative link and anchor of the HTML, offline.
+# Open docs/_build/html/index.html.
+docs: venv
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	rm -rf docs/_build docs/api/generated
+	$(BIN)/python -m sphinx -b html -W --keep-going -n -q docs docs/_build/html
+	$(BIN)/python docs/check_links.py docs/_build/html
 
 # The package as users get it (scripts/dist_check.py): sdist and wheel built into dist/ and passed by
 # `twine check`; the wheel holds the license, get_provider_info.py and py.typed, and no tests/; the
@@ -111,4 +128,4 @@ mutation-connection: mutation-venv
 	$(MUTATION_VENV)/bin/python scripts/mutation.py --profile connection $(MUTMUT_ARGS)
 
 clean:
-	rm -rf .demo .pytest_cache build dist *.egg-info .venv-airflow-*
+	rm -rf .demo .pytest_cache build dist *.egg-info .venv-airflow-* docs/_build docs/api/generated

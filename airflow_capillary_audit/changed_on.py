@@ -36,6 +36,12 @@ _ISO_DATE_TIME = re.compile(
     re.ASCII,
 )
 
+# What may stand between the date and the time of a ``changedOn`` on the fast path.
+_SEPARATORS = ("T", " ")
+# What may follow the minutes (seconds, or nothing) and the seconds (a fraction, or nothing) there.
+_AFTER_MINUTES = (":", "")
+_AFTER_SECONDS = (".", ",", "")
+
 _WINDOW_HINT = "give an ISO 8601 string such as 2026-11-24T00:00:00+00:00 or a datetime"
 
 
@@ -107,26 +113,40 @@ def parse_changed_on_naive(
         counted into it; the reading is the same with it or without.
     """
     if raw.__class__ is str and not raw.isdigit():
-        text: str | None
+        zone: tzinfo
         if raw[-1:] == "Z":
-            text = raw[:-1]
+            text, zone = raw[:-1], UTC
         elif raw[-5:] == "+0000":
-            text = raw[:-5]
+            text, zone = raw[:-5], UTC
         elif raw[-6:] == "+00:00":
-            text = raw[:-6]
+            text, zone = raw[:-6], UTC
         else:
-            text = raw if default_tz is UTC else None
-        if text:
+            text, zone = raw, default_tz
+        # Only a whole date and time goes to fromisoformat, which takes any character between the two
+        # (it reads "2025-05-08+05:30" as 05:30 that day, not midnight at +05:30) and before a fraction.
+        if (
+            text[4:5] == "-"
+            and text[7:8] == "-"
+            and text[10:11] in _SEPARATORS
+            and text[13:14] == ":"
+            and text[16:17] in _AFTER_MINUTES
+            and text[19:20] in _AFTER_SECONDS
+        ):
             try:
                 moment = fromisoformat(text)
             except ValueError:
                 pass
             else:
                 if moment.tzinfo is None:
-                    return moment
+                    if zone is UTC:
+                        return moment
+                    try:
+                        return _local_to_utc(moment, zone, local_times)
+                    except OverflowError:  # the zone's offset pushes 0001-01-01 or 9999-12-31 out of range
+                        raise ChangedOnError(raw) from None
     elif raw.__class__ is int:
         return _from_epoch(raw, raw)
-    return _utc_naive_slow(raw, default_tz, local_times)
+    return reference_changed_on_naive(raw, default_tz, local_times)
 
 
 def changed_on_text(raw: object) -> str:
@@ -139,7 +159,15 @@ def changed_on_text(raw: object) -> str:
         return str(raw)
 
 
-def _utc_naive_slow(raw: object, default_tz: tzinfo, local_times: LocalTimeCounts | None) -> datetime | None:
+def reference_changed_on_naive(
+    raw: object, default_tz: tzinfo = UTC, local_times: LocalTimeCounts | None = None
+) -> datetime | None:
+    """
+    Read ``changedOn`` as :func:`parse_changed_on_naive` does, one case at a time, with no shortcut.
+
+    This is the reading the fast path must agree with, value for value: it takes every spelling the
+    fast path takes and the rest, and the tests hold the two side by side.
+    """
     if raw is None:
         return None
     if isinstance(raw, bool):
@@ -215,14 +243,14 @@ def _from_epoch(number: int | float, raw: object) -> datetime:
 
 def read_iso(text: str) -> datetime | None:
     """
-    Read an ISO 8601 date or date-time, naive or aware, or return None.
+    Read an ISO 8601 date or date-time in the extended format, naive or aware, or return None.
 
-    :func:`fromisoformat` is tried first; what it refuses goes to :func:`read_iso_pattern`.
+    One grammar on every Python version and every path (:func:`read_iso_pattern`): Python's own
+    ``fromisoformat`` reads more on 3.11 than on 3.10 (week dates, the basic format ``20250508``)
+    and takes any character between date and time, so ``2025-05-08+05:30`` would be 05:30 that day.
+    Here a date followed by an offset is midnight at that offset.
     """
-    try:
-        return fromisoformat(text)
-    except ValueError:
-        return read_iso_pattern(text)
+    return read_iso_pattern(text)
 
 
 def read_iso_pattern(text: str) -> datetime | None:
@@ -314,16 +342,32 @@ def parse_window_bound(value: object, field: str) -> datetime | None:
 
 def validate_window(since: datetime | None, until: datetime | None) -> None:
     """
-    Check that a window does not end before it starts; an equal start and end is an empty window.
+    Check that a window has room for a change: it must not end before it starts, nor where it starts.
+
+    A window whose start equals its end keeps no row. On Airflow 3 that is what a cron schedule such
+    as ``"@daily"`` gives ``{{ data_interval_start }}`` and ``{{ data_interval_end }}`` (both the
+    logical date), unless the DAG's timetable makes data intervals, so the message says how to fix it.
 
     :param since: the start, as :func:`parse_window_bound` returns it.
     :param until: the end, as :func:`parse_window_bound` returns it.
-    :raises ValueError: naming ``changed_since`` and ``changed_until`` when ``since > until``.
+    :raises ValueError: naming ``changed_since`` and ``changed_until`` when ``since >= until``.
     """
-    if since is not None and until is not None and since > until:
+    if since is None or until is None:
+        return
+    if since > until:
         raise ValueError(
             f"changed_since ({since.isoformat()}) is after changed_until ({until.isoformat()}); "
             "give a changed_since at or before changed_until"
+        )
+    if since == until:
+        raise ValueError(
+            f"changed_since and changed_until are both {since.isoformat()}: a window of no length keeps "
+            "no change. On Airflow 3 a cron schedule such as '@daily' gives each run a data interval of "
+            "no length (data_interval_start = data_interval_end); give the DAG "
+            "schedule=CronDataIntervalTimetable('0 0 * * *', timezone='UTC') (from airflow.timetables."
+            "interval; airflow.sdk from 3.2), or set [scheduler] create_cron_data_intervals = True, or "
+            "use templates that span a day, such as changed_since='{{ macros.ds_add(ds, -1) }}' and "
+            "changed_until='{{ ds }}'"
         )
 
 

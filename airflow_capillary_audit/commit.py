@@ -92,6 +92,7 @@ def write_copied(
 
 
 def fsync_folder(folder: str) -> None:
+    """Flush a folder's entries (a rename, a removal) to disk; a no-op on Windows."""
     # Windows cannot open a folder to sync it.
     if os.name == "nt":
         return

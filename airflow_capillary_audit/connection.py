@@ -7,6 +7,7 @@ connection form (through ``get_provider_info``) and the checks (as an allow-list
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -27,8 +28,8 @@ AUTH_TYPES = ("basic", "oauth")
 
 CONN_TYPE = "capillary"
 
-# The extras a Capillary connection understands. The hook reads exactly these keys (an allow-list)
-# and the connection form shows them as fields; keep both views in this one table.
+#: The extras a Capillary connection understands. The hook reads exactly these keys (an allow-list)
+#: and the connection form shows them as fields; keep both views in this one table.
 CONN_FIELDS: dict[str, dict[str, Any]] = {
     "auth_type": {
         "label": "Authentication",
@@ -50,7 +51,8 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     },
     "max_retries": {
         "label": "Max retries",
-        "description": "Retries after the first attempt on timeouts, 429 and 5xx answers.",
+        "description": "Retries after the first attempt on timeouts, connection errors, 429, 500, 502, "
+        "503 and 504 answers, and 200 answers that are not JSON.",
         "schema": {"type": ["integer", "null"], "default": 5, "minimum": 0},
     },
     "retry_max_wait": {
@@ -279,11 +281,55 @@ def _known_extras(extra: Mapping[str, Any], where: str, log: Any) -> dict[str, A
                 extras[name] = value
         else:
             unknown.append(key)
+    # A key close to a known extra is that extra misspelt: ignored, it would leave the run unpaced or
+    # retried other than meant, so it is refused; a key like none of them is someone else's and warned of.
+    misspelt = {key: meant for key in unknown if (meant := extra_meant(key)) is not None}
+    if misspelt:
+        raise CapillaryConfigError(
+            f"{where}: "
+            + "; ".join(
+                f"extra {key!r} is not one this connection reads: did you mean {meant!r}?"
+                for key, meant in misspelt.items()
+            )
+            + f"; rename {'it' if len(misspelt) == 1 else 'them'}, since a misspelt extra would be ignored"
+        )
     if unknown and log is not None:
         log.warning(
             "%s: ignoring unknown extras %s; known extras are %s", where, sorted(unknown), sorted(known)
         )
     return extras
+
+
+# How alike (difflib's ratio, 0 to 1) a key must be to a known extra to count as that extra misspelt.
+_ALIKE = 0.75
+
+
+def extra_meant(key: str) -> str | None:
+    """
+    Return the known extra that ``key`` is most likely a misspelling of, or ``None`` if it is like none.
+
+    Keys are compared without case, ``_``, ``-`` or the ``extra__capillary__`` prefix: a key that then
+    equals a known extra, contains it or is contained in it (5 characters or more), or is at least 75%
+    alike (``requests_per_min``, ``max_retry``), names that extra.
+    """
+    prefix = f"extra__{CONN_TYPE}__"
+    wanted = _squeezed(key[len(prefix) :] if key.startswith(prefix) else key)
+    if not wanted:
+        return None
+    best: tuple[float, str] | None = None
+    for name in CONN_FIELDS:
+        squeezed = _squeezed(name)
+        if min(len(wanted), len(squeezed)) >= 5 and (wanted in squeezed or squeezed in wanted):
+            score = 1.0
+        else:
+            score = difflib.SequenceMatcher(None, wanted, squeezed).ratio()
+        if score >= _ALIKE and (best is None or score > best[0]):
+            best = (score, name)
+    return None if best is None else best[1]
+
+
+def _squeezed(name: str) -> str:
+    return "".join(character for character in name.lower() if character.isalnum())
 
 
 def _as_choice(extras: Mapping[str, Any], name: str, choices: tuple[str, ...], where: str) -> str:

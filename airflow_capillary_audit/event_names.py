@@ -11,9 +11,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 
-# event_names="*": every event the org lists, found with one listing request at run time.
+#: ``event_names="*"``: every event the org lists, found with one listing request at run time.
 ALL_EVENTS = "*"
 
+#: The longest event name accepted, in characters.
 MAX_EVENT_NAME_LENGTH = 255
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -21,7 +22,8 @@ _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _EVENT_NAMES_HINT = "give an event name string such as 'TestingEvent_FE' or a list of them"
 
 
-def _event_name_problem(name: str) -> str | None:
+def event_name_problem(name: str) -> str | None:
+    """Return why no request can carry ``name`` (a control character, blank, too long...), or None."""
     control = _CONTROL_CHARACTER.search(name)
     if control is not None:
         return f"contains the control character {control.group()!r} at position {control.start()}"
@@ -65,7 +67,7 @@ def event_names_from(value: object) -> list[str]:
     if value is None:
         raise ValueError(f"event_names is not set; {_EVENT_NAMES_HINT}")
     if isinstance(value, str):
-        problem = _event_name_problem(value)
+        problem = event_name_problem(value)
         if problem is not None:
             raise ValueError(f"event_names: the event name {value!r} {problem}; {_EVENT_NAMES_HINT}")
         if _is_rendered_list(value):
@@ -83,7 +85,7 @@ def event_names_from(value: object) -> list[str]:
                 f"event_names[{index}] is a {type(name).__name__} ({name!r}), not a string; "
                 f"{_EVENT_NAMES_HINT}"
             )
-        problem = _event_name_problem(name)
+        problem = event_name_problem(name)
         if problem is not None:
             raise ValueError(f"event_names[{index}] {name!r} {problem}; {_EVENT_NAMES_HINT}")
         names.setdefault(name, None)

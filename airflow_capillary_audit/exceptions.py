@@ -1,9 +1,10 @@
 """
-Every error a caller of this package can meet.
+Every error a caller of this package can meet::
 
     AirflowException
     └── CapillaryError
-        ├── CapillaryConfigError ............ bad connection or operator input; nothing was sent
+        ├── CapillaryConfigError ............ bad connection or operator input; no audit log was requested
+        │   └── CapillaryUnknownEventError .. an event name the org does not list (check_event_names)
         ├── CapillaryRequestError ........... a request to Capillary failed
         │   ├── CapillaryAuthError .......... 401 / 403: credentials refused or access denied
         │   ├── CapillaryBadRequestError .... 400 / 404 / 405 / 415: Capillary rejected the request
@@ -14,18 +15,21 @@ Every error a caller of this package can meet.
         │   └── CapillaryResponseError ...... the answer is not the JSON promised, or has errors[]
         ├── CapillaryCancelledError ......... the task was stopped (timeout, kill) before a request ran
         ├── CapillaryWriteError ............. the storage sink could not write a run's files
-        └── CapillaryEventsError ............ one or more events of a run failed; carries each one's error
+        ├── CapillaryEventsError ............ one or more events of a run failed; carries each one's error
+        └── CapillaryNoRowsError ............ a run landed no row at all, and fail_on_empty asked to fail
 
 Every request error names the event (or, for a request about no one event, what it was doing, such
 as listing the org's events), the HTTP status, Capillary's error codes and messages, the attempts
 made and the ``X-Cap-Requestid`` header, which is what Capillary support asks for. It also
 carries what the retry policy decides on (``retryable``, ``retry_after``, ``hold_all``), and the
-transport's exception, when there is one, as its ``__cause__``.
+transport's exception, when there is one, as its ``__cause__``; ``unreachable`` says that no
+connection to the host could be made at all (refused, a name that does not resolve, a TLS handshake
+refused), after which a run stops its remaining events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from airflow.exceptions import AirflowException  # type: ignore[attr-defined]  # re-exported in 3.2+
@@ -36,7 +40,21 @@ class CapillaryError(AirflowException):
 
 
 class CapillaryConfigError(CapillaryError, ValueError):
-    """Raised when a connection field, extra or operator argument is wrong, before any request."""
+    """Raised when a connection field, extra or operator argument is wrong, before any audit log request."""
+
+
+class CapillaryUnknownEventError(CapillaryConfigError):
+    """
+    Raised when event names are not among those the org lists (``GET /v2/events``), before any audit
+    log is requested; ``unknown`` maps each such name to the closest names the org lists.
+    """
+
+    def __init__(self, message: str, unknown: dict[str, list[str]]) -> None:
+        super().__init__(message)
+        self.unknown = dict(unknown)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.unknown))
 
 
 class CapillaryRequestError(CapillaryError):
@@ -64,6 +82,7 @@ class CapillaryRequestError(CapillaryError):
         reason: str | None = None,
         retry_after: float | None = None,
         hold_all: bool = False,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(message)
         self.summary = message
@@ -78,6 +97,8 @@ class CapillaryRequestError(CapillaryError):
         self.retry_after = retry_after
         # A rate limit or a server's Retry-After concerns every worker, not only this one.
         self.hold_all = hold_all or retry_after is not None
+        # No connection to the host could be made: every other request would fail the same way.
+        self.unreachable = unreachable
 
     def __str__(self) -> str:
         parts = [self.summary]
@@ -141,8 +162,9 @@ class CapillaryEventsError(CapillaryError):
     Raised when events of a run failed: ``failures`` maps each failed event name to its own error.
 
     The message has one line per failed event with the error's type and everything it carries.
-    ``not_fetched`` names the events left out after an authentication failure. A failure callback
-    tells kinds apart by the errors' types, e.g. ``any(isinstance(e, CapillaryAuthError) for e in
+    ``not_fetched`` names the events left out once the run stopped: after an authentication failure,
+    or once the cluster host could not be connected to at all. A failure callback tells kinds apart
+    by the errors' types, e.g. ``any(isinstance(e, CapillaryAuthError) for e in
     error.failures.values())``.
     """
 
@@ -154,7 +176,9 @@ class CapillaryEventsError(CapillaryError):
         self.not_fetched = list(not_fetched)
         lines = [f"  - {name!r}: {type(error).__name__}: {error}" for name, error in self.failures.items()]
         if self.not_fetched:
-            lines.append(f"  - not fetched after an authentication failure: {len(self.not_fetched)} event(s)")
+            lines.append(
+                f"  - not fetched {stopped_because(self.failures.values())}: {len(self.not_fetched)} event(s)"
+            )
         super().__init__(
             f"{len(self.failures)} of {len(self.event_names)} event(s) failed; nothing of this run is "
             "marked complete:\n" + "\n".join(lines)
@@ -162,6 +186,28 @@ class CapillaryEventsError(CapillaryError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.event_names, self.failures, self.not_fetched))
+
+
+class CapillaryNoRowsError(CapillaryError):
+    """Raised with ``fail_on_empty=True`` when a run's events gave no row at all in its window."""
+
+
+def stops_the_run(error: BaseException) -> bool:
+    """
+    Tell whether an event's failure means every other request of the run would fail too: credentials
+    refused (401/403), or a host no connection could be made to.
+    """
+    return isinstance(error, CapillaryAuthError) or getattr(error, "unreachable", False) is True
+
+
+def stopped_because(failures: Iterable[BaseException]) -> str:
+    """Return why a run stopped its remaining events, from its failures, for messages."""
+    errors = list(failures)
+    if any(isinstance(error, CapillaryAuthError) for error in errors):
+        return "after an authentication failure"
+    if any(getattr(error, "unreachable", False) is True for error in errors):
+        return "after the cluster host could not be connected to"
+    return "after the run was stopped"
 
 
 def request_subject(event_name: str | None, action: str | None = None) -> str:

@@ -31,6 +31,7 @@ try:
 except ImportError:  # msgspec is optional (Airflow installs it): JSON is then written by the standard library
     _MsgspecEncoder = None  # type: ignore[assignment,misc]
 
+#: The values ``output_format`` takes.
 OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "parquet")
 
 FILE_SUFFIX: Mapping[str, str] = MappingProxyType(
@@ -305,7 +306,7 @@ def flat_json_lines(batch: list[Any]) -> bytes | None:
     :func:`write_rows` encodes them with the standard library instead.
 
     :param batch: the rows, dicts.
-    :return: one line per row, each ending in ``\n``; None when msgspec is not installed or a row
+    :return: one line per row, each ending in ``\\n``; None when msgspec is not installed or a row
         is not flat, not a dict keyed by text, or holds text UTF-8 cannot hold.
     """
     encode_lines = msgspec_encode_lines()

@@ -50,13 +50,17 @@ class AuditLog(TypedDict, total=False):
 
 
 class AuditLogsBody(TypedDict):
-    """What :meth:`CapillaryHook.get_audit_logs` returns: the records, and Capillary's warnings."""
+    """
+    What :meth:`~airflow_capillary_audit.hooks.capillary.CapillaryHook.get_audit_logs` returns: the
+    records, and Capillary's warnings.
+    """
 
     data: list[AuditLog]
     warnings: list[Any]
     errors: list[Any]
 
 
+#: The columns of a flattened row, in order.
 ROW_COLUMNS: tuple[str, ...] = (
     "event_name",
     "id",
@@ -69,7 +73,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "changed_on_raw",
 )
 
-# The fields Capillary documents for an audit log record; a record lacking one is read with nulls.
+#: The fields Capillary documents for an audit log record; a record lacking one is read with nulls.
 RECORD_FIELDS: tuple[str, ...] = ("id", "orgId", "valueHistory", "updatedType", "requestId", "eventName")
 
 MAX_UNPARSEABLE_SAMPLES = 5

@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from airflow_capillary_audit.auth import OAUTH_EXPIRED_CODE, OAUTH_REFUSED_CODE
+from airflow_capillary_audit.event_names import event_name_problem
 from airflow_capillary_audit.exceptions import (
     CapillaryAuthError,
     CapillaryBadRequestError,
@@ -30,7 +31,7 @@ AUTH_STATUSES = frozenset({401, 403})
 BAD_REQUEST_STATUSES = frozenset({400, 404, 405, 415})
 # Capillary documents tokens of up to 60 minutes; 300 s is its usual grant.
 DEFAULT_TOKEN_SECONDS = 300.0
-# What the org's event listing is doing, as its errors and log lines name it: it is about no one event.
+#: What the org's event listing is doing, as its errors and log lines name it: it is about no one event.
 LISTING_EVENTS = "listing the org's events"
 
 
@@ -118,7 +119,9 @@ class OrgEvents:
     """
     The org's events as Capillary listed them, with what names the answer: status, request id, attempts.
 
-    ``skipped`` counts the entries left out for want of a usable name.
+    ``skipped`` counts the entries left out for want of a usable name, and those whose name no request
+    could carry (a control character, a lone surrogate, more than 255 characters), as a name given to
+    the operator is checked.
     """
 
     events: list[OrgEvent]
@@ -233,18 +236,34 @@ def org_events(answer: Answer, log: RetryLog) -> OrgEvents:
     Return the org's events from a 2xx answer to ``GET /v2/events``; raise if the body's shape is wrong.
 
     An entry without a usable name (no ``clickEventsMeta`` object, or an ``eventName`` that is not a
-    non-blank string) is skipped and counted, never fatal; one warning says how many. Keys Capillary
+    non-blank string) is skipped and counted, never fatal; one warning says how many. An entry whose
+    name no request could carry is skipped and counted too, with a warning naming it. Keys Capillary
     does not document are ignored.
     """
     data, _ = _data_and_warnings(
         answer, answer.details(action=LISTING_EVENTS), log, f"while {LISTING_EVENTS}", "events"
     )
-    events = [event for event in map(_org_event, data) if event is not None]
-    skipped = len(data) - len(events)
+    named = [event for event in map(_org_event, data) if event is not None]
+    skipped = len(data) - len(named)
     if skipped:
         log.warning(
             "Capillary listed %d event(s) without a name; skipped them (X-Cap-Requestid %s)",
             skipped,
+            answer.request_id,
+        )
+    events = []
+    for event in named:
+        problem = event_name_problem(event.event_name)
+        if problem is None:
+            events.append(event)
+            continue
+        # Checked as a name given to the operator is: no audit-log request could carry it.
+        skipped += 1
+        shown = event.event_name if len(event.event_name) <= 60 else event.event_name[:60] + "..."
+        log.warning(
+            "Capillary listed an event whose name %s; skipped it: %r (X-Cap-Requestid %s)",
+            problem,
+            shown,
             answer.request_id,
         )
     return OrgEvents(events, skipped, answer.status, answer.request_id, answer.attempts)

@@ -1,7 +1,7 @@
 """
 When to try a request to Capillary again, and how long to wait first: the retry policy as a value.
 
-A failed attempt is retried when its error says so (:attr:`CapillaryRequestError.retryable`): a
+A failed attempt is retried when its error says so (``CapillaryRequestError.retryable``): a
 timeout, a refused or cut connection, a 429 or 5xx answer (:data:`RETRY_STATUSES`), a body that is not
 JSON. The wait after attempt *n* is ``initial_wait * 2**(n-1) * [0.5, 1.5]``, capped at ``max_wait``, and
 never shorter than the server's ``Retry-After``. A 429, or any ``Retry-After``, holds every worker of
@@ -28,6 +28,7 @@ from airflow_capillary_audit.exceptions import (
     request_subject,
 )
 
+#: The HTTP statuses retried (with timeouts, connection errors and 200 bodies that are not JSON).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 

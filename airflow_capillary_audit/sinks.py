@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 MANIFEST_PREFIX = "_manifest"
 # Every claim's name starts so; :func:`claim_name` scopes the rest to one mapped task instance.
 CLAIM_PREFIX = "_claim"
+# A hidden file written and removed to see that a local folder can be written to (:meth:`FolderSink.probe`).
+PROBE_PREFIX = ".probe-"
 # The Airflow provider that registers each common object store's filesystem.
 STORE_PROVIDERS = {
     "s3": "apache-airflow-providers-amazon[s3fs]",
@@ -160,6 +164,32 @@ class FolderSink:
             raise CapillaryConfigError(
                 f"destination {self.uri!r} is an existing file; give a folder for the event files"
             )
+
+    def probe(self) -> None:
+        """
+        Fail with a clear error, before any request, when the folder cannot be written to.
+
+        On local disk a hidden probe file is written and removed in the folder, and folders that
+        had to be made for it are removed again, so the tree is left as it was. Object stores are
+        not written to (a probe object would be listed, and a store may refuse deletes); on S3 and
+        GCS the bucket must exist.
+        """
+        scheme = urlsplit(self.uri).scheme
+        try:
+            if scheme == "file":
+                probe_local_folder(self.root.path)
+            elif scheme in DEFERRED_COMMIT_SCHEMES and not self.root.fs.exists(_bucket(self.root.path)):
+                raise CapillaryConfigError(
+                    f"destination {self.uri!r}: the bucket does not exist, or the store cannot be reached "
+                    f"with connection {self.conn_id!r}; create the bucket, or check destination_conn_id"
+                )
+        except CapillaryError:
+            raise
+        except Exception as err:
+            raise CapillaryConfigError(
+                f"destination {self.uri!r} cannot be written to: {err}; check the folder's permissions, "
+                "or give another destination"
+            ) from err
 
     def prepare(self, manifest_name: str, file_names: Sequence[str]) -> None:
         """
@@ -343,6 +373,29 @@ class FolderSink:
         return self.write(manifest_name(run.dag_id, run.task_id, run.map_index), write_body)
 
 
+def probe_local_folder(folder: str) -> None:
+    """Write and remove a hidden file in a local folder, making and then removing missing parents."""
+    made: list[str] = []
+    path = os.path.abspath(folder)
+    while not os.path.isdir(path):
+        made.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    try:
+        for missing in reversed(made):
+            os.mkdir(missing)
+        probe = os.path.join(folder, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+        with open(probe, "xb") as out:
+            out.write(b"probe")
+        os.unlink(probe)
+    finally:
+        for created in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(created)
+
+
 def manifest_name(dag_id: str | None, task_id: str | None, map_index: int | None = None) -> str:
     """
     Return the name of a task instance's manifest: ``_manifest.<dag_id>.<task_id>.json``, with
@@ -430,6 +483,10 @@ def lineage_name(uri: str) -> LineageName:
     if parts.scheme == "file":
         return LineageName("file", parts.path)
     return LineageName(f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/"))
+
+
+def _bucket(path: str) -> str:
+    return path.lstrip("/").split("/", 1)[0]
 
 
 def _folder_uri(destination: str) -> str:

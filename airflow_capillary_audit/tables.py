@@ -39,6 +39,7 @@ COLUMN_KINDS: dict[str, str] = {
     "changed_on": "timestamp",
     "changed_on_raw": "text",
 }
+#: The table's columns, in order: the flattened row's.
 TABLE_COLUMNS: tuple[str, ...] = ROW_COLUMNS
 DIALECTS: tuple[str, ...] = tuple(_TYPES)
 

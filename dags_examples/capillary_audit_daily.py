@@ -10,6 +10,7 @@ this task's outlet Asset: ``capillary_audit_consumer.py`` is scheduled on it.
 
 from __future__ import annotations
 
+# [START capillary_audit_daily]
 import os
 
 import pendulum
@@ -51,3 +52,4 @@ with DAG(
         destination=AUDIT_BASE + "/{{ data_interval_start | ds }}",
         output_format="jsonl",
     )
+# [END capillary_audit_daily]

@@ -16,6 +16,7 @@ run at once (``max_active_tis_per_dagrun`` caps that number).
 
 from __future__ import annotations
 
+# [START capillary_audit_org]
 import os
 
 import pendulum
@@ -66,3 +67,4 @@ with DAG(
         # Declared here: a mapped task is built from partial() arguments, not the operator's __init__.
         outlets=[Asset(static_folder_uri(ORG_BASE))],
     ).expand(event_names=events.output)
+# [END capillary_audit_org]

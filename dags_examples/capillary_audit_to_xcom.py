@@ -7,6 +7,7 @@ XCom suits a few thousand rows at most; the operator fails above ``max_xcom_rows
 
 from __future__ import annotations
 
+# [START capillary_audit_to_xcom]
 from collections import Counter
 
 import pendulum
@@ -28,10 +29,11 @@ with DAG(
         max_xcom_rows=5_000,
     )
 
-    @task
+    @task(multiple_outputs=False)  # one XCom: the counts by event, whatever the event names
     def summarise(rows: list[dict]) -> dict[str, int]:
         """Count the value changes per event and update type."""
         counts = Counter(f"{row['event_name']}/{row['updated_type']}" for row in rows)
         return dict(sorted(counts.items()))
 
     summarise(rows.output)
+# [END capillary_audit_to_xcom]

@@ -32,13 +32,14 @@ os.environ.update(
 
 import pytest  # noqa: E402
 
-from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset  # noqa: E402
+from airflow_capillary_audit.sandbox import CapillaryStandIn  # noqa: E402
 from tests.helpers import (  # noqa: E402
     FAST_EXTRAS,
     LOGIN,
     PASSWORD,
     airflow_filesystems,
     connection_json,
+    org_dataset,
     read_xcom,
     refused_port,
     write_dag_files_to_db,
@@ -149,7 +150,7 @@ def memory_store():
 @pytest.fixture
 def stand_in():
     """Start Capillary's stand-in on loopback with the documented worked-example till."""
-    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as server:
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=org_dataset(seed=7)) as server:
         yield server
 
 

@@ -31,6 +31,7 @@ from packaging.version import Version
 
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from airflow_capillary_audit.sandbox import Dataset
+from airflow_capillary_audit.sandbox.data import DEFAULT_ORG_EVENTS
 
 # This session's Airflow home, set by conftest before Airflow was first imported.
 AIRFLOW_HOME = Path(os.environ["AIRFLOW_HOME"])
@@ -96,6 +97,32 @@ def write_dag_files_to_db(*paths: Path) -> None:
         bag = DagBag(dag_folder=str(path), include_examples=False, bundle_path=AIRFLOW_HOME / "dags")
         assert not bag.import_errors, bag.import_errors
         bag.sync_to_db("dags-folder", None)
+
+
+# The org the tests' stand-ins play: the stand-in's default events and every name the tests fetch from
+# it, since a run checks its event names against the org's listing first (check_event_names).
+TEST_ORG_EVENTS: tuple[str, ...] = (
+    *DEFAULT_ORG_EVENTS,
+    *("Café Visit ☕", "Café ☕", "tier upgrade", "window event", "malformed event", "clock changes"),
+    *("a", "b", "c", "x", "y", "u", "a1", "a2", "b1", "b2", "c1", "p1", "p2", "b c", "c 2 & 3", "Odd"),
+    *("shared", "good", "bad", "fine", "bad one", "bad two", "static", "jinja-daily", "from xcom"),
+    *("server", "response", "limited", "big event one", "big event two", "CouponIssued", "PointsExpired"),
+    *("TierDowngraded", "ok event", "retry event", "errors event", "refused event", " leading space", "x'); DROP TABLE audit_rows; --", "*", "_manifest"),
+    *("_manifest.json", ".", "..", "...", "../x", "../escape", "../../etc/cron.d/evil", "..\\..\\windows"),
+    *(".hidden", "/etc/passwd", "C:\\x", "%2e%2e%2fx", "a/b", "a∕b", "a／b", "~", "~/x", "E" * 240),
+    *("oauth ok", "oauth retry", "oauth refused"),
+    *(f"event-{i}" for i in range(100)),
+    *(f"slow-{i}" for i in range(100)),
+    *(f"e{i}" for i in range(100)),
+    *(f"stop event {i:02d}" for i in range(100)),
+    *(f"mixed event {i:02d}" for i in range(100)),
+    *(f"load event {i:04d}" for i in range(2000)),
+)
+
+
+def org_dataset(**settings: Any) -> Dataset:
+    """Return a dataset that serves any name, and whose org lists :data:`TEST_ORG_EVENTS`."""
+    return Dataset(org_events=TEST_ORG_EVENTS, **settings)
 
 
 LOGIN = "store.server"

@@ -20,6 +20,7 @@ from airflow_capillary_audit.changed_on import (
     parse_window_bound,
     read_iso,
     read_iso_pattern,
+    reference_changed_on_naive,
     validate_window,
 )
 from tests.helpers import NOT_PURE, modules_imported_by
@@ -352,10 +353,10 @@ def test_a_time_the_offset_pushes_off_the_calendar_is_still_refused() -> None:
 
 
 # --- Python 3.10's path -------------------------------------------------------------------------
-# On 3.10, ``datetime.fromisoformat`` reads neither ``Z``, ``+0000`` nor most fraction lengths, so
-# the module reads those with its own pattern. CI runs 3.11+, where ``fromisoformat`` reads them all
-# and the pattern is rarely reached; here ``changed_on.fromisoformat`` is replaced by one that
-# refuses everything, so every answer below comes from the pattern alone.
+# Only the fast path of ``parse_changed_on_naive`` asks ``datetime.fromisoformat``, which on 3.10 reads
+# neither ``Z``, ``+0000`` nor most fraction lengths; everything else reads with the module's own
+# pattern. Here ``changed_on.fromisoformat`` is replaced by one that refuses everything, as 3.10's
+# refuses these, so every answer below comes from the pattern alone.
 
 
 @pytest.fixture
@@ -439,13 +440,11 @@ def test_changed_on_with_any_offset_is_read_as_the_right_utc_instant(fallback_on
     assert parse_changed_on(raw) == expected
     # An explicit offset wins over the connection's zone for times without one.
     assert parse_changed_on(raw, ZoneInfo("Asia/Kolkata")) == expected
-    assert fallback_only  # fromisoformat was asked, and refused
 
 
 @pytest.mark.parametrize(("raw", "expected"), INSTANTS, ids=[raw for raw, _ in INSTANTS])
 def test_window_bound_with_any_offset_is_read_as_the_right_utc_instant(fallback_only, raw, expected):
     assert parse_window_bound(raw, "changed_since") == expected
-    assert fallback_only
 
 
 def test_the_fallback_reads_times_without_offset_in_the_default_zone(fallback_only):
@@ -503,8 +502,9 @@ def test_validate_window() -> None:
     validate_window(None, None)
     validate_window(utc(2026, 1, 1), None)
     validate_window(None, utc(2026, 1, 1))
-    validate_window(utc(2026, 1, 1), utc(2026, 1, 1))
     validate_window(utc(2026, 1, 1), utc(2026, 1, 2))
+    with pytest.raises(ValueError, match=r"changed_since and changed_until are both"):
+        validate_window(utc(2026, 1, 1), utc(2026, 1, 1))
     with pytest.raises(ValueError, match=r"changed_since .* is after changed_until"):
         validate_window(utc(2026, 1, 2), utc(2026, 1, 1))
 
@@ -541,6 +541,22 @@ def test_validate_window_says_how_to_fix_it() -> None:
     )
 
 
+def test_an_empty_window_is_refused_naming_both_bounds_and_the_fix() -> None:
+    """Airflow 3's cron schedules give a data interval of no length: such a window keeps no change."""
+    with pytest.raises(ValueError) as caught:
+        naive_window("2026-11-25T00:00:00+00:00", pendulum.datetime(2026, 11, 25, tz="UTC"))
+    message = str(caught.value)
+    assert message.startswith(
+        "changed_since and changed_until are both 2026-11-25T00:00:00+00:00: a window of no length keeps no change"
+    )
+    assert "CronDataIntervalTimetable" in message
+    assert "create_cron_data_intervals" in message
+    assert "changed_since='{{ macros.ds_add(ds, -1) }}' and changed_until='{{ ds }}'" in message
+    # A start and end that name one instant in two zones are one instant.
+    with pytest.raises(ValueError, match="both 2026-11-24T18:30:00"):
+        naive_window("2026-11-25T00:00:00+05:30", "2026-11-24T18:30:00Z")
+
+
 def test_a_naive_window_is_read_checked_and_stripped_of_its_zone() -> None:
     assert naive_window(None, None) == (None, None)
     assert naive_window("2026-11-24T05:30:00+05:30", pendulum.datetime(2026, 11, 25, tz="UTC")) == (
@@ -565,3 +581,108 @@ def test_every_time_at_a_clock_change_adds_to_its_count() -> None:
         parse_changed_on_naive(raw, NEW_YORK, seen)
 
     assert (seen.ambiguous, seen.nonexistent) == (3, 1)
+
+
+# --- one grammar on every path ------------------------------------------------------------------
+
+# A date followed by an offset names midnight at that offset. Python's fromisoformat takes any
+# character between date and time, and read "2025-05-08+05:30" as 05:30 on that day.
+DATES_WITH_OFFSETS = [
+    ("2025-05-08+05:30", utc(2025, 5, 7, 18, 30)),
+    ("2025-05-08+0530", utc(2025, 5, 7, 18, 30)),
+    ("2025-05-08 +05:30", utc(2025, 5, 7, 18, 30)),
+    ("2025-05-08-03", utc(2025, 5, 8, 3)),
+    ("2025-05-08-03:00", utc(2025, 5, 8, 3)),
+    ("2025-05-08+00:00", utc(2025, 5, 8)),
+    ("2025-05-08+0000", utc(2025, 5, 8)),
+    ("2025-05-08-00:00", utc(2025, 5, 8)),
+    ("2025-05-08Z", utc(2025, 5, 8)),
+    ("2025-05-08z", utc(2025, 5, 8)),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), DATES_WITH_OFFSETS, ids=[raw for raw, _ in DATES_WITH_OFFSETS])
+@pytest.mark.parametrize("zone", [UTC, NEW_YORK, KOLKATA, ZoneInfo("UTC")], ids=str)
+def test_a_date_with_an_offset_is_midnight_at_that_offset_on_every_path(
+    raw: str, expected: datetime, zone: tzinfo
+) -> None:
+    """The connection's zone is for times without an offset; these have one, whatever the zone."""
+    assert parse_changed_on(raw, zone) == expected
+    assert parse_changed_on_naive(raw, zone) == expected.replace(tzinfo=None)
+    assert reference_changed_on_naive(raw, zone) == expected.replace(tzinfo=None)
+    assert parse_window_bound(raw, "changed_since") == expected
+    assert read_iso(raw) == expected
+
+
+def test_a_date_with_an_offset_lands_in_the_window_of_its_own_day() -> None:
+    """Through the rows a run writes: midnight at +05:30 is still the day before in UTC."""
+    from airflow_capillary_audit.records import iter_rows
+
+    record = {"id": "r", "orgId": 1, "updatedType": "UPDATED", "requestId": "q"}
+    records = [{**record, "valueHistory": [{"value": "v", "changedOn": "2025-05-08+05:30"}]}]
+    rows = list(iter_rows("E", records, default_tz=NEW_YORK, since="2025-05-07", until="2025-05-08"))
+    assert [row["changed_on"] for row in rows] == ["2025-05-07T18:30:00+00:00"]
+
+
+# The basic format (no dashes), week dates and ordinal dates: Python 3.11 reads some of them, 3.10
+# none, and Capillary sends none. Every path refuses them alike.
+NOT_EXTENDED_ISO = ["20250508Z", "20250508T101010Z", "20250508T101010", "2025-W19-4T10:00:00", "2025-128T10:00:00"]
+
+
+@pytest.mark.parametrize("raw", NOT_EXTENDED_ISO)
+@pytest.mark.parametrize("zone", [UTC, NEW_YORK], ids=str)
+def test_dates_in_other_iso_forms_are_refused_on_every_path(raw: str, zone: tzinfo) -> None:
+    with pytest.raises(ChangedOnError):
+        parse_changed_on(raw, zone)
+    with pytest.raises(ChangedOnError):
+        reference_changed_on_naive(raw, zone)
+    with pytest.raises(ValueError, match="changed_until: cannot read"):
+        parse_window_bound(raw, "changed_until")
+    assert read_iso(raw) is None
+
+
+def _spellings(count: int, seed: int) -> list[str]:
+    """Return ``count`` texts built from the pieces changedOn values are made of, and their near misses."""
+    import random
+
+    rng = random.Random(seed)
+    starts = [
+        *("2025-05-08T10:30:00", "2025-05-08 10:30:00", "2025-05-08", "2025-05-08T10:30"),
+        *("2026-11-01 01:30:00", "2026-03-08T02:30:00", "9999-12-31T23:30:00", "0001-01-01 00:30:00", ""),
+    ]
+    pieces = [
+        *("Z", "z", "+0000", "+00:00", "-00:00", "-0000", "+05:30", "+0530", "-03", "+05", "+05:30:15"),
+        *(".", ",", ":", "T", " ", "t", "+", "-", "a", "\n", "١", "２", "W19", "128"),
+        *("123", "1234567", "5", ":15", "00", "24", "60", "2025-05-08", "T10:10:10"),
+    ]
+    texts = []
+    for _ in range(count):
+        text = rng.choice(starts) + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 3)))
+        texts.append(text)
+        if text:
+            # The same text with one character changed: the near misses of a valid spelling.
+            chars = list(text)
+            chars[rng.randrange(len(chars))] = rng.choice("0123456789-:T .,Z+z")
+            texts.append("".join(chars))
+    return texts
+
+
+@pytest.mark.parametrize("zone", [UTC, ZoneInfo("UTC"), NEW_YORK, KOLKATA], ids=str)
+def test_the_fast_path_reads_every_spelling_as_the_reference_does(zone: tzinfo) -> None:
+    """
+    parse_changed_on_naive takes shortcuts for the common spellings; whatever the text, it must read
+    what reference_changed_on_naive reads (or refuse what it refuses), and count the same clock changes.
+    """
+    texts = [raw for raw, _ in DATES_WITH_OFFSETS + INSTANTS] + NOT_EXTENDED_ISO + _spellings(4000, seed=23)
+    differences = []
+    for raw in texts:
+        readings = []
+        for read in (parse_changed_on_naive, reference_changed_on_naive):
+            counts = LocalTimeCounts()
+            try:
+                readings.append((read(raw, zone, counts), counts))
+            except ChangedOnError:
+                readings.append(("refused", counts))
+        if readings[0] != readings[1]:
+            differences.append((raw, readings))
+    assert differences == []

@@ -52,8 +52,9 @@ def test_the_cap_holds_across_every_worker(stand_in, monkeypatch, airflow_db):
 
     rows = operator(event_names=names, max_active_requests=8).execute({})
 
+    # The listing that checks the names is a request of the till's too, paced with the rest.
     arrivals = [r.monotonic for r in stand_in.requests]
-    assert len(arrivals) == len(names) and {r["event_name"] for r in rows} <= set(names)
+    assert len(stand_in.audit_log_requests) == len(names) and {r["event_name"] for r in rows} <= set(names)
     assert most_in_any_window(arrivals, SCALED_WINDOW - DELIVERY_DELAY) <= SCALED_ALLOWANCE
     # Thirty starts at 0.1 s apart take 2.9 s however many workers wait for them.
     assert max(arrivals) - min(arrivals) >= 2.9 - DELIVERY_DELAY
@@ -78,7 +79,7 @@ def test_a_429_slows_every_worker(stand_in, monkeypatch, airflow_db):
 
     rows = operator(event_names=names, max_active_requests=8).execute({})
 
-    received = sorted(stand_in.requests, key=lambda r: r.monotonic)
+    received = sorted(stand_in.audit_log_requests, key=lambda r: r.monotonic)
     limited = [r for r in received if r.status == 429]
     assert len(limited) == 1 and len(received) == len(names) + 1
     assert {r["event_name"] for r in rows} <= set(names)

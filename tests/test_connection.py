@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from airflow_capillary_audit.connection import CapillarySettings
+from airflow_capillary_audit.connection import CapillarySettings, extra_meant
 from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from tests.helpers import LOGIN, PASSWORD, PASSWORD_MD5, logged, logged_whole
@@ -205,3 +205,44 @@ def test_settings_show_a_till_id_but_never_an_oauth_key():
         "CapillarySettings(base_url='https://eu.api.capillarytech.com', login='store.server', password=<masked>)"
     )
     assert repr(oauth) == "CapillarySettings(base_url='https://x', login=<masked>, password=<masked>)"
+
+
+# --- misspelt extras --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("requests_per_min", "requests_per_minute"),
+        ("requestsPerMinute", "requests_per_minute"),
+        ("extra__capillary__requests_per_min", "requests_per_minute"),
+        ("Timeout", "timeout"),
+        ("timeout_seconds", "timeout"),
+        ("max_retry", "max_retries"),
+        ("retries", "max_retries"),
+        ("verify_ssl", "verify"),
+        ("time_zone", "timezone"),
+        ("password_md5", "password_is_md5"),
+        ("redis_conn_id", "rate_limit_redis_conn_id"),
+    ],
+)
+def test_a_key_close_to_a_known_extra_names_it(key, meant):
+    assert extra_meant(key) == meant
+
+
+@pytest.mark.parametrize(
+    "key", ["colour", "owner", "description", "region_name", "proxies", "headers", "tz", "rpm", "extra__capillary__size"]
+)
+def test_a_key_like_no_extra_names_none(key):
+    assert extra_meant(key) is None
+
+
+def test_a_misspelt_extra_is_refused_naming_the_extra_meant(monkeypatch):
+    with pytest.raises(CapillaryConfigError) as caught:
+        settings_of(monkeypatch, extra={"requests_per_min": 100, "Timeout": 5, "colour": "blue"})
+
+    assert str(caught.value) == (
+        "Connection 'capillary_default': extra 'requests_per_min' is not one this connection reads: did you "
+        "mean 'requests_per_minute'?; extra 'Timeout' is not one this connection reads: did you mean "
+        "'timeout'?; rename them, since a misspelt extra would be ignored"
+    )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
+
 from airflow_capillary_audit.exceptions import (
     CapillaryAuthError,
+    CapillaryConnectionError,
     CapillaryRateLimitError,
     CapillaryRequestError,
     CapillaryServerError,
@@ -85,12 +88,32 @@ def test_a_run_failure_carries_each_events_error_and_survives_a_pickle():
     assert str(error).splitlines() == [
         "1 of 3 event(s) failed; nothing of this run is marked complete:",
         "  - 'b': CapillaryServerError: Capillary answered HTTP 503 | event name 'b' | HTTP 503 | after 2 attempts",
-        "  - not fetched after an authentication failure: 1 event(s)",
+        "  - not fetched after the run was stopped: 1 event(s)",
     ]
     again = pickle.loads(pickle.dumps(error))
     assert str(again) == str(error)
     assert (again.event_names, again.not_fetched, list(again.failures)) == (["a", "b", "c"], ["c"], ["b"])
     assert str(again.failures["b"]) == str(timeout)
+
+
+@pytest.mark.parametrize(
+    ("failure", "why"),
+    [
+        (CapillaryAuthError("refused", event_name="b", status=401), "after an authentication failure"),
+        (
+            CapillaryConnectionError("Cannot connect", event_name="b", retryable=True, unreachable=True),
+            "after the cluster host could not be connected to",
+        ),
+    ],
+)
+def test_events_not_fetched_say_why_the_run_stopped(failure, why):
+    from airflow_capillary_audit.exceptions import CapillaryEventsError
+
+    error = CapillaryEventsError(["a", "b", "c"], {"b": failure}, not_fetched=["c"])
+
+    assert str(error).splitlines()[-1] == f"  - not fetched {why}: 1 event(s)"
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
+    assert pickle.loads(pickle.dumps(failure)).unreachable is failure.unreachable
 
 
 def test_a_request_about_no_one_event_says_what_it_was_doing_and_keeps_it_through_a_pickle():

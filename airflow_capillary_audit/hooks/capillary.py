@@ -41,6 +41,7 @@ from airflow_capillary_audit.exceptions import (
     request_subject,
 )
 from airflow_capillary_audit.pacing import PacerStopped, PacerUnavailable, RequestPacer, SharedPacer
+from airflow_capillary_audit.progress import RequestCounts
 from airflow_capillary_audit.records import AuditLogsBody
 from airflow_capillary_audit.responses import (
     LISTING_EVENTS,
@@ -111,6 +112,8 @@ class CapillaryHook(BaseHook):
         self._session: requests.Session | None = None
         self._pacer: RequestPacer | SharedPacer | None = None
         self._stopped = threading.Event()
+        # What this hook's requests met so far, for a run's progress lines.
+        self.counts = RequestCounts()
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -178,6 +181,22 @@ class CapillaryHook(BaseHook):
         )
         return SharedPacer(client, key, rate, stop=self._stopped)
 
+    def pace_text(self) -> str:
+        """Say at what pace this hook sends its requests, for a run's opening line."""
+        settings = self.settings
+        rate = settings.requests_per_minute
+        if settings.rate_limit_redis_conn_id is not None:
+            return (
+                f"{rate if rate is not None else 'any number of'} requests a minute from the till's shared "
+                f"budget in Redis connection {settings.rate_limit_redis_conn_id!r}"
+            )
+        if rate is None:
+            return "no pace of its own (the connection sets no requests_per_minute)"
+        if self.rate_share > 1:
+            share = rate / self.rate_share
+            return f"{share:g} requests a minute (1/{self.rate_share} of the connection's {rate})"
+        return f"{rate} requests a minute"
+
     def stop(self) -> None:
         """Stop every pending request of this hook: waits end now and new attempts are refused."""
         self._stopped.set()
@@ -194,7 +213,8 @@ class CapillaryHook(BaseHook):
 
         :param event_name: the event's name, as configured in Capillary.
         :return: ``{"data": [...], "warnings": [...], "errors": []}``; ``errors`` is always empty,
-            since a body with errors raises :class:`CapillaryResponseError`.
+            since a body with errors raises
+            :class:`~airflow_capillary_audit.exceptions.CapillaryResponseError`.
         """
         return self.fetch_audit_logs(event_name).body
 
@@ -281,7 +301,7 @@ class CapillaryHook(BaseHook):
             retry=retry_if_retryable,
             stop=tenacity.stop_after_attempt(policy.attempts),
             wait=wait_by_policy(policy, pacer.hold),
-            before_sleep=log_retry(self.log, event_name, policy.attempts, action),
+            before_sleep=self._count_retry(log_retry(self.log, event_name, policy.attempts, action)),
             sleep=self._wait,
             reraise=True,
         )
@@ -326,8 +346,23 @@ class CapillaryHook(BaseHook):
                 retryable=True,
                 reason="shared rate budget unreachable",
             ) from err
+        if answer.status == 429:
+            with self._lock:
+                self.counts.rate_limited += 1
         raise_for_status(answer, event_name, policy, action)
         return answer
+
+    def _count_retry(
+        self, log: Callable[[tenacity.RetryCallState], None]
+    ) -> Callable[[tenacity.RetryCallState], None]:
+        """Return ``log``, counting each retry it logs into :attr:`counts`."""
+
+        def count_and_log(retry_state: tenacity.RetryCallState) -> None:
+            with self._lock:
+                self.counts.retries += 1
+            log(retry_state)
+
+        return count_and_log
 
     def _wait(self, seconds: float) -> None:
         """Sleep between retries, waking early when the hook is stopped."""
@@ -395,16 +430,23 @@ class CapillaryHook(BaseHook):
         settings = self.settings
         deadline = time.monotonic() + settings.timeout
         try:
-            # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
-            response = session.request(
-                method,
-                settings.base_url + path,
-                timeout=settings.timeout,
-                verify=settings.verify,
-                allow_redirects=False,
-                stream=True,
-                **kwargs,
-            )
+            try:
+                # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+                response = session.request(
+                    method,
+                    settings.base_url + path,
+                    timeout=settings.timeout,
+                    verify=settings.verify,
+                    allow_redirects=False,
+                    stream=True,
+                    **kwargs,
+                )
+            except requests.RequestException as err:
+                if _no_connection_made(err):
+                    raise _unreachable_error(
+                        err, settings.base_url, self.capillary_conn_id, event_name, action
+                    ) from err
+                raise
             with response:
                 content = _read_body(response, deadline, self._stopped, request_subject(event_name, action))
             # The token the request carried: a refused one is forgotten, unless renewed meanwhile.
@@ -491,6 +533,41 @@ def _read_chunks(
         if chunk is None:
             return b"".join(chunks)
         chunks.append(chunk)
+
+
+def _no_connection_made(err: requests.RequestException) -> bool:
+    """
+    Tell whether a request failed before any connection to the host was made: the connection was
+    refused, the name did not resolve, connecting timed out, or the TLS handshake failed.
+    """
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(err, requests.exceptions.SSLError):
+        return "CERTIFICATE_VERIFY_FAILED" not in str(err)
+    if isinstance(err, requests.exceptions.ProxyError) or not isinstance(err, requests.ConnectionError):
+        return False
+    cause = err.args[0] if err.args else None
+    return isinstance(getattr(cause, "reason", cause), urllib3.exceptions.NewConnectionError)
+
+
+def _unreachable_error(
+    err: requests.RequestException, base_url: str, conn_id: str, event_name: str | None, action: str | None
+) -> CapillaryConnectionError:
+    """Return the error for a host that could not be connected to: retryable, and marked unreachable."""
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        cause = "connecting timed out"
+    elif isinstance(err, requests.exceptions.SSLError):
+        cause = f"the TLS handshake failed ({_short_cause(err)})"
+    else:
+        cause = _short_cause(err)
+    return CapillaryConnectionError(
+        f"Cannot connect to {base_url}: {cause}; check the host (and port) of connection {conn_id!r}",
+        event_name=event_name,
+        action=action,
+        retryable=True,
+        reason=f"cannot connect ({cause})",
+        unreachable=True,
+    )
 
 
 def _connection_error(

@@ -21,10 +21,12 @@ from airflow_capillary_audit.formats import (
 )
 from airflow_capillary_audit.operators.base import (
     CapillaryAuditLogsBaseOperator,
+    Fetched,
     Selection,
     event_lineage_name,
 )
 from airflow_capillary_audit.operators.sql import CapillaryAuditLogsToSqlOperator
+from airflow_capillary_audit.progress import counted
 from airflow_capillary_audit.records import ROW_COLUMNS, FlattenStats
 from airflow_capillary_audit.sinks import (
     EventFile,
@@ -79,8 +81,8 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
 
     :param event_names: one event name or a list of them; each is rendered with Jinja; an XComArg
         or a native list from a template also works. Duplicates are dropped. The exact string ``"*"``
-        (:data:`ALL_EVENTS`) means every event the org lists, found with one listing request at run
-        time; a list is always taken literally. (templated)
+        (:data:`~airflow_capillary_audit.event_names.ALL_EVENTS`) means every event the org lists,
+        found with one listing request at run time; a list is always taken literally. (templated)
     :param exclude_event_names: glob patterns (``fnmatch``, case-sensitive) of event names to leave
         out, such as ``["Test*", "Legacy_?"]``; a string is one pattern. (templated)
     :param capillary_conn_id: the ``capillary`` connection to use.
@@ -149,6 +151,11 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
         self._check_static_arguments()
 
     def _check_static_arguments(self) -> None:
+        if self.destination is None and not self.do_xcom_push:
+            raise CapillaryConfigError(
+                "do_xcom_push=False with no destination would discard every row: set destination to write "
+                "the rows to files (local disk, s3://, gs://), or leave do_xcom_push on to pass them by XCom"
+            )
         if self.output_format not in OUTPUT_FORMATS:
             raise CapillaryConfigError(
                 f"output_format {self.output_format!r} is not supported; "
@@ -174,7 +181,10 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
         hook = self._open_hook(context)
         default_tz = hook.settings.tzinfo
         try:
+            if plan.sink is not None:
+                plan.sink.probe()
             plan = self._with_file_names(self._listed(hook, plan))
+            self._say_opening(hook, plan, "XCom" if plan.sink is None else plan.sink.uri)
             if plan.sink is None:
                 rows = self._to_xcom(hook, plan, default_tz)
                 self._lineage = _Lineage(hook.settings.base_url, plan.event_names, [])
@@ -218,6 +228,8 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
     def _plan(self) -> _Plan:
         """Check every rendered argument and name every file, before any request is sent."""
         selection = self._selection()
+        if self.output_format == "parquet":
+            _check_pyarrow()
         sink = None
         if self.destination is not None:
             sink = FolderSink(self.destination, self.destination_conn_id)
@@ -227,14 +239,29 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
         return plan
 
     def _with_file_names(self, plan: _Plan) -> _Plan:
-        """Return the plan with each event's file name; an event name no file can have is refused."""
+        """
+        Return the plan with each event's file name. An event name no file can have is refused, or,
+        when the org's listing gave it, left out with a warning.
+        """
         if plan.sink is None:
             return plan
-        try:
-            file_names = {name: event_file_name(name, self.output_format) for name in plan.event_names}
-        except ValueError as err:
-            raise CapillaryConfigError(str(err)) from None
-        return replace(plan, file_names=file_names)
+        file_names: dict[str, str] = {}
+        unnamed: list[str] = []
+        for name in plan.event_names:
+            try:
+                file_names[name] = event_file_name(name, self.output_format)
+            except ValueError as err:
+                if not plan.discover:
+                    raise CapillaryConfigError(str(err)) from None
+                unnamed.append(str(err).removeprefix("event_names: "))
+        if unnamed:
+            self.log.warning(
+                "Leaving out %s the org lists that no file can be named for: %s",
+                counted(len(unnamed), "event"),
+                "; ".join(unnamed),
+            )
+        kept = [name for name in plan.event_names if name in file_names]
+        return replace(plan, event_names=kept, file_names=file_names)
 
     def _to_xcom(self, hook: CapillaryHook, plan: _Plan, default_tz: tzinfo) -> list[dict[str, Any]]:
         def handle(name: str, fetched: AuditLogs) -> tuple[list[dict[str, Any]], FlattenStats]:
@@ -242,17 +269,26 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
             rows = self._checked(fetched, lambda: list(self._shape(name, fetched, plan, default_tz, stats)))
             return rows, stats
 
-        results = self._fetch_all(hook, plan, handle)
+        def done(name: str, fetched: Fetched[tuple[list[dict[str, Any]], FlattenStats]]) -> int:
+            rows, stats = fetched.result
+            self._report(name, stats, len(rows), "XCom", plan, fetched)
+            return len(rows)
+
+        results = self._fetch_all(hook, plan, handle, done)
         out: list[dict[str, Any]] = []
         for name in plan.event_names:
-            rows, stats = results[name]
-            self._report(name, stats, len(rows), "XCom", plan)
+            rows, _ = results[name]
             out.extend(rows)
             if len(out) > self.max_xcom_rows:
                 raise CapillaryConfigError(
                     f"{len(out)}+ rows exceed max_xcom_rows={self.max_xcom_rows}: XCom is not a data store; "
                     "set destination to write the rows to files (local disk, s3://, gs://) instead"
                 )
+        self._say_landed(len(out), len(plan.event_names), "XCom", plan)
+        if out or not plan.event_names:
+            self.log.info(
+                "Pushed %s of %s to XCom", counted(len(out), "row"), counted(len(plan.event_names), "event")
+            )
         return out
 
     def _to_destination(
@@ -295,13 +331,20 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
                 written = sink.write(plan.file_names[name], write_body)
                 return written, stats, written_stats
 
-            results = self._fetch_all(hook, plan, handle, lambda name: sink.remove(plan.file_names[name]))
+            def done(name: str, fetched: Fetched[tuple[WrittenFile, FlattenStats, WriteStats]]) -> int:
+                written, stats, written_stats = fetched.result
+                self._report(name, stats, written.rows, written.uri, plan, fetched)
+                self._report_written(name, written_stats)
+                return written.rows
+
+            results = self._fetch_all(
+                hook, plan, handle, done, lambda name: sink.remove(plan.file_names[name])
+            )
             events = []
             for name in plan.event_names:
-                written, stats, written_stats = results[name]
-                self._report(name, stats, written.rows, written.uri, plan)
-                self._report_written(name, written_stats)
+                written, stats, _ = results[name]
                 events.append(EventFile(event_name=name, file=written, records=stats.records))
+            self._say_landed(sum(event.file.rows for event in events), len(events), sink.uri, plan)
             run = RunInfo(
                 dag_id=dag_id,
                 task_id=task_id,
@@ -317,7 +360,10 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
             written_manifest = sink.write_manifest(run, events)
             total = sum(event.file.rows for event in events)
             self.log.info(
-                "Wrote %d rows for %d event(s); manifest %s", total, len(events), written_manifest.uri
+                "Wrote %s for %s; manifest %s",
+                counted(total, "row"),
+                counted(len(events), "event"),
+                written_manifest.uri,
             )
             return {
                 "destination": sink.uri,
@@ -389,6 +435,17 @@ class _Lineage:
     base_url: str
     event_names: list[str]
     files: list[str]
+
+
+def _check_pyarrow() -> None:
+    """Refuse ``output_format="parquet"`` before any request where pyarrow is not installed."""
+    try:
+        import pyarrow  # noqa: F401, PLC0415 - heavy: only to see that it is there, and only for parquet
+    except ImportError:
+        raise CapillaryConfigError(
+            "output_format 'parquet' needs pyarrow where tasks run: pip install "
+            "'airflow-capillary-audit[parquet]' (or pyarrow), or use output_format 'jsonl', 'json' or 'csv'"
+        ) from None
 
 
 def _destination_asset(destination: str) -> Asset | None:

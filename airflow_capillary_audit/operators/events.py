@@ -18,12 +18,8 @@ class CapillaryListEventsOperator(BaseOperator):
     Return the names of every event the org lists (``GET /v2/events``), sorted, as XCom.
 
     With ``group_size``, the names come in consecutive groups of at most that many, ready to map
-    the audit-log task over, one instance per group::
-
-        events = CapillaryListEventsOperator(task_id="list_events", group_size=50)
-        CapillaryAuditLogsOperator.partial(task_id="fetch", destination="...").expand(
-            event_names=events.output
-        )
+    the audit-log task over, one instance per group: ``CapillaryAuditLogsOperator.partial(...)
+    .expand(event_names=events.output)``, as the example DAG ``capillary_audit_org`` does.
 
     An org that lists no event (or none left after ``exclude_event_names``) succeeds with an empty
     list and a warning, so the mapped task gets no instance.

@@ -13,6 +13,7 @@ from airflow_capillary_audit._compat import BaseHook
 from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.operators.base import (
     CapillaryAuditLogsBaseOperator,
+    Fetched,
     Selection,
     event_lineage_name,
 )
@@ -107,6 +108,7 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
         hook = self._open_hook(context)
         try:
             selection = self._listed(hook, selection)
+            self._say_opening(hook, selection, f"table {table.display}")
             rows = self._fetch_rows(hook, selection, hook.settings.tzinfo)
         finally:
             hook.close()
@@ -198,11 +200,14 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
             shaped = self._checked(fetched, lambda: list(rows))
             return shaped, stats
 
-        results = self._fetch_all(hook, selection, handle)
-        rows: dict[str, list[dict[str, Any]]] = {}
-        for name in selection.event_names:
-            rows[name], stats = results[name]
-            self._report(name, stats, len(rows[name]), "table", selection)
+        def done(name: str, fetched: Fetched[tuple[list[dict[str, Any]], FlattenStats]]) -> int:
+            shaped, stats = fetched.result
+            self._report(name, stats, len(shaped), "table", selection, fetched)
+            return len(shaped)
+
+        results = self._fetch_all(hook, selection, handle, done)
+        rows = {name: results[name][0] for name in selection.event_names}
+        self._say_landed(sum(map(len, rows.values())), len(rows), "table", selection)
         return rows
 
     def _load(

@@ -2,13 +2,10 @@
 
 The stand-in serves ``GET /v2/events/audit_logs`` with deterministic generated records and
 ``GET /v2/events`` with the org's event list, checks Capillary's md5 Basic authentication or OAuth
-tokens, and can rate limit and inject faults.
-It imports nothing from Airflow nor from the rest of the package::
-
-    with CapillaryStandIn(users={"store.server": "server123"}, dataset=Dataset(seed=42)) as stand_in:
-        requests.get(f"{stand_in.url}/v2/events/audit_logs", params={"format": "json", "eventName": "x"}, ...)
-
-From a shell: ``python -m airflow_capillary_audit.sandbox --port 8765``.
+tokens, and can rate limit and inject faults. It imports nothing from Airflow nor from the rest of
+the package. In a test, ``with CapillaryStandIn(users=..., dataset=Dataset(seed=42)) as stand_in:``
+serves on ``stand_in.url`` until the block ends; from a shell,
+``python -m airflow_capillary_audit.sandbox --port 8765``.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ VALUES = (
     "",
 )
 JUNK_CHANGED_ON = ("not-a-date", "31/02/2025 25:61", "0000-00-00 00:00:00", "N/A", "")
-# The org's events when any name is served: the example DAGs' daily names among them.
+#: The org's events when any name is served: the example DAGs' daily names among them.
 DEFAULT_ORG_EVENTS = (
     "TestingEvent_FE",
     "PointsRedeemed",
@@ -75,6 +75,11 @@ EVENT_FIELDS = (
     ("points", "DOUBLE"),
     ("couponCode", "STRING"),
 )
+
+#: The UTC days before the last one the data reaches that get recent changes.
+RECENT_DAYS = 3
+_RECENT_FROM = timedelta(hours=2, minutes=30)
+_RECENT_UNTIL = timedelta(hours=21, minutes=30)
 
 # Seconds (iso_z, naive_space) or milliseconds: what each format can carry of the true instant.
 _MILLIS_FORMATS = frozenset({"iso_millis_offset", "epoch_ms", "epoch_ms_number"})
@@ -140,6 +145,15 @@ class Dataset:
         after each named entry and the rest at the end; they take turns at four shapes: no
         ``eventName``, a ``clickEventsMeta`` that is ``null``, a blank ``eventName``, no
         ``clickEventsMeta`` at all.
+    :param org_events: The names the org's event list holds, when they are not ``event_names``: an
+        org whose every name is served (``event_names=None``) lists :data:`DEFAULT_ORG_EVENTS` unless
+        this says otherwise. :meth:`add_org_events` adds names while the stand-in runs.
+    :param recent_changes: Inclusive ``(low, high)`` number of extra value-history entries each event
+        gets on each of the :data:`RECENT_DAYS` UTC days before the one ``end`` closes, between 02:30
+        and 21:30, so that a daily window on any of those days has rows for every event, whatever the
+        hour its schedule starts at (``0 0``, ``0 1``, ``30 0``, ``0 2``). They join the history of
+        records drawn at random; ``(0, 0)`` adds none, and a dataset without history
+        (``history_per_record=(0, 0)``) or without records gets none.
     """
 
     def __init__(
@@ -156,6 +170,8 @@ class Dataset:
         unknown_event: str = "empty",
         history_order: str = "ascending",
         nameless_events: int = 0,
+        org_events: Iterable[str] | None = None,
+        recent_changes: tuple[int, int] = (1, 2),
     ) -> None:
         unknown = [f for f in changed_on_formats if f not in CHANGED_ON_FORMATS]
         if not changed_on_formats or unknown:
@@ -183,15 +199,18 @@ class Dataset:
         self.unknown_event = unknown_event
         self.history_order = history_order
         self.nameless_events = int(nameless_events)
+        self.recent_changes = _check_range(recent_changes, "recent_changes")
         # The org is one tenant: every record carries the same orgId, derived from the seed.
         self.org_id = random.Random(f"{seed}:orgId").randrange(50_000, 1_000_000)
         self._known = None if self.event_names is None else frozenset(self.event_names)
+        self._org_event_names = None if org_events is None else tuple(dict.fromkeys(org_events))
         self._events: dict[str, _Event] = {}
         self._org_events_body: bytes | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         nameless = f", nameless_events={self.nameless_events}" if self.nameless_events else ""
+        nameless += f", recent_changes={self.recent_changes}" if self.recent_changes != (1, 2) else ""
         order = f", history_order={self.history_order!r}" if self.history_order != "ascending" else ""
         return (
             f"Dataset(seed={self.seed!r}, event_names={self.event_names!r}, "
@@ -201,8 +220,16 @@ class Dataset:
 
     @property
     def org_event_names(self) -> tuple[str, ...]:
-        """Return the names the org's event list holds: ``event_names``, or :data:`DEFAULT_ORG_EVENTS`."""
+        """Return the names the org lists: ``org_events``, or ``event_names``, or the default list."""
+        if self._org_event_names is not None:
+            return self._org_event_names
         return DEFAULT_ORG_EVENTS if self.event_names is None else self.event_names
+
+    def add_org_events(self, names: Iterable[str]) -> None:
+        """Add names to the org's event list, as an org that creates events does, from the next listing on."""
+        with self._lock:
+            self._org_event_names = tuple(dict.fromkeys([*self.org_event_names, *names]))
+            self._org_events_body = None
 
     def org_events_body(self) -> bytes:
         """Return the exact success body served for ``GET /v2/events``."""
@@ -297,12 +324,15 @@ class Dataset:
         format_index = rng.randrange(len(formats))
         records: list[dict[str, Any]] = []
         millis: list[list[int | None]] = []
-        for _ in range(rng.randint(*self.records_per_event)):
+        count = rng.randint(*self.records_per_event)
+        recent = self._recent_moments(event_name, count)
+        for record_index in range(count):
             record_id = f"{rng.getrandbits(96):024x}"
             updated_type = rng.choice(UPDATED_TYPES)
             request_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             moments = sorted(
-                rng.randrange(start_ms, end_ms) for _ in range(rng.randint(*self.history_per_record))
+                [rng.randrange(start_ms, end_ms) for _ in range(rng.randint(*self.history_per_record))]
+                + recent.get(record_index, [])
             )
             history: list[dict[str, Any]] = []
             truths: list[int | None] = []
@@ -339,6 +369,27 @@ class Dataset:
             )
             millis.append(truths)
         return _Event(encode_json({"data": records, "warnings": [], "errors": []}), millis)
+
+    def _recent_moments(self, event_name: str, records: int) -> dict[int, list[int]]:
+        """Return the recent changes of an event: for some of its records, instants on the last days."""
+        low, high = self.recent_changes
+        if records == 0 or high == 0 or self.history_per_record[1] == 0:
+            return {}
+        # A generator of its own: the recent changes never change what the other draws give.
+        rng = random.Random(f"{self.seed}:{event_name}:recent")
+        last_midnight = self.end.replace(hour=0, minute=0, second=0, microsecond=0)
+        if last_midnight == self.end:
+            last_midnight -= timedelta(days=1)
+        moments: dict[int, list[int]] = {}
+        for days_back in range(1, RECENT_DAYS + 1):
+            day = last_midnight - timedelta(days=days_back)
+            first = (day + _RECENT_FROM - _EPOCH) // timedelta(milliseconds=1)
+            last = (day + _RECENT_UNTIL - _EPOCH) // timedelta(milliseconds=1)
+            for _ in range(rng.randint(low, high)):
+                moment = rng.randrange(first, last)
+                if moment >= (self.start - _EPOCH) // timedelta(milliseconds=1):
+                    moments.setdefault(rng.randrange(records), []).append(moment)
+        return moments
 
     def _window_ms(self) -> tuple[int, int]:
         one_ms = timedelta(milliseconds=1)

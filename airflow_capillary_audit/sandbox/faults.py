@@ -75,45 +75,45 @@ class Fault:
     event list where they would serve records. With ``endpoint="oauth_token"`` it applies to OAuth
     token requests, before the key and secret are checked, and ``event_names`` is ignored.
 
-    ========================  ============================================================================
-    kind                      response
-    ========================  ============================================================================
-    ``http_500_html``         500 with an HTML body (``text/html``)
-    ``http_502``              502 with an HTML body, as a gateway sends it
-    ``http_503``              503 with an HTML body; with ``retry_after`` set, a ``Retry-After`` as for 429
-    ``http_504``              504 with an HTML body
-    ``http_400``              400 with a Capillary ``errors[]`` JSON body
-    ``http_401``              401 with a Capillary ``errors[]`` JSON body
-    ``http_403``              403 with ``errors[]`` code 4000 (access denied)
-    ``http_404``              404 with a Capillary ``errors[]`` JSON body
-    ``http_405``              405 with a Capillary ``errors[]`` JSON body and ``Allow: GET``
-    ``http_415``              415 with a Capillary ``errors[]`` JSON body
-    ``rate_limited``          429 with ``errors[]``; ``Retry-After`` per ``retry_after``: ``"seconds"``
-                              (``seconds``, default 1), ``"http-date"`` (now + ``seconds``), ``"zero"``,
-                              or ``None`` for no header
-    ``reset``                 status line, headers (full ``Content-Length``) and part of the body, then
-                              a TCP reset
-    ``truncated``             200 with the full ``Content-Length`` but half the body, then a normal close
-    ``html_200``              200 with an HTML body and ``text/html``
-    ``not_json_200``          200 with ``application/json`` but a body that is not JSON
-    ``slow``                  waits ``seconds`` (default 5), then answers normally
-    ``hang``                  answers nothing; closes after ``seconds`` (default 30) or when the stand-in
-                              stops
-    ``trickle``               200 with the normal headers, then the body at ``bytes_per_second``
-                              (default 20) in small pieces: every read is quick, the whole is slow
-    ``stall``                 200 with the normal headers and half the body, then nothing for ``seconds``
-                              (default 30) or until the stand-in stops, then a close
-    ``errors_in_body``        200 with ``data: []`` and an ``errors[]`` entry (code 8084)
-    ``warnings_in_body``      200 with the normal data and one ``warnings[]`` entry (code 8090)
-    ``json_list``             200 whose body is a JSON array
-    ``no_data``               200 with an object that has no ``data``
-    ``data_not_list``         200 where ``data`` is an object
-    ``record_missing_fields`` 200 where records lack ``id`` and ``valueHistory``
-    ``history_not_list``      200 where each ``valueHistory`` is a string
-    ``huge_body``             200 with a valid body padded with records to about ``size`` bytes (50 MB)
-    ``redirect``              302 to ``location`` (any URL, possibly another host)
-    ``body``                  ``status`` (default 200), ``application/json``, exactly the ``body`` given
-    ========================  ============================================================================
+    =========================  ============================================================================
+    kind                       response
+    =========================  ============================================================================
+    ``http_500_html``          500 with an HTML body (``text/html``)
+    ``http_502``               502 with an HTML body, as a gateway sends it
+    ``http_503``               503 with an HTML body; with ``retry_after`` set, a ``Retry-After`` as for 429
+    ``http_504``               504 with an HTML body
+    ``http_400``               400 with a Capillary ``errors[]`` JSON body
+    ``http_401``               401 with a Capillary ``errors[]`` JSON body
+    ``http_403``               403 with ``errors[]`` code 4000 (access denied)
+    ``http_404``               404 with a Capillary ``errors[]`` JSON body
+    ``http_405``               405 with a Capillary ``errors[]`` JSON body and ``Allow: GET``
+    ``http_415``               415 with a Capillary ``errors[]`` JSON body
+    ``rate_limited``           429 with ``errors[]``; ``Retry-After`` per ``retry_after``: ``"seconds"``
+                               (``seconds``, default 1), ``"http-date"`` (now + ``seconds``), ``"zero"``,
+                               or ``None`` for no header
+    ``reset``                  status line, headers (full ``Content-Length``) and part of the body, then
+                               a TCP reset
+    ``truncated``              200 with the full ``Content-Length`` but half the body, then a normal close
+    ``html_200``               200 with an HTML body and ``text/html``
+    ``not_json_200``           200 with ``application/json`` but a body that is not JSON
+    ``slow``                   waits ``seconds`` (default 5), then answers normally
+    ``hang``                   answers nothing; closes after ``seconds`` (default 30) or when the stand-in
+                               stops
+    ``trickle``                200 with the normal headers, then the body at ``bytes_per_second``
+                               (default 20) in small pieces: every read is quick, the whole is slow
+    ``stall``                  200 with the normal headers and half the body, then nothing for ``seconds``
+                               (default 30) or until the stand-in stops, then a close
+    ``errors_in_body``         200 with ``data: []`` and an ``errors[]`` entry (code 8084)
+    ``warnings_in_body``       200 with the normal data and one ``warnings[]`` entry (code 8090)
+    ``json_list``              200 whose body is a JSON array
+    ``no_data``                200 with an object that has no ``data``
+    ``data_not_list``          200 where ``data`` is an object
+    ``record_missing_fields``  200 where records lack ``id`` and ``valueHistory``
+    ``history_not_list``       200 where each ``valueHistory`` is a string
+    ``huge_body``              200 with a valid body padded with records to about ``size`` bytes (50 MB)
+    ``redirect``               302 to ``location`` (any URL, possibly another host)
+    ``body``                   ``status`` (default 200), ``application/json``, exactly the ``body`` given
+    =========================  ============================================================================
     """
 
     kind: str

@@ -455,6 +455,11 @@ class CapillaryStandIn:
         with self._lock:
             return list(self._requests)
 
+    @property
+    def audit_log_requests(self) -> list[RecordedRequest]:
+        """Return the audit-log requests received so far (not the event list's, nor OAuth's), in order."""
+        return [request for request in self.requests if request.path == AUDIT_LOGS_PATH]
+
     def clear_requests(self) -> None:
         """Forget the requests recorded so far."""
         with self._lock:

@@ -30,6 +30,13 @@ OAUTH_KEY = "brand-client-key"
 OAUTH_SECRET = "s3cr3t-client-value"
 
 
+@pytest.fixture
+def stand_in():
+    """The stand-in's own default org: it lists the default events, as ``python -m ...sandbox`` does."""
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7)) as server:
+        yield server
+
+
 def served_events(api: CapillaryStandIn) -> list[OrgEvent]:
     """Build the entries the hook should return from the stand-in's own list, without the package's reader."""
     events = []
@@ -352,3 +359,25 @@ def test_no_secret_reaches_the_listings_logs_or_errors(stand_in, monkeypatch, ca
     assert all(r.headers["Authorization"] == f"Basic {TOKEN}" for r in stand_in.requests)
     for secret in SECRETS:
         assert secret not in text
+
+
+def listing_body(*names: str) -> bytes:
+    """Return a listing whose entries carry ``names``, written with JSON escapes (a lone surrogate too)."""
+    entries = [{"clickEventsMeta": {"eventId": str(i), "eventName": n, "fields": []}} for i, n in enumerate(names)]
+    return json.dumps({"data": entries, "warnings": [], "errors": []}).encode("ascii")
+
+
+ODD_LISTED = ["Ctl\x00x", "x" * 300, "bad\ud800", "tab\tname"]
+
+
+def test_listed_names_no_request_could_carry_are_skipped_counted_and_named(stand_in, monkeypatch, capfd, caplog):
+    stand_in.set_faults([Fault("body", body=listing_body("Good", *ODD_LISTED), endpoint="events")])
+    hook = use_connection(monkeypatch, stand_in.url)
+
+    listed = hook.fetch_events()
+
+    assert listed.event_names == ["Good"] and listed.skipped == len(ODD_LISTED)
+    text = logged(capfd, caplog)
+    assert "Capillary listed an event whose name contains the control character '\\x00' at position 3; skipped it: 'Ctl\\x00x'" in text
+    assert f"whose name is 300 characters long, more than 255; skipped it: {'x' * 60 + '...'!r}" in text
+    assert "whose name holds the unpaired surrogate '\\ud800' at position 3, which no request can carry; skipped it" in text

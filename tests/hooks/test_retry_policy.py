@@ -135,11 +135,15 @@ def test_a_refused_connection_is_retried_to_the_budget(monkeypatch, refusing_por
         hook.get_audit_logs("e")
 
     assert caught.value.attempts == 3
-    assert "Connection refused" in str(caught.value)
+    assert str(caught.value).startswith(
+        f"Cannot connect to http://127.0.0.1:{refusing_port}: [Errno 111] Connection refused; check the host "
+        "(and port) of connection 'capillary_default' | "
+    )
+    assert caught.value.unreachable is True
     assert isinstance(caught.value.__cause__, requests.ConnectionError)
     assert len(hook.waits) == 2
     out, err = capfd.readouterr()
     text = out + err + caplog.text
     for attempt in (1, 2):
-        assert f"attempt {attempt} of 3: connection failed (" in text
+        assert f"attempt {attempt} of 3: cannot connect ([Errno 111] Connection refused)" in text
     assert "attempt 3 of 3" not in text

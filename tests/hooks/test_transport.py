@@ -307,7 +307,12 @@ def test_tls_spoken_to_a_plain_http_port_is_named_and_retried(monkeypatch):
         with pytest.raises(CapillaryConnectionError) as caught:
             hook.get_audit_logs("e")
 
-    assert str(caught.value).startswith(f"Connection to {url} failed: connection failed (SSLError) | ")
+    # No TLS connection could be made at all: the host is named, with where to fix it.
+    assert str(caught.value).startswith(
+        f"Cannot connect to {url}: the TLS handshake failed (SSLError); check the host (and port) of "
+        "connection 'capillary_default' | "
+    )
+    assert caught.value.unreachable is True
     assert "after 2 attempts" in str(caught.value)
 
 

@@ -7,12 +7,14 @@ import hashlib
 import io
 import json
 import re
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from airflow_capillary_audit.exceptions import CapillaryConfigError
 from airflow_capillary_audit.formats import event_file_name, event_name_from_file
 from airflow_capillary_audit.records import ROW_COLUMNS
 from airflow_capillary_audit.sandbox import Fault
@@ -33,6 +35,7 @@ from tests.helpers import (
     make_unremovable,
     manifest_of,
     manifests_in,
+    org_dataset,
     use_connection,
     write_dag_files_to_db,
 )
@@ -79,7 +82,7 @@ def test_rows_to_xcom_equal_what_capillary_served(capillary_conn, run_dag):
 
     assert dag_run.state == "success"
     assert xcom("fetch") == expected_rows(capillary_conn.dataset, NAMES)
-    assert sorted(r.event_name for r in capillary_conn.requests) == sorted(NAMES)
+    assert sorted(r.event_name for r in capillary_conn.audit_log_requests) == sorted(NAMES)
 
 
 @pytest.mark.parametrize("output_format", ["jsonl", "json", "csv", "parquet"])
@@ -466,7 +469,7 @@ def test_an_execution_timeout_stops_the_queued_events(capillary_conn, run_dag, t
 
     assert dag_run.state == "failed"
     # 40 events at 0.25 s on 2 workers would take 5 s; the timeout ends the run after about 1 s.
-    requested = [r.event_name for r in capillary_conn.requests]
+    requested = [r.event_name for r in capillary_conn.audit_log_requests]
     assert len(requested) < 20
     assert manifest_of(tmp_path) is None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -780,11 +783,18 @@ def test_each_event_is_reported_with_where_its_rows_went(
     rows = len(expected_rows(capillary_conn.dataset, ["PointsRedeemed"]))
     where = f"file://{tmp_path}/PointsRedeemed.jsonl" if to_files else "XCom"
     text = logged(capfd, caplog)
-    assert logged_whole(f"Event 'PointsRedeemed': {records} record(s), {rows} row(s) -> {where}", text)
+    assert records > 1 and rows > 1
+    # As the event completes: its records, its rows, where they went, its attempts and its time.
+    assert logged_matching(
+        rf"Event 'PointsRedeemed': {records} records, {rows} rows -> {re.escape(where)} \(1 attempt, \d+\.\d\d s\)",
+        text,
+    )
     if to_files:
         [manifest] = manifests_in(tmp_path)
         manifest = f"file://{tmp_path}/{manifest}"
-        assert logged_whole(f"Wrote {rows} rows for 1 event(s); manifest {manifest}", text)
+        assert logged_whole(f"Wrote {rows} rows for 1 event; manifest {manifest}", text)
+    else:
+        assert logged_whole(f"Pushed {rows} rows of 1 event to XCom", text)
 
 
 def test_the_manifest_time_is_utc_whatever_the_workers_zone(capillary_conn, airflow_db, tmp_path):
@@ -1231,7 +1241,8 @@ def test_an_event_another_running_instance_claims_is_refused_before_any_request(
         "other's. If the groups changed since an earlier try of this run, remove that try's manifests "
         f"({manifest_name('daily', 'fetch', 0)} and the other map indexes) from {FolderSink(str(tmp_path)).uri}"
     )
-    assert capillary_conn.requests == []
+    # Only the listing that checked the names was asked: no audit log.
+    assert capillary_conn.audit_log_requests == []
     assert list(files_in(tmp_path)) == [claim_name(running)]  # no file, no manifest, no claim of its own
 
 
@@ -1340,7 +1351,7 @@ def test_an_event_in_two_groups_is_refused_and_the_manifest_written_stays_true(
     done = [index for index in (0, 1) if xcom("fetch", map_index=index) is not None]
     assert len(done) == 1
     group = groups[done[0]]
-    assert sorted(r.event_name for r in capillary_conn.requests) == sorted(group)
+    assert sorted(r.event_name for r in capillary_conn.audit_log_requests) == sorted(group)
     manifest = manifest_of(tmp_path)
     assert manifest is not None and manifest["map_index"] == done[0]
     for event in manifest["events"]:
@@ -1368,9 +1379,9 @@ def test_histories_in_any_order_give_rows_by_time_with_the_value_each_change_rep
     monkeypatch, airflow_db, order
 ):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
-    from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
+    from airflow_capillary_audit.sandbox import CapillaryStandIn
 
-    dataset = Dataset(seed=3, records_per_event=(20, 30), history_per_record=(2, 8), history_order=order)
+    dataset = org_dataset(seed=3, records_per_event=(20, 30), history_per_record=(2, 8), history_order=order)
     with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset) as server:
         use_connection(monkeypatch, server.url)
         rows = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES).execute({})
@@ -1381,3 +1392,73 @@ def test_histories_in_any_order_give_rows_by_time_with_the_value_each_change_rep
     assert served != [r["changed_on_raw"] for r in rows if r["event_name"] == NAMES[0]]
     chained = [r for r in rows if r["previous_value"] is not None]
     assert chained
+
+
+# --- refused before the first request -------------------------------------------------------------
+
+
+def test_no_xcom_and_no_destination_is_refused_when_the_dag_is_parsed(airflow_db, tmp_path):
+    dag_file = tmp_path / "discards.py"
+    dag_file.write_text(
+        dag_source("CapillaryAuditLogsOperator(task_id='fetch', event_names=['a'], do_xcom_push=False)").replace(
+            "__DAG_ID__", "discards"
+        )
+    )
+
+    bag = DagBag(dag_folder=str(dag_file))
+
+    [error] = bag.import_errors.values()
+    assert "CapillaryConfigError: do_xcom_push=False with no destination would discard every row" in error
+    assert "set destination to write the rows to files" in error
+
+
+def test_parquet_without_pyarrow_is_refused_before_any_request(capillary_conn, airflow_db, tmp_path, monkeypatch):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an environment without pyarrow gives: ImportError
+    op = CapillaryAuditLogsOperator(
+        task_id="t", event_names=NAMES, destination=str(tmp_path), output_format="parquet"
+    )
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        op.execute({})
+
+    assert str(caught.value) == (
+        "output_format 'parquet' needs pyarrow where tasks run: pip install 'airflow-capillary-audit[parquet]' "
+        "(or pyarrow), or use output_format 'jsonl', 'json' or 'csv'"
+    )
+    assert capillary_conn.requests == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["under a file", "in /proc"])
+def test_a_folder_that_cannot_be_written_is_refused_before_any_request(
+    capillary_conn, airflow_db, tmp_path, where
+):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    (tmp_path / "a-file").write_text("not a folder")
+    destination = str(tmp_path / "a-file" / "out") if where == "under a file" else "/proc/capillary-audit/out"
+    op = CapillaryAuditLogsOperator(task_id="t", event_names=NAMES, destination=destination)
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        op.execute({})
+
+    assert re.fullmatch(
+        rf"destination 'file://{re.escape(destination)}' cannot be written to: \[Errno \d+\] .+; check the "
+        r"folder's permissions, or give another destination",
+        str(caught.value),
+    )
+    assert capillary_conn.requests == []
+
+
+def test_the_write_probe_leaves_the_tree_as_it_found_it(capillary_conn, airflow_db, tmp_path):
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    destination = tmp_path / "new" / "deeper" / "2026-11-24"
+    # The probe succeeds; the run then stops at the name check, before anything of its own is written.
+    op = CapillaryAuditLogsOperator(task_id="t", event_names=["NoSuchEvent"], destination=str(destination))
+
+    with pytest.raises(CapillaryConfigError, match="'NoSuchEvent' is not an event the org lists"):
+        op.execute({})
+
+    assert list(tmp_path.iterdir()) == []

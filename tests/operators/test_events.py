@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from airflow_capillary_audit.exceptions import CapillaryConfigError
+from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryUnknownEventError
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.operators.audit_logs import ALL_EVENTS, CapillaryAuditLogsOperator
 from airflow_capillary_audit.operators.events import CapillaryListEventsOperator
@@ -79,7 +79,8 @@ def test_exclusions_apply_to_a_literal_list_too(org, airflow_db):
     )
 
     assert operator.execute({}) == expected_rows(org.dataset, ["TierUpgraded"])
-    assert audit_requests(org) == ["TierUpgraded"] and listings(org) == 0
+    # One listing, to check the name kept: an excluded name is neither checked nor fetched.
+    assert audit_requests(org) == ["TierUpgraded"] and listings(org) == 1
 
 
 def test_patterns_are_case_sensitive_globs(org, airflow_db):
@@ -93,9 +94,14 @@ def test_patterns_are_case_sensitive_globs(org, airflow_db):
 
 
 def test_a_list_holding_a_star_is_taken_literally(org, airflow_db):
-    rows = CapillaryAuditLogsOperator(task_id="fetch", event_names=["*"]).execute({})
+    # A list is names, not a pattern: "*" is a name the org does not list, so it is refused unfetched.
+    with pytest.raises(CapillaryUnknownEventError, match=r"^event_names: '\*' is not an event the org lists"):
+        CapillaryAuditLogsOperator(task_id="fetch", event_names=["*"]).execute({})
+    assert audit_requests(org) == [] and listings(org) == 1
 
-    assert rows == [] and audit_requests(org) == ["*"] and listings(org) == 0
+    rows = CapillaryAuditLogsOperator(task_id="fetch", event_names=["*"], check_event_names=False).execute({})
+
+    assert rows == [] and audit_requests(org) == ["*"] and listings(org) == 1
 
 
 @pytest.mark.parametrize(
@@ -220,14 +226,15 @@ def test_listed_groups_map_into_one_instance_each(org, run_dag, tmp_path, capfd,
     assert sorted(m["map_index"] for m in manifests.values()) == [0, 1]
     for name in kept:
         assert jsonl_rows(tmp_path / event_file_name(name, "jsonl")) == expected_rows(org.dataset, [name])
-    assert sorted(audit_requests(org)) == kept and listings(org) == 1
+    # The listing task's one listing, and one by each mapped instance to check its group's names.
+    assert sorted(audit_requests(org)) == kept and listings(org) == 1 + 2
 
 
 def instance_spans(stand_in, groups: list[list[str]]) -> list[float]:
     """Return, for each group, the time from its first request's arrival to its last one's."""
     spans = []
     for group in groups:
-        arrivals = [r.monotonic for r in stand_in.requests if r.event_name in group]
+        arrivals = [r.monotonic for r in stand_in.audit_log_requests if r.event_name in group]
         spans.append(max(arrivals) - min(arrivals))
     return spans
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from airflow_capillary_audit.commit import TEMP_PREFIX
-from airflow_capillary_audit.exceptions import CapillaryError, CapillaryWriteError
+from airflow_capillary_audit.exceptions import CapillaryConfigError, CapillaryError, CapillaryWriteError
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sandbox import Fault
 from airflow_capillary_audit.sinks import FolderSink, manifest_name
@@ -310,8 +310,14 @@ def test_a_missing_bucket_is_an_error_and_is_not_created(capillary_conn, s3, mon
         destination_conn_id=s3.conn_id,
     )
 
-    with pytest.raises(CapillaryError, match=r"Cannot write s3://\S*no-such-bucket/\S*: The specified bucket does not exist"):
+    # Found before the first request, rather than once every event is fetched.
+    with pytest.raises(
+        CapillaryConfigError,
+        match=r"^destination 's3://no-such-bucket/capillary/2026-01-01': the bucket does not exist, or the "
+        rf"store cannot be reached with connection '{s3.conn_id}'; create the bucket",
+    ):
         operator.execute({})
+    assert capillary_conn.requests == []
 
     client = s3.client()
     assert [bucket["Name"] for bucket in client.list_buckets()["Buckets"]] == [BUCKET]
@@ -321,7 +327,6 @@ def test_a_missing_bucket_is_an_error_and_is_not_created(capillary_conn, s3, mon
 def test_a_store_that_cannot_be_reached_fails_before_any_request(capillary_conn, monkeypatch, tmp_path, airflow_db):
     import socket
 
-    from airflow_capillary_audit.exceptions import CapillaryWriteError
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
     for name in [key for key in os.environ if key.startswith("AWS_")]:
@@ -349,13 +354,14 @@ def test_a_store_that_cannot_be_reached_fails_before_any_request(capillary_conn,
     )
 
     try:
-        with pytest.raises(CapillaryWriteError) as caught:
+        with pytest.raises(CapillaryConfigError) as caught:
             operator.execute({})
     finally:
         closed.close()
 
-    # The earlier manifest cannot be looked for, so nothing is fetched.
+    # The store's bucket cannot be looked for, so nothing is fetched.
     assert str(caught.value).startswith(
-        f"Cannot prepare destination 's3://{BUCKET}/capillary': Could not connect to the endpoint URL"
+        f"destination 's3://{BUCKET}/capillary': the bucket does not exist, or the store cannot be reached "
+        f"with connection '{conn_id}'"
     )
     assert capillary_conn.requests == []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
-from tests.helpers import LOGIN, PASSWORD
+from airflow_capillary_audit.sandbox import CapillaryStandIn
+from tests.helpers import LOGIN, PASSWORD, org_dataset
 
 FAULT_SEED = 20261125
 
@@ -13,5 +13,5 @@ FAULT_SEED = 20261125
 @pytest.fixture
 def api():
     """Start a stand-in whose partial-rate faults draw from a seeded RNG, so runs repeat."""
-    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7), seed=FAULT_SEED) as server:
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=org_dataset(seed=7), seed=FAULT_SEED) as server:
         yield server

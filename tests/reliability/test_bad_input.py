@@ -116,6 +116,20 @@ BAD_INPUT = [
         "extra 'rate_limit_redis_conn_id' must be an Airflow connection id, got 6379",
     ),
     ("extra auth_type unknown", {}, {"extra": {"auth_type": "kerberos"}}, "'auth_type'"),
+    # A misspelt extra would be ignored, and the run go out unpaced or retried other than meant.
+    (
+        "extra misspelt",
+        {},
+        {"extra": {"requests_per_min": 100}},
+        "extra 'requests_per_min' is not one this connection reads: did you mean 'requests_per_minute'?",
+    ),
+    (
+        "extra misspelt in the prefixed form",
+        {},
+        {"extra": {"extra__capillary__max_retry": 2}},
+        "extra 'extra__capillary__max_retry' is not one this connection reads: did you mean 'max_retries'?",
+    ),
+    ("extra in other case", {}, {"extra": {"Timeout": 5}}, "extra 'Timeout' is not one this connection reads"),
     (
         "extra password_is_md5 not a bool",
         {},
@@ -322,7 +336,7 @@ def test_every_field_a_user_sets_has_a_bad_input_case():
 
 def test_unknown_extras_are_warned_not_fatal(api, monkeypatch, airflow_db, tmp_path, capfd, caplog):
     set_connection(
-        monkeypatch, api.url, {"extra": {"colour": "blue", "extra__capillary__timeout": 5, "retries": 9}}
+        monkeypatch, api.url, {"extra": {"colour": "blue", "extra__capillary__timeout": 5, "owner": "crm"}}
     )
 
     summary = fetch_to(tmp_path, ["PointsRedeemed"])
@@ -332,8 +346,8 @@ def test_unknown_extras_are_warned_not_fatal(api, monkeypatch, airflow_db, tmp_p
     assert jsonl_rows(tmp_path / event_file_name("PointsRedeemed", "jsonl")) == rows
     out, err = capfd.readouterr()
     logged = out + err + caplog.text
-    assert "ignoring unknown extras ['colour', 'retries']" in logged
-    assert len(api.requests) == 1
+    assert "ignoring unknown extras ['colour', 'owner']" in logged
+    assert len(api.audit_log_requests) == 1
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b"])
@@ -343,7 +357,7 @@ def test_path_like_names_are_legal_and_stay_inside_the_folder(api, monkeypatch, 
 
     summary = fetch_to(use, [name])
 
-    assert [r.event_name for r in api.requests] == [name]
+    assert [r.event_name for r in api.audit_log_requests] == [name]
     # Only the folder itself was created under the base; the file is inside it, under its encoded name.
     assert [p.name for p in (tmp_path / "base").iterdir()] == ["out"]
     file_name = event_file_name(name, "jsonl")

@@ -63,9 +63,9 @@ FAULTS: dict[str, tuple[dict[str, Any], str]] = {
 def recorded(api, count: int) -> list:
     """Return the stand-in's requests once it has recorded ``count``: a slow one is recorded when it wakes."""
     deadline = time.monotonic() + SLOW_SECONDS + 30
-    while len(api.requests) < count and time.monotonic() < deadline:
+    while len(api.audit_log_requests) < count and time.monotonic() < deadline:
         time.sleep(0.05)
-    return api.requests
+    return api.audit_log_requests
 
 
 def baseline(api, folder, names=NAMES) -> dict[str, bytes]:
@@ -151,7 +151,7 @@ def test_mixed_faults_at_30_percent_give_identical_files(api, monkeypatch, airfl
 
     # Every answer but a slow one is recorded before it is sent; slow ones the client gave up on may
     # not be in yet, which only lowers the counts below.
-    requests = api.requests
+    requests = api.audit_log_requests
     assert data_files(tmp_path / "faulty") == clean
     assert hidden_files(tmp_path / "faulty") == []
     injected = [r for r in requests if r.fault is not None]
@@ -183,7 +183,7 @@ def test_mixed_faults_through_a_dag_run(api, monkeypatch, run_dag, tmp_path):
     dag_run, xcom = run_dag(DAG.format(names=NAMES, folder=str(tmp_path / "faulty")))
 
     assert dag_run.state == "success"
-    requests = api.requests  # as above: slow answers may not be recorded yet
+    requests = api.audit_log_requests  # as above: slow answers may not be recorded yet
     assert data_files(tmp_path / "faulty") == clean
     assert manifest_of(tmp_path / "faulty")["run_id"] == dag_run.run_id
     assert xcom("fetch")["total_rows"] == manifest_of(tmp_path / "faulty")["total_rows"]
@@ -202,7 +202,7 @@ def test_an_exhausted_budget_fails_the_dag_run(api, monkeypatch, run_dag, tmp_pa
 
     assert dag_run.state == "failed"
     assert xcom("fetch") is None
-    assert len([r for r in api.requests if r.event_name == VICTIM]) == EXHAUSTED_MAX_RETRIES + 1
+    assert len([r for r in api.audit_log_requests if r.event_name == VICTIM]) == EXHAUSTED_MAX_RETRIES + 1
     assert sorted(data_files(folder)) == sorted(event_file_name(n, "jsonl") for n in NAMES if n != VICTIM)
     for name in NAMES:
         if name != VICTIM:

@@ -13,7 +13,7 @@ import pytest
 
 from airflow_capillary_audit.commit import TEMP_PREFIX
 from airflow_capillary_audit.formats import event_file_name
-from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset
+from airflow_capillary_audit.sandbox import CapillaryStandIn
 from tests.helpers import (
     LOGIN,
     MANIFEST,
@@ -26,6 +26,7 @@ from tests.helpers import (
     logged,
     manifest_of,
     needs_proc_fd,
+    org_dataset,
     record_disk_syncs,
     refuse_deletes,
     use_capillary,
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.airflow
 
 # Two events of 60,000 rows each: each file takes a good fraction of a second to write, long enough
 # for a reader polling the folder to catch it half-written many times over.
-BIG = Dataset(seed=11, records_per_event=(1500, 1500), history_per_record=(40, 40))
+BIG = org_dataset(seed=11, records_per_event=(1500, 1500), history_per_record=(40, 40), recent_changes=(0, 0))
 BIG_NAMES = ["big event one", "big event two"]
 
 

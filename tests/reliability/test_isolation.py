@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from airflow_capillary_audit.formats import event_file_name
-from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
+from airflow_capillary_audit.sandbox import CapillaryStandIn, Fault
 from tests.helpers import (
     LOGIN,
     PASSWORD,
@@ -16,6 +16,7 @@ from tests.helpers import (
     hidden_files,
     jsonl_rows,
     manifest_of,
+    org_dataset,
     use_capillary,
 )
 from tests.helpers import expected_rows as all_expected_rows
@@ -61,7 +62,7 @@ def snapshot(folder) -> dict[str, tuple[bytes, int]]:
 @pytest.fixture
 def dense_api():
     """A stand-in with the demo's density, so that every day of its 30 holds rows."""
-    dataset = Dataset(seed=7, records_per_event=(20, 40), history_per_record=(0, 10))
+    dataset = org_dataset(seed=7, records_per_event=(20, 40), history_per_record=(0, 10))
     with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset) as server:
         yield server
 

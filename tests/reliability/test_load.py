@@ -47,7 +47,7 @@ def test_a_thousand_events_at_20_percent_faults(api, monkeypatch, airflow_db, tm
     summary = fetch_to(tmp_path, names, max_active_requests=8)
     elapsed = time.monotonic() - started
 
-    requests = api.requests
+    requests = api.audit_log_requests
     injected = Counter(r.fault for r in requests if r.fault is not None)
     print(
         f"load: {EVENTS} events, {len(requests)} requests, {sum(injected.values())} faults injected "

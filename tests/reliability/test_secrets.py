@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 
 from airflow_capillary_audit.exceptions import CapillaryError
-from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
-from tests.helpers import AIRFLOW_HOME, FAST_RETRIES, LOGIN, PASSWORD, in_process_api_client, use_capillary
+from airflow_capillary_audit.sandbox import CapillaryStandIn, Fault
+from tests.helpers import (
+    AIRFLOW_HOME,
+    FAST_RETRIES,
+    LOGIN,
+    PASSWORD,
+    in_process_api_client,
+    org_dataset,
+    use_capillary,
+)
 
 pytestmark = pytest.mark.airflow
 
@@ -111,7 +119,7 @@ def inline_executor():
 @pytest.fixture
 def api_with_oauth():
     with CapillaryStandIn(
-        users={LOGIN: PASSWORD}, dataset=Dataset(seed=7), oauth_clients={OAUTH_KEY: OAUTH_SECRET}
+        users={LOGIN: PASSWORD}, dataset=org_dataset(seed=7), oauth_clients={OAUTH_KEY: OAUTH_SECRET}
     ) as server:
         yield server
 

@@ -51,7 +51,7 @@ def test_after_a_401_or_403_the_remaining_events_are_not_requested(api, monkeypa
     with pytest.raises(CapillaryError) as caught:
         fetch_to(tmp_path, NAMES, max_active_requests=WORKERS)
 
-    requested = [r.event_name for r in api.requests]
+    requested = [r.event_name for r in api.audit_log_requests]
     assert requested.count(refused) == 1
     assert len(set(requested)) == len(requested)
     # What was on the wire, or taken by a worker before the cancellation, at most; not the 36 others.
@@ -88,7 +88,7 @@ def test_a_kill_ends_the_back_off_and_runs_no_queued_event(api, monkeypatch, air
     thread = threading.Thread(target=run, name="killed-task", daemon=True)
     thread.start()
     # Each worker had its first answer (a 503) and now waits out a long back-off.
-    wait_for(lambda: len(api.requests) == WORKERS)
+    wait_for(lambda: len(api.audit_log_requests) == WORKERS)
 
     operator.on_kill()
     try:
@@ -100,7 +100,7 @@ def test_a_kill_ends_the_back_off_and_runs_no_queued_event(api, monkeypatch, air
             operator._hook.stop()
             thread.join(timeout=STOP_WITHIN)
     # No new attempt after the stop, and none of the queued events was sent.
-    assert sorted(r.event_name for r in api.requests) == sorted(names[:WORKERS])
+    assert sorted(r.event_name for r in api.audit_log_requests) == sorted(names[:WORKERS])
     error = outcome["error"]
     assert isinstance(error, CapillaryError)
     assert f"{len(names)} of {len(names)} event(s) failed" in str(error)
@@ -141,11 +141,13 @@ def test_a_timeout_while_the_events_are_queued_is_the_error_raised(api, monkeypa
     discarded: list[str] = []
 
     with pytest.raises(QueueingInterrupted):
-        operator._fetch_all(hook, SimpleNamespace(event_names=names), lambda name, logs: name, discarded.append)
+        operator._fetch_all(
+            hook, SimpleNamespace(event_names=names), lambda name, logs: name, lambda name, done: 0, discarded.append
+        )
 
     # The events never queued are discarded and never requested; the first one may have been.
     assert discarded[-2:] == NAMES[1:3]
-    assert {r.event_name for r in api.requests} <= {NAMES[0]}
+    assert {r.event_name for r in api.audit_log_requests} <= {NAMES[0]}
 
 
 DAG = """
@@ -182,7 +184,7 @@ def test_an_execution_timeout_ends_the_back_off_and_runs_no_queued_event(api, mo
     assert xcom("fetch") is None
     # The two events on the pool were asked for once each: the timeout ended their back-off, and
     # the queued four never reached the stand-in.
-    assert sorted(r.event_name for r in api.requests) == sorted(names[:WORKERS])
+    assert sorted(r.event_name for r in api.audit_log_requests) == sorted(names[:WORKERS])
     assert took < RUN_WITHIN, f"the run took {took:.1f} s: it waited out a back-off"
     assert data_files(folder) == {} and manifest_of(folder) is None and hidden_files(folder) == []
 

@@ -63,7 +63,7 @@ def test_tls_works_with_verify_set_to_the_ca_file(https_api, monkeypatch, airflo
     assert jsonl_rows(tmp_path / event_file_name("PointsRedeemed", "jsonl")) == event_rows(
         api.dataset, "PointsRedeemed"
     )
-    assert len(api.requests) == 1
+    assert len(api.audit_log_requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -98,7 +98,7 @@ def test_plain_http_to_loopback_is_allowed(monkeypatch, airflow_db, tmp_path, ho
     try:
         use_capillary(monkeypatch, host.format(port=api.port))
         fetch_to(tmp_path, ["PointsRedeemed"])
-        assert len(api.requests) == 1
+        assert len(api.audit_log_requests) == 1
     finally:
         api.stop()
 
@@ -116,7 +116,7 @@ def test_a_redirect_to_another_host_never_carries_credentials(api, monkeypatch, 
     message = str(caught.value)
     assert f"redirected the request to {target}" in message and "not followed" in message
     # A redirect is not retried: it would only be redirected again.
-    assert len(api.requests) == 1 and api.requests[0].status == 302
+    assert len(api.audit_log_requests) == 1 and api.audit_log_requests[0].status == 302
 
 
 ESCAPES = [

@@ -985,6 +985,49 @@ def test_the_event_list_holds_exactly_the_given_names_in_their_order():
         assert listing(stand_in).json() == {"data": [], "warnings": [], "errors": []}
 
 
+def test_the_org_may_list_other_names_than_it_serves_and_gain_events_while_it_runs():
+    """An org that serves any name lists what ``org_events`` says; ``add_org_events`` adds to it live."""
+    dataset = Dataset(seed=1, org_events=["points_update", "tier_change"])
+    with CapillaryStandIn(users=USERS, dataset=dataset) as stand_in:
+        assert listed_names(listing(stand_in).json()) == ["points_update", "tier_change"]
+        stand_in.dataset.add_org_events(["created_today", "points_update"])
+        assert listed_names(listing(stand_in).json()) == ["points_update", "tier_change", "created_today"]
+        # Any name is still served, listed or not.
+        assert audit(stand_in, "never_listed").json()["data"]
+        assert [r.event_name for r in stand_in.audit_log_requests] == ["never_listed"]
+        assert len(stand_in.requests) == 3
+
+
+# A daily schedule at each of these starts, the examples' among them, reads one of the last days.
+DAILY_STARTS = [timedelta(0), timedelta(minutes=30), timedelta(hours=1), timedelta(hours=2)]
+
+
+@pytest.mark.parametrize("days_back", [1, 2, 3])
+@pytest.mark.parametrize("start", DAILY_STARTS, ids=str)
+def test_every_listed_event_has_changes_in_each_of_the_last_days(days_back, start):
+    """The default data: a daily run of any example lands rows for every event the org lists."""
+    end = datetime(2026, 12, 8, tzinfo=timezone.utc)
+    dataset = Dataset(seed=42, end=end)
+    since = end - timedelta(days=days_back + 1) + start
+    until = since + timedelta(days=1)
+    for name in dataset.org_event_names:
+        instants = [t for history in dataset.instants(name) for t in history if t is not None]
+        assert any(since <= t < until for t in instants), (name, since)
+
+
+def test_no_recent_changes_are_added_when_asked_for_none_or_when_there_is_no_history():
+    end = datetime(2026, 12, 8, tzinfo=timezone.utc)
+
+    def entries(**settings: Any) -> int:
+        dataset = Dataset(seed=42, end=end, **settings)
+        return sum(len(record["valueHistory"]) for record in dataset.records("PointsRedeemed"))
+
+    assert entries(recent_changes=(0, 0)) < entries() <= entries(recent_changes=(0, 0)) + 3 * 2
+    assert entries(history_per_record=(0, 0)) == 0
+    with pytest.raises(ValueError, match="recent_changes"):
+        Dataset(recent_changes=(2, 1))
+
+
 def test_event_ids_and_fields_are_a_function_of_the_seed_and_the_name():
     def by_name(dataset: Dataset) -> dict[str, Any]:
         return {entry["clickEventsMeta"]["eventName"]: entry for entry in dataset.org_events()}

@@ -5,6 +5,8 @@ port itself and names it in its log (its own AIRFLOW_HOME and SQLite DB, ``[core
 = Enabled``, every visitor an admin) and the Capillary stand-in,
 then drives Debian's ``chromium`` with Playwright. Screenshots land in ``artifacts/ui/``.
 Run it with ``make ui-test``; ``.ci/ui-test.sh`` installs what it needs on a fresh Debian machine.
+``CAPILLARY_DOCS_SCREENSHOTS=docs/_static/screenshots make ui-test`` also takes the documentation's
+pictures of the form again.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "ui"
+# A folder (docs/_static/screenshots) for the pictures the documentation's connection page shows.
+DOCS_SCREENSHOTS = os.environ.get("CAPILLARY_DOCS_SCREENSHOTS")
 API_SERVER_START_TIMEOUT = 180.0
 UI_TIMEOUT_MS = 30_000
 # The documented worked example: store.server / server123 -> Basic base64(login:md5(password)).
@@ -58,6 +62,18 @@ EXPECTED_EXTRA_LABELS = (
 # A screenshot taken while the dialog still fades in shows the page through it.
 FINITE_ANIMATIONS_DONE = """() => document.getAnimations().every(
     (a) => a.playState !== "running" || a.effect?.getComputedTiming().iterations === Infinity)"""
+
+
+def _keep_screenshot(page: Page, name: str, dialog_only: bool = True) -> None:
+    """Keep the whole page in artifacts/ui/, and the dialog (or page) in ``DOCS_SCREENSHOTS`` if set."""
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    if not DOCS_SCREENSHOTS:
+        return
+    folder = Path(DOCS_SCREENSHOTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.wait_for_function(FINITE_ANIMATIONS_DONE)
+    target = page.get_by_role("dialog") if dialog_only else page
+    target.screenshot(path=str(folder / name))
 
 
 def _browser_missing() -> str | None:
@@ -231,7 +247,7 @@ def test_add_a_capillary_connection_in_the_browser_and_test_it(api_server, page,
     login.fill(LOGIN)
     password.fill(PASSWORD)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "connection-form.png"), full_page=True)
+    _keep_screenshot(page, "connection-form.png")
 
     # The extras sit in their own accordion section; opening it folds the standard fields away.
     form.get_by_role("button", name="Extra Fields", exact=True).click()
@@ -242,7 +258,7 @@ def test_add_a_capillary_connection_in_the_browser_and_test_it(api_server, page,
     expect(form.locator("input[name=element_timeout]")).to_have_value("30")
     expect(form.locator("input[name=element_timezone]")).to_have_value("UTC")
     expect(form.locator("input[name=element_password_is_md5]")).not_to_be_checked()
-    page.screenshot(path=str(ARTIFACTS / "connection-form-extras.png"), full_page=True)
+    _keep_screenshot(page, "connection-form-extras.png")
     form.get_by_role("button", name="Save").click()
 
     row = page.get_by_role("row").filter(has_text="capillary_ui")
@@ -267,4 +283,4 @@ def test_add_a_capillary_connection_in_the_browser_and_test_it(api_server, page,
     expect(page.get_by_role("dialog").locator("input[name=host]")).to_have_value(stand_in.url)
     page.wait_for_function(FINITE_ANIMATIONS_DONE)
     expect(toast).to_be_visible()
-    page.screenshot(path=str(ARTIFACTS / "connection-test.png"), full_page=True)
+    _keep_screenshot(page, "connection-test.png", dialog_only=False)
