@@ -182,7 +182,7 @@ class CapillaryAsyncHook:
         return audit_logs(answer, event_name, self.log)
 
     async def fetch_events(self) -> OrgEvents:
-        """List the org's events (``GET /v2/events``), as :meth:`CapillaryHook.fetch_events` does."""
+        """List the org's events (``GET /v2/events``), as :meth:`.CapillaryHook.fetch_events` does."""
         answer = await self._get(EVENTS_PATH, {}, None, action=LISTING_EVENTS)
         return org_events(answer, self.log)
 

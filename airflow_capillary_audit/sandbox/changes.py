@@ -4,7 +4,7 @@ Capillary's audit log of an event grows as people change the event's configurati
 ``valueHistory`` gains an entry, or a new record appears. :class:`LiveChanges` does the same to the
 generated :class:`~.data.Dataset` the stand-in serves, so that a watch can be shown a change as it
 happens. Added entries are kept apart from the dataset and merged into the served records; the
-dataset itself never changes, so :meth:`Dataset.records` still gives the history as generated.
+dataset itself never changes, so :meth:`.Dataset.records` still gives the history as generated.
 """
 
 from __future__ import annotations

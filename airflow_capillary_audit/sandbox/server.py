@@ -10,7 +10,7 @@ Every response carries an ``X-Cap-Requestid`` header.
 
 ``POST /_control/changes`` (the stand-in's own, not Capillary's) adds a value-history entry to an
 event now, and ``GET /_control/changes`` lists those added; ``live_every`` adds one every so many
-seconds. See :mod:`~.changes`.
+seconds. See :mod:`airflow_capillary_audit.sandbox.changes`.
 """
 
 from __future__ import annotations
@@ -423,7 +423,7 @@ class CapillaryStandIn:
         updated_type: str | None = None,
         new_record: bool = False,
     ) -> AddedChange:
-        """Add a value-history entry to an event's audit logs now; see :meth:`LiveChanges.add`."""
+        """Add a value-history entry to an event's audit logs now; see :meth:`.LiveChanges.add`."""
         change = self.changes.add(
             event_name, value=value, record_id=record_id, updated_type=updated_type, new_record=new_record
         )

@@ -10,7 +10,7 @@ Where a watch keeps its place across a triggerer restart, on each Airflow line.
 - A trigger run outside a triggerer (a deferred sensor in ``dag.test()``, a test driving ``run()``)
   keeps it in memory only (:class:`MemoryPlace`).
 
-Each place stores the document :meth:`WatchState.to_json` writes, under a key that names the
+Each place stores the document :meth:`.WatchState.to_json` writes, under a key that names the
 connection and a digest of what is watched, so two watches never share one.
 """
 
