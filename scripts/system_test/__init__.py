@@ -15,9 +15,10 @@ process ids this script started:
 - a third stand-in for the watch, whose history ends when it starts and which changes through its
   control endpoint (``POST /_control/changes``);
 - Airflow with the CeleryExecutor: ``api-server`` (on 127.0.0.1), ``scheduler``, ``dag-processor``,
-  ``triggerer`` and two ``celery worker`` processes. Each worker runs in its own UTS namespace, so it has a host name of its
-  own, as on two machines. Only the workers get the connections, as environment variables; the
-  warehouse's is a ``postgres`` connection whose host is the socket's folder.
+  ``triggerer`` and two ``celery worker`` processes. Each worker runs in its own UTS namespace, so
+  it has a host name of its own, as on two machines. Only the workers get the connections, as
+  environment variables (the triggerer, the watch's); the warehouse's is a ``postgres`` connection
+  whose host is the socket's folder.
 
 A server that can bind port 0 does so and names the port it got, and PostgreSQL and Redis listen on
 Unix sockets, so no other process can take an address between its choice and its use. The one port
