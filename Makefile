@@ -37,8 +37,12 @@ examples: venv
 watch-demo: venv
 	$(BIN)/python scripts/watch_demo.py
 
+# The suite starts its own Redis and PostgreSQL: scripts/test_services.py installs Debian's packages
+# when they are missing (as root) or fails naming them, and CAPILLARY_TEST_REQUIRE_SERVICES makes a
+# test whose server is missing fail instead of skipping. Run pytest directly to allow those skips.
 test: venv
-	$(BIN)/python -m pytest
+	$(PYTHON) -m scripts.test_services
+	CAPILLARY_TEST_REQUIRE_SERVICES=1 $(BIN)/python -m pytest
 
 # Quality gates: ruff on everything, mypy --strict on the package (settings in pyproject.toml).
 lint: venv
@@ -71,7 +75,8 @@ venv-airflow:
 		$(if $(wildcard $(AIRFLOW_PINS)),-c $(AIRFLOW_PINS)) -e '.[test]'
 
 test-airflow: venv-airflow
-	$(AIRFLOW_VENV)/bin/python -m pytest
+	$(PYTHON) -m scripts.test_services
+	CAPILLARY_TEST_REQUIRE_SERVICES=1 $(AIRFLOW_VENV)/bin/python -m pytest
 
 test-oldest:
 	$(MAKE) test-airflow AIRFLOW=$(OLDEST_AIRFLOW)

@@ -26,12 +26,16 @@ TEMP_PREFIX = ".tmp-"
 # s3fs completes a multipart upload, gcsfs finalises a resumable upload (nothing is listed before).
 DEFERRED_COMMIT_SCHEMES = frozenset({"s3", "s3a", "s3n", "gs", "gcs"})
 WriteBody = Callable[[HashingWriter], int]
+# Called once the content is whole and just before it takes the file's name: the last moment to act.
+BeforeCommit = Callable[[], None] | None
 
 # The sink's logger: warnings about leftovers are the sink's, wherever the sink commits a file.
 log = logging.getLogger("airflow_capillary_audit.sinks")
 
 
-def write_renamed(path: str, write_body: WriteBody) -> tuple[HashingWriter, int]:
+def write_renamed(
+    path: str, write_body: WriteBody, before_commit: BeforeCommit = None
+) -> tuple[HashingWriter, int]:
     """Write a local file under a hidden name beside it, fsync it, rename it into place, fsync the folder."""
     folder = os.path.dirname(path)
     temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
@@ -43,6 +47,8 @@ def write_renamed(path: str, write_body: WriteBody) -> tuple[HashingWriter, int]
             raw.flush()
             # Data first: a rename that reaches the disk before the data names an empty file after a crash.
             os.fsync(raw.fileno())
+        if before_commit is not None:
+            before_commit()
         os.replace(temp, path)
     except BaseException:
         try:
@@ -57,13 +63,17 @@ def write_renamed(path: str, write_body: WriteBody) -> tuple[HashingWriter, int]
     return out, rows
 
 
-def write_committed(final: ObjectStoragePath, write_body: WriteBody) -> tuple[HashingWriter, int]:
+def write_committed(
+    final: ObjectStoragePath, write_body: WriteBody, before_commit: BeforeCommit = None
+) -> tuple[HashingWriter, int]:
     """Upload an object under its own name, visible only once committed; a failure drops the upload."""
     # Per file, not fs.transaction: the filesystem is shared by the writing threads, a transaction is not.
     raw = final.open("wb", autocommit=False)  # type: ignore[no-untyped-call]
     try:
         out = HashingWriter(raw)
         rows = write_body(out)
+        if before_commit is not None:
+            before_commit()
         raw.close()
         raw.commit()
     except BaseException:
@@ -73,7 +83,10 @@ def write_committed(final: ObjectStoragePath, write_body: WriteBody) -> tuple[Ha
 
 
 def write_copied(
-    root: ObjectStoragePath, final: ObjectStoragePath, write_body: WriteBody
+    root: ObjectStoragePath,
+    final: ObjectStoragePath,
+    write_body: WriteBody,
+    before_commit: BeforeCommit = None,
 ) -> tuple[HashingWriter, int]:
     """Write a hidden temporary object, copy it into place, delete it; a failed delete only warns."""
     # No event name in it: a name that fits the file-name limit must fit here too.
@@ -82,6 +95,8 @@ def write_copied(
         with temp.open("wb") as raw:  # type: ignore[no-untyped-call]
             out = HashingWriter(raw)
             rows = write_body(out)
+        if before_commit is not None:
+            before_commit()
         temp.copy(final)
     except BaseException:
         _remove_leftover(temp)

@@ -15,6 +15,7 @@ Every error a caller of this package can meet::
         │   └── CapillaryResponseError ...... the answer is not the JSON promised, or has errors[]
         ├── CapillaryCancelledError ......... the task was stopped (timeout, kill) before a request ran
         ├── CapillaryWriteError ............. the storage sink could not write a run's files
+        │   └── CapillaryFolderBusyError .... another task is writing one of the run's files; nothing was sent
         ├── CapillaryEventsError ............ one or more events of a run failed; carries each one's error
         └── CapillaryNoRowsError ............ a run landed no row at all, and fail_on_empty asked to fail
 
@@ -155,6 +156,14 @@ class CapillaryCancelledError(CapillaryError):
 
 class CapillaryWriteError(CapillaryError):
     """Raised when the storage sink cannot write or commit a run's files."""
+
+
+class CapillaryFolderBusyError(CapillaryWriteError):
+    """Raised before any request when another task instance's claim holds one of the run's files."""
+
+    def __init__(self, message: str, *, claims: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.claims = list(claims)
 
 
 class CapillaryEventsError(CapillaryError):

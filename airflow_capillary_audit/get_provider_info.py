@@ -1,11 +1,16 @@
-"""Describe the provider to Airflow: connection type, form fields and what the package provides."""
+"""
+Describe the provider to Airflow: connection type, form fields and what the package provides.
+
+It imports nothing from Airflow, nor anything that does: Airflow calls it while it loads its own
+configuration, before this package could import Airflow.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from airflow_capillary_audit import __version__
-from airflow_capillary_audit.connection import CONN_FIELDS, CONN_TYPE, UI_FIELD_BEHAVIOUR
+from airflow_capillary_audit.connection_fields import CONN_FIELDS, CONN_TYPE, UI_FIELD_BEHAVIOUR
 
 HOOK_CLASS = "airflow_capillary_audit.hooks.capillary.CapillaryHook"
 

@@ -8,6 +8,7 @@ till). Both have the same two methods, ``acquire`` and ``hold``.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -89,27 +90,48 @@ class PacerUnavailable(Exception):
 
 # The budget as a theoretical arrival time (GCRA without burst): the earliest moment, in microseconds
 # of the Redis server's clock, at which the next request may start. One clock for every worker, and
-# one atomic step per slot. ARGV[1]: microseconds between slots; ARGV[2]: a hold in microseconds, or 0
-# to take a slot. Returns 0 when a slot was taken (or the hold set), else the microseconds to wait.
+# one atomic step per slot. The key is a hash: "next" is that moment; "interval" the longest spacing
+# asked by any caller within the memory (the strictest rate among the connections sharing the till),
+# kept until "interval_until". ARGV[1]: this caller's microseconds between slots; ARGV[2]: a hold in
+# microseconds, or 0; ARGV[3]: 1 to take a slot, 0 only to hold; ARGV[4]: how long, in microseconds,
+# an interval binds the others once its caller last asked. Returns {microseconds to wait (0 when a
+# slot was taken, or for a hold), the interval in force}.
 _BUDGET_SCRIPT = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local next_slot = tonumber(redis.call('GET', KEYS[1]) or '0')
-local interval = tonumber(ARGV[1])
+local state = redis.call('HMGET', KEYS[1], 'next', 'interval', 'interval_until')
+local next_slot = tonumber(state[1] or '0')
+local interval = tonumber(state[2] or '0')
+local interval_until = tonumber(state[3] or '0')
+local own = tonumber(ARGV[1])
 local hold = tonumber(ARGV[2])
-if hold > 0 then
-  if now + hold > next_slot then
-    redis.call('SET', KEYS[1], string.format('%.0f', now + hold), 'PX', math.floor(hold / 1000) + 60000)
-  end
-  return 0
+local take = ARGV[3] == '1'
+local memory = tonumber(ARGV[4])
+if interval_until <= now then interval = 0 end
+if own >= interval then
+  interval = own
+  interval_until = now + memory
 end
-if next_slot > now then
-  return next_slot - now
+if hold > 0 and now + hold > next_slot then next_slot = now + hold end
+local wait = 0
+if take then
+  if next_slot > now then wait = next_slot - now else next_slot = now + interval end
 end
-redis.call('SET', KEYS[1], string.format('%.0f', now + interval), 'PX', math.floor(interval / 1000) + 60000)
-return 0
+redis.call('HSET', KEYS[1], 'next', string.format('%.0f', next_slot),
+  'interval', string.format('%.0f', interval), 'interval_until', string.format('%.0f', interval_until))
+redis.call('PEXPIRE', KEYS[1], math.floor((math.max(next_slot, interval_until) - now) / 1000) + 60000)
+return {wait, interval}
 """
+# How long a connection's rate binds the others on its till after its last request: a connection
+# with a lower rate that is still working asks again well within it (its waits, back-off and answers
+# are shorter), and one that has finished stops binding the others this long after.
+STRICTEST_RATE_MEMORY = 600.0
+# While a hold this pacer set is running, a wait for a slot wakes this often to put the hold back in
+# Redis, should Redis have lost it (a restart without persistence).
+HOLD_REASSERT = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class SharedPacer:
@@ -121,10 +143,15 @@ class SharedPacer:
     ``hold`` after a 429 on one worker holds them all. Each slot is one atomic script on the Redis
     server, timed by the server's clock, so the workers' clocks need not agree.
 
+    Callers with different rates on one key are spaced at the lowest of them: each slot is spaced by
+    the longest interval any caller asked for within :data:`STRICTEST_RATE_MEMORY`. A hold is also
+    kept in this pacer's memory until it ends: while it lasts, each request for a slot puts it back in
+    Redis, so a Redis that restarts without persistence gets it back from the processes that saw it.
+
     :param client: a ``redis.Redis`` (or ``RedisCluster``) client, e.g. from Airflow's ``RedisHook``.
     :param key: the budget's key; every process that shares the budget uses the same key.
     :param requests_per_minute: this caller's cap; ``None`` takes slots without spacing them (a
-        ``hold`` still applies).
+        ``hold``, and a lower rate of another caller on the key, still apply).
     :param stop: once set, waiting callers wake and every ``acquire`` raises :class:`PacerStopped`.
     """
 
@@ -135,12 +162,18 @@ class SharedPacer:
         requests_per_minute: int | None = None,
         *,
         stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.key = key
         self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
         self._interval_us = round(self.interval * 1_000_000)
         self._stop = stop if stop is not None else threading.Event()
         self._script = client.register_script(_BUDGET_SCRIPT)
+        self._clock = clock
+        self._lock = threading.Lock()
+        # When the longest hold this pacer set ends, on this process's clock.
+        self._held_until = float("-inf")
+        self._warned_interval = 0
 
     def acquire(self) -> float:
         """Block until the shared budget gives this caller a slot; return the seconds waited."""
@@ -148,20 +181,49 @@ class SharedPacer:
         while True:
             if self._stop.is_set():
                 raise PacerStopped("the pacer was stopped; no further slot is handed out")
-            wait = self._call(self._interval_us, 0) / 1_000_000
+            held = self._held_for()
+            wait_us, interval_us = self._call(self._interval_us, round(held * 1_000_000), take=True)
+            self._note_interval(interval_us)
+            wait = wait_us / 1_000_000
             if wait <= 0:
                 return waited
             # Not reserved: a wait ends in a fresh try, so a hold set meanwhile is seen.
+            if held > 0:
+                wait = min(wait, HOLD_REASSERT)
             self._stop.wait(wait)
             waited += wait
 
     def hold(self, seconds: float) -> None:
         """Let no slot of the shared budget start sooner than ``seconds`` from now."""
         if seconds > 0:
-            self._call(self._interval_us, max(1, round(seconds * 1_000_000)))
+            with self._lock:
+                self._held_until = max(self._held_until, self._clock() + seconds)
+            self._call(self._interval_us, max(1, round(seconds * 1_000_000)), take=False)
 
-    def _call(self, interval_us: int, hold_us: int) -> int:
+    def _held_for(self) -> float:
+        """Return the seconds left of the longest hold this pacer set, or 0."""
+        with self._lock:
+            return max(0.0, self._held_until - self._clock())
+
+    def _note_interval(self, interval_us: int) -> None:
+        """Say once that another caller's lower rate paces this one, and at what rate."""
+        if interval_us <= self._interval_us or interval_us <= self._warned_interval:
+            return
+        self._warned_interval = interval_us
+        log.warning(
+            "The shared rate budget %s paces at %g requests a minute, below this connection's %s: another "
+            "connection on the same till asked for that rate, and the lowest rate binds them all",
+            self.key,
+            round(60_000_000 / interval_us, 3),
+            f"{60 / self.interval:g}" if self.interval else "(none set)",
+        )
+
+    def _call(self, interval_us: int, hold_us: int, *, take: bool) -> tuple[int, int]:
+        memory_us = round(STRICTEST_RATE_MEMORY * 1_000_000)
         try:
-            return int(self._script(keys=[self.key], args=[interval_us, hold_us]))
+            wait, interval = self._script(
+                keys=[self.key], args=[interval_us, hold_us, 1 if take else 0, memory_us]
+            )
+            return int(wait), int(interval)
         except Exception as err:
             raise PacerUnavailable(f"the shared rate budget {self.key!r} cannot be reached: {err}") from err

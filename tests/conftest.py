@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import importlib.util
 import json
@@ -26,6 +27,9 @@ os.environ.update(
         "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_AIRFLOW_HOME / "logs"),
         "AIRFLOW__CORE__ALLOWED_DESERIALIZATION_CLASSES_REGEXP": ".*",
+        # As every deployment runs: passwords in the metadata DB encrypted (a Fernet key is 32 random
+        # bytes, URL-safe base64). Airflow 3.0 breaks with some cryptography releases only then.
+        "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
     }
 )
 (_AIRFLOW_HOME / "dags").mkdir()
@@ -196,9 +200,15 @@ def run_dag(airflow_db, tmp_path):
 
 
 @pytest.fixture
-def redis_port(tmp_path):
-    """Run a throw-away redis-server on loopback (skipped where Redis is not installed); give its port."""
+def redis(tmp_path):
+    """Run a throw-away redis-server on loopback, which the test may restart; give the server."""
     from tests.helpers import redis_server
 
-    with redis_server(tmp_path) as port:
-        yield port
+    with redis_server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_port(redis):
+    """Give the port of a throw-away redis-server on loopback."""
+    return redis.port

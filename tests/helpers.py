@@ -8,6 +8,7 @@ module may import it at the top.
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import ipaddress
 import json
 import logging
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from airflow import __version__ as AIRFLOW_VERSION
@@ -183,44 +184,107 @@ def refused_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-@contextmanager
-def redis_server(folder: Path) -> Iterator[int]:
+class RedisServer:
     """
-    Run a throw-away ``redis-server`` on a loopback port, without persistence; give the port.
+    A throw-away ``redis-server`` on a loopback port, without persistence, that a test can restart.
 
     Redis cannot take a socket bound for it, so a random port is tried, and another one if the server
-    could not bind it; the test is skipped where Redis is not installed.
+    could not bind it. A restart starts a new server on the same port, with nothing in it: what a
+    Redis without persistence holds after it restarts.
     """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    import redis
 
-    for _ in range(20):
-        port = random.randrange(20_000, 60_000)
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        with open(folder / f"redis-{port}.log", "wb") as log:
-            server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.binary = require_service("redis-server")
+        self.port = 0
+        self._server: subprocess.Popen[bytes] | None = None
+        for _ in range(20):
+            self.port = random.randrange(20_000, 60_000)
+            if self._start():
+                return
+        raise RuntimeError(f"redis-server did not start; see the logs in {folder}")
+
+    def _start(self) -> bool:
+        """Start the server on ``self.port``; tell whether it is the one answering there."""
+        import redis
+
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        with open(self.folder / f"redis-{self.port}.log", "ab") as log:
+            self._server = subprocess.Popen(command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
         try:
             for _ in range(100):
-                if server.poll() is not None:
-                    break  # it could not bind the port: try another one
+                if self._server.poll() is not None:
+                    return False  # it could not bind the port
                 try:
                     answering = client.info("server")["process_id"]
                 except redis.ConnectionError:
                     time.sleep(0.05)
                     continue
-                if answering != server.pid:
-                    break  # another server has this port
-                yield port
-                return
+                if answering == self._server.pid:
+                    return True
+                break  # another server has this port
         finally:
             client.close()
-            if server.poll() is None:
-                server.terminate()
-            server.wait(10)
-    raise RuntimeError(f"redis-server did not start; see the logs in {folder}")
+        self.stop()
+        return False
+
+    def restart(self) -> None:
+        """Stop the server and start a new, empty one on the same port."""
+        self.stop()
+        if not self._start():
+            raise RuntimeError(f"redis-server did not start again on port {self.port}; see {self.folder}")
+
+    def stop(self) -> None:
+        if self._server is not None and self._server.poll() is None:
+            self._server.terminate()
+        if self._server is not None:
+            self._server.wait(10)
+
+
+@contextmanager
+def redis_server(folder: Path) -> Iterator[RedisServer]:
+    """Run a :class:`RedisServer` for the length of the block."""
+    server = RedisServer(folder)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# Set by `make test` and CI: a server the suite needs and cannot find fails the test instead of
+# skipping it, so that a green run has tested the shared budget and the table sink for real.
+REQUIRE_SERVICES_VARIABLE = "CAPILLARY_TEST_REQUIRE_SERVICES"
+# How each server the tests start is found, what it is for, and how to add it.
+SERVICES = {
+    "redis-server": ("the shared rate budget's tests", "apt-get install redis-server"),
+    "postgresql": ("the PostgreSQL table sink's tests", "apt-get install postgresql"),
+}
+
+
+def services_required() -> bool:
+    """Whether a missing server fails a test (``make test``, CI) instead of skipping it."""
+    return os.environ.get(REQUIRE_SERVICES_VARIABLE, "") not in ("", "0")
+
+
+def missing_service(what: str, needed_by: str, fix: str) -> NoReturn:
+    """Skip the test, or fail it when servers are required, saying what is missing and how to add it."""
+    message = f"{what} is not installed: {needed_by} need it ({fix})"
+    if services_required():
+        pytest.fail(f"{message}; {REQUIRE_SERVICES_VARIABLE} is set, so this fails instead of skipping")
+    pytest.skip(message)
+
+
+def require_service(name: str) -> str:
+    """Return the path of a server's program (``redis-server``; ``postgresql``: its ``initdb``)."""
+    if name == "postgresql":
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
+        path = found[-1]
+    else:
+        path = shutil.which(name) or ""
+    if not path:
+        missing_service(name, *SERVICES[name])
+    return path
 
 
 def redis_client(port: int) -> Any:
@@ -237,19 +301,21 @@ def postgres_server() -> Iterator[dict[str, Any]]:
 
     The connection's host is the cluster's folder, where ``server.log`` holds every statement run.
 
-    Skipped where PostgreSQL's server or Airflow's PostgreSQL provider is not installed. As root the
-    server runs as the ``postgres`` user, which PostgreSQL requires.
+    Skipped where PostgreSQL's server or Airflow's PostgreSQL provider is not installed, or failed
+    when servers are required (:func:`services_required`). As root the server runs as the
+    ``postgres`` user, which PostgreSQL requires.
     """
-    import glob
-    import shutil
+    import importlib.util
     import signal
     import tempfile
 
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.skip("PostgreSQL's server is not installed (apt-get install postgresql)")
-    pytest.importorskip("airflow.providers.postgres.hooks.postgres")
-    bin_dir = Path(found[-1]).parent
+    bin_dir = Path(require_service("postgresql")).parent
+    if importlib.util.find_spec("airflow.providers.postgres") is None:
+        missing_service(
+            "Airflow's PostgreSQL provider",
+            "the PostgreSQL table sink's tests",
+            "pip install -e '.[test]'",
+        )
     user = "postgres" if os.geteuid() == 0 else None
     folder = Path(tempfile.mkdtemp(prefix="capillary-pg-"))
     if user:
@@ -571,3 +637,50 @@ def served_hook_meta_data() -> list[Any]:
 
     ProvidersManager()._cleanup()
     return HookMetaService.hook_meta_data()
+
+
+class DagProcess:
+    """
+    ``airflow dags test`` of one DAG in a process of its own, with an Airflow home of its own.
+
+    Two of them run at the same time as two workers would: each has its own SQLite metadata DB (a
+    copy of this session's, already migrated), so neither waits for the other's database lock.
+    """
+
+    def __init__(self, folder: Path, dag_id: str, source: str, env: dict[str, str]) -> None:
+        home = folder / f"home-{dag_id}"
+        (home / "dags").mkdir(parents=True)
+        shutil.copyfile(AIRFLOW_HOME / "airflow.db", home / "airflow.db")
+        (home / "dags" / f"{dag_id}.py").write_text(source.replace("__DAG_ID__", dag_id))
+        self.dag_id = dag_id
+        self.log_path = home / "dags-test.log"
+        environment = {
+            **os.environ,
+            **env,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        }
+        with open(self.log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "airflow", "dags", "test", dag_id],
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait(self, timeout: float = 240) -> str:
+        """Wait for the run to end; return everything it printed (its task logs too)."""
+        self._process.wait(timeout)
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def running(self) -> bool:
+        """Whether the run has not ended yet."""
+        return self._process.poll() is None
+
+    def kill(self) -> None:
+        """End the run if it is still going (a test that failed first)."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(30)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PASSWORD, PASSWORD_MD5
+from tests.helpers import AIRFLOW_3_0, PASSWORD, PASSWORD_MD5
 
 pytestmark = pytest.mark.airflow
 
@@ -41,4 +41,10 @@ def test_every_example_dag_lands_rows_for_its_default_window(tmp_path):
     # The XCom examples print what they returned: the consumer read the daily load's manifest.
     assert re.search(r"check_manifest returned: \{\s+\"PointsRedeemed\": [1-9]", output)
     assert re.search(r"summarise returned: \{\s+\"PointsRedeemed/\w+\": [1-9]", output)
-    assert PASSWORD not in output and PASSWORD_MD5 not in output
+    leaking = [line for line in output.splitlines() if PASSWORD in line or PASSWORD_MD5 in line]
+    if AIRFLOW_3_0:
+        # Airflow 3.0's in-process supervisor (`airflow dags test`, dag.test()) logs each request to
+        # mask a secret, value and all, at debug level; Airflow masks the connection's password that
+        # way itself. 3.1 and later do not. Nothing else may show one.
+        leaking = [line for line in leaking if "Sending request" not in line or "MaskSecret(value=" not in line]
+    assert leaking == []

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from airflow_capillary_audit import pacing
 from airflow_capillary_audit.pacing import PacerStopped, PacerUnavailable, RequestPacer, SharedPacer
 from tests.helpers import FakeClock, redis_client, refused_port
 
@@ -233,8 +234,8 @@ def test_a_slot_reserves_exactly_one_interval_of_the_shared_chain(redis_port):
     seconds, micros = store.time()
     now = seconds * 1_000_000 + micros
     # The next slot is one interval (100,000 µs) after the slot taken, which was at most now.
-    assert 0 < int(store.get("k")) - now <= 100_000
-    assert int(store.get("k")) - now > 100_000 - 50_000
+    assert 0 < int(store.hget("k", "next")) - now <= 100_000
+    assert int(store.hget("k", "next")) - now > 100_000 - 50_000
 
 
 def test_the_seconds_waited_add_up_over_every_try(redis_port):
@@ -249,3 +250,58 @@ def test_the_seconds_waited_add_up_over_every_try(redis_port):
     waited = waiter.acquire()
 
     assert waited >= 0.55
+
+
+def test_a_pacer_without_a_rate_keeps_to_the_rate_of_another_on_its_key(redis_port):
+    rated = SharedPacer(redis_client(redis_port), "k", RATE)
+    unrated = SharedPacer(redis_client(redis_port), "k", None)
+    rated.acquire()
+
+    started = time.monotonic()
+    for _ in range(3):
+        unrated.acquire()
+
+    # Three slots after the rated one's, each an interval (0.1 s) after the one before.
+    assert time.monotonic() - started >= 0.3 - SLACK
+
+
+@pytest.mark.parametrize(("memory", "bound"), [(None, True), (0.3, False)], ids=["remembered", "forgotten"])
+def test_a_lower_rate_binds_the_others_while_its_caller_last_asked_within_the_memory(
+    redis_port, monkeypatch, memory, bound
+):
+    if memory is not None:
+        monkeypatch.setattr(pacing, "STRICTEST_RATE_MEMORY", memory)
+    slow = SharedPacer(redis_client(redis_port), "k", 60)  # a slot each second
+    fast = SharedPacer(redis_client(redis_port), "k", 6000)  # a slot each 10 ms
+    slow.acquire()
+    fast.acquire()  # the slot a second after the slow one's
+
+    started = time.monotonic()
+    fast.acquire()
+
+    if bound:
+        assert time.monotonic() - started >= 1 - SLACK
+    else:
+        assert time.monotonic() - started < 0.5
+
+
+def test_a_hold_outlives_a_redis_restart_in_the_pacer_that_set_it_and_returns_to_redis(redis):
+    holder = SharedPacer(redis_client(redis.port), "k", RATE)
+    other = SharedPacer(redis_client(redis.port), "k", RATE)
+    started = time.monotonic()
+    holder.hold(2.5)
+    redis.restart()  # without persistence: the hold is gone from Redis
+    assert redis_client(redis.port).exists("k") == 0
+
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(holder.acquire)
+        # The holder's wait puts the hold back in Redis, where a pacer that never saw it finds it.
+        while not redis_client(redis.port).exists("k"):
+            time.sleep(0.01)
+        other.acquire()
+        other_at = time.monotonic()
+        held.result()
+        holder_at = time.monotonic()
+
+    assert other_at - started >= 2.5 - SLACK
+    assert holder_at - started >= 2.5 - SLACK

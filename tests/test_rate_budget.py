@@ -306,3 +306,109 @@ def test_a_wait_lengthened_by_a_hold_elsewhere_is_counted_whole(redis_client):
     lengthen.join()
     # 0.3 s, then what was left of the new hold (about 0.2 s): not only the last of the waits.
     assert waited >= 0.45
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "https://EU.API.capillarytech.com",
+        "https://eu.api.capillarytech.com:443",
+        "https://eu.api.capillarytech.com/",
+        "HTTPS://Eu.Api.CapillaryTech.com.:443/",
+        "eu.api.capillarytech.com",
+    ],
+)
+def test_every_spelling_of_a_host_shares_one_budget(spelling):
+    assert budget_key(spelling, LOGIN) == budget_key("https://eu.api.capillarytech.com", LOGIN)
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("http://eu.api.capillarytech.com", "https://eu.api.capillarytech.com"),
+        ("https://eu.api.capillarytech.com:8443", "https://eu.api.capillarytech.com"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1"),
+    ],
+)
+def test_another_port_or_scheme_is_another_budget(one, other):
+    assert budget_key(one, LOGIN) != budget_key(other, LOGIN)
+
+
+def test_connections_spelling_one_host_otherwise_take_one_budget(stand_in, monkeypatch, redis_conn):
+    # The host as users may type it in the connection form: other case, a trailing slash.
+    url = stand_in.url.replace("127.0.0.1", "localhost")
+    spellings = [url, url.replace("localhost", "LocalHost") + "/", url.replace("http://", "HTTP://")]
+    hooks = [
+        use_connection(monkeypatch, spelling, f"capillary_{n}", rate_limit_redis_conn_id=redis_conn)
+        for n, spelling in enumerate(spellings)
+    ]
+    for hook in hooks:
+        hook.get_conn()
+    assert {hook._pacer.key for hook in hooks} == {budget_key(url, LOGIN)}
+
+
+SLOW_RATE, FAST_RATE = 120, 1200  # one request each 0.5 s, and each 0.05 s
+
+
+def test_connections_on_one_till_with_different_rates_keep_to_the_lowest(
+    stand_in, monkeypatch, redis_conn, capfd, caplog
+):
+    use_connection(
+        monkeypatch, stand_in.url, "capillary_slow", requests_per_minute=SLOW_RATE, rate_limit_redis_conn_id=redis_conn
+    )
+    use_connection(
+        monkeypatch, stand_in.url, "capillary_fast", requests_per_minute=FAST_RATE, rate_limit_redis_conn_id=redis_conn
+    )
+    slow, fast = CapillaryHook("capillary_slow"), CapillaryHook("capillary_fast")
+
+    with ThreadPoolExecutor(2) as pool:
+        done = [
+            pool.submit(lambda: [slow.get_audit_logs(f"slow-{i}") for i in range(3)]),
+            pool.submit(lambda: [fast.get_audit_logs(f"fast-{i}") for i in range(5)]),
+        ]
+        for future in done:
+            future.result()
+
+    arrivals = sorted(r.monotonic for r in stand_in.requests)
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    # Spaced at the lower rate's 0.5 s; the faster connection may take one slot before the slower one
+    # first asks, and so set the lower rate, at most.
+    assert len(arrivals) == 8
+    assert sum(gap < 0.5 - SLACK for gap in gaps) <= 1, gaps
+    assert logged_whole(
+        f"The shared rate budget {budget_key(stand_in.url, LOGIN)} paces at {SLOW_RATE} requests a minute, "
+        f"below this connection's {FAST_RATE}: another connection on the same till asked for that rate, and "
+        "the lowest rate binds them all",
+        logged(capfd, caplog),
+    )
+
+
+def test_a_429_hold_outlives_a_redis_restart(stand_in, monkeypatch, redis, redis_conn):
+    from airflow_capillary_audit.sandbox import Fault
+
+    hold = 3
+    stand_in.set_faults([Fault("rate_limited", times=1, event_names=["first"], retry_after="seconds", seconds=hold)])
+    use_connection(monkeypatch, stand_in.url, rate_limit_redis_conn_id=redis_conn, max_retries=5, retry_max_wait=5)
+    hook = CapillaryHook()
+    hook.get_conn()
+    with ThreadPoolExecutor(1) as pool:
+        refused = pool.submit(hook.get_audit_logs, "first")
+        while not stand_in.requests:
+            time.sleep(0.01)
+        held_at = stand_in.requests[0].monotonic
+        # Once the hook has held the budget for the 429, Redis restarts empty, as one without persistence.
+        time.sleep(0.5)
+        redis.restart()
+        assert redis_client_of(redis.port).dbsize() == 0
+        hook.get_audit_logs("second")
+        refused.result()
+
+    second = next(r for r in stand_in.requests if r.event_name == "second")
+    assert second.monotonic - held_at >= hold - SLACK
+
+
+def redis_client_of(port: int):
+    import redis
+
+    return redis.Redis(port=port)
+

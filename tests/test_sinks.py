@@ -7,13 +7,15 @@ import hashlib
 import json
 import logging
 import os
-from datetime import datetime, timezone
+import socket
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from airflow_capillary_audit.commit import TEMP_PREFIX
 from airflow_capillary_audit.exceptions import (
     CapillaryConfigError,
+    CapillaryFolderBusyError,
     CapillaryResponseError,
     CapillaryWriteError,
 )
@@ -23,6 +25,7 @@ from airflow_capillary_audit.sinks import (
     LineageName,
     MappedInstance,
     RunInfo,
+    Writer,
     WrittenFile,
     claim_name,
     lineage_name,
@@ -420,33 +423,88 @@ def write_manifest_of(sink: FolderSink, dag_id: str, files: list[str], map_index
     return sink.write_manifest(run, events).name
 
 
-def test_preparing_removes_every_manifest_that_lists_a_file_the_run_rewrites(tmp_path):
+def test_preparing_removes_only_the_runs_own_manifest(tmp_path):
     sink = FolderSink(str(tmp_path))
     mine = write_manifest_of(sink, "mine", ["a.jsonl"])
-    write_manifest_of(sink, "other", ["b.jsonl", "c.jsonl"])
+    others = [
+        write_manifest_of(sink, "other", ["b.jsonl", "c.jsonl"]),
+        write_manifest_of(sink, "apart", ["d.jsonl"]),
+        write_manifest_of(sink, "mine", ["c.jsonl"], map_index=4),
+    ]
+
+    sink.prepare(mine, ["a.jsonl", "b.jsonl"])
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others)
+
+
+def test_writing_a_file_first_removes_every_other_manifest_that_lists_it(tmp_path):
+    sink = FolderSink(str(tmp_path))
+    mine = write_manifest_of(sink, "mine", ["a.jsonl"])
+    other = write_manifest_of(sink, "other", ["b.jsonl", "c.jsonl"])
     apart = write_manifest_of(sink, "apart", ["d.jsonl"])
     earlier_grouping = write_manifest_of(sink, "mine", ["c.jsonl"], map_index=4)
     (tmp_path / "_manifest.json").write_text('{"events": [{"file": "b.jsonl"}]}')  # an earlier version's
     (tmp_path / "_manifest.notes.json").write_text("not a manifest")
+    sink.prepare(mine, ["a.jsonl", "b.jsonl", "c.jsonl"])
 
-    sink.prepare(mine, ["a.jsonl", "b.jsonl"])
+    sink.write("a.jsonl", one_row)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "a.jsonl") == sorted(
+        [other, apart, earlier_grouping, "_manifest.json", "_manifest.notes.json"]
+    )
+    sink.write("b.jsonl", one_row)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("_")) == sorted(
+        [apart, earlier_grouping, "_manifest.notes.json"]
+    )
+    sink.write("c.jsonl", one_row)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("_")) == sorted(
+        [apart, "_manifest.notes.json"]
+    )
 
-    left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == sorted([apart, earlier_grouping, "_manifest.notes.json"])
-    sink.prepare(mine, ["c.jsonl"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([apart, "_manifest.notes.json"])
+
+@pytest.mark.parametrize("store", ["file", "memory"])
+def test_the_manifests_listing_a_file_go_only_once_its_content_is_whole(tmp_path, memory_store, store):
+    sink = FolderSink(str(tmp_path) if store == "file" else "memory://audit-bucket/capillary")
+    other = write_manifest_of(sink, "other", ["e.jsonl"])
+    sink.prepare(manifest_name("mine", "fetch"), ["e.jsonl"])
+    seen = []
+
+    def body(out) -> int:
+        seen.append(sink.root.joinpath(other).exists())
+        out.write(b"{}\n")
+        raise RuntimeError("cut off")
+
+    with pytest.raises(CapillaryWriteError, match="cut off"):
+        sink.write("e.jsonl", body)
+
+    # A write that fails before its content is whole leaves the other task's manifest as it was.
+    assert seen == [True] and sink.root.joinpath(other).exists()
 
 
-def test_removing_a_file_first_removes_the_manifests_that_list_it(tmp_path):
+def test_removing_keeps_a_file_another_tasks_manifest_lists_and_that_manifest(tmp_path):
     sink = FolderSink(str(tmp_path))
-    (tmp_path / "a.jsonl").write_text("{}\n")
-    listing = write_manifest_of(sink, "other", ["a.jsonl"])
-    other = write_manifest_of(sink, "third", ["b.jsonl"])
+    for name in ("theirs.jsonl", "mine.jsonl", "nobodys.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    theirs = write_manifest_of(sink, "other", ["theirs.jsonl"])
+    mine = write_manifest_of(sink, "mine", ["mine.jsonl"])
+    sink.prepare(mine, ["theirs.jsonl", "mine.jsonl", "nobodys.jsonl"])
 
-    sink.remove("a.jsonl")
+    for name in ("theirs.jsonl", "mine.jsonl", "nobodys.jsonl"):
+        sink.remove(name)
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == [other]
-    assert listing != other
+    # The run's own earlier file and a file no manifest describes go; the other task's stays, listed.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs, "theirs.jsonl"])
+
+
+def test_removing_a_file_whose_listing_manifest_this_run_replaced_it_past(tmp_path):
+    sink = FolderSink(str(tmp_path))
+    theirs = write_manifest_of(sink, "other", ["a.jsonl", "b.jsonl"])
+    (tmp_path / "b.jsonl").write_text("{}\n")
+    sink.prepare(manifest_name("mine", "fetch"), ["a.jsonl", "b.jsonl"])
+
+    sink.write("a.jsonl", one_row)  # the other task's manifest goes: it no longer describes a.jsonl
+    sink.remove("b.jsonl")  # so nothing vouches for b.jsonl any more
+
+    assert not (tmp_path / theirs).exists() and files_in(tmp_path) == {"a.jsonl": b'{"a":1}\n'}
 
 
 def instance(
@@ -468,13 +526,21 @@ def test_a_claim_is_written_whole_and_released(tmp_path):
     assert sink.claim(instance(0), ["a.jsonl", "b%20c.jsonl"]) == {}
 
     data = (tmp_path / "new" / claim_name(instance(0))).read_bytes()
-    claim = {
+    claim = json.loads(data)
+    assert claim == {
         "dag_id": "capillary_audit_daily",
         "task_id": "fetch",
         "run_id": "manual__é",
         "map_index": 0,
         "files": ["a.jsonl", "b%20c.jsonl"],
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "claimed_at": claim["claimed_at"],
     }
+    # When it was written, in UTC to the second: what a person who finds it needs to judge it.
+    claimed_at = datetime.fromisoformat(claim["claimed_at"])
+    assert claimed_at.utcoffset() == timedelta(0) and claimed_at.microsecond == 0
+    assert abs(datetime.now(timezone.utc) - claimed_at) < timedelta(minutes=5)
     # Indented UTF-8 JSON, readable by a person who finds it in the folder.
     assert data == (json.dumps(claim, ensure_ascii=False, indent=2) + "\n").encode()
     sink.release(instance(0))
@@ -502,16 +568,76 @@ def test_of_two_overlapping_claims_the_later_to_list_sees_the_other_and_both_whe
     assert sink.claim(instance(1), ["a.jsonl"]) == {"a.jsonl": [0]}
 
 
-def test_claims_of_another_run_dag_or_the_same_map_index_are_ignored(tmp_path):
+def test_an_earlier_claim_of_the_same_instance_and_what_no_writer_made_are_passed_over(tmp_path):
     sink = FolderSink(str(tmp_path))
-    sink.claim(instance(1, run_id="manual__earlier"), ["a.jsonl"])  # a stale claim of another run
-    sink.claim(instance(1, dag_id="other_dag"), ["a.jsonl"])
     sink.claim(instance(0), ["a.jsonl", "z.jsonl"])  # an earlier try of this instance, killed
     (tmp_path / "_claim.capillary_audit_daily.fetch.manual__%C3%A9.map-5.json").write_text("not json")
     (tmp_path / "_claim.json").write_text('{"files": ["a.jsonl"]}')  # an event named _claim, as json
+    sink.claim(instance(1, dag_id="other_dag"), ["b.jsonl"])  # another task, other files
 
     assert sink.claim(instance(0), ["a.jsonl"]) == {}
     assert json.loads((tmp_path / claim_name(instance(0))).read_text())["files"] == ["a.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "holder",
+    [
+        Writer("capillary_audit_daily", "fetch", "manual__earlier", 1),
+        Writer("other_dag", "fetch", "manual__é", 1),
+        Writer("capillary_audit_daily", "load", "manual__é", -1),
+    ],
+    ids=["another run", "another DAG", "another task"],
+)
+def test_a_file_another_task_instance_claims_is_refused_naming_it(tmp_path, holder):
+    sink = FolderSink(str(tmp_path))
+    sink.claim(holder, ["a.jsonl", "PointsRedeemed.jsonl"])
+    claim = json.loads((tmp_path / claim_name(holder)).read_text())
+
+    with pytest.raises(CapillaryFolderBusyError) as refused:
+        sink.claim(instance(0), ["PointsRedeemed.jsonl", "b.jsonl", "a.jsonl"])
+
+    mapped = f", map index {holder.map_index}" if holder.map_index >= 0 else ""
+    assert str(refused.value) == (
+        f"Another task is writing files of this run into {sink.uri}: task {holder.task_id!r} of DAG "
+        f"{holder.dag_id!r}, run {holder.run_id!r}{mapped} (host {socket.gethostname()}, pid {os.getpid()}, "
+        f"since {claim['claimed_at']}) is writing event 'PointsRedeemed' (PointsRedeemed.jsonl), event 'a' "
+        f"(a.jsonl) there; if it is no longer running, delete its claim {sink.uri}/{claim_name(holder)}. "
+        "Two tasks must not write one file at the same time, or each would overwrite the other's: run them "
+        "one after the other (a dependency, or a pool of one slot) or give them different destinations. "
+        "No audit log was requested and nothing was written"
+    )
+    assert refused.value.claims == [claim_name(holder)]
+    assert isinstance(refused.value, CapillaryWriteError)
+    # The refused writer's claim stays for its caller to release; the holder's is untouched.
+    assert claim_name(instance(0)) in files_in(tmp_path) and claim_name(holder) in files_in(tmp_path)
+
+
+def test_a_claim_whose_writer_airflow_says_ended_is_removed_with_a_warning(tmp_path, caplog):
+    sink = FolderSink(str(tmp_path))
+    killed = Writer("other_dag", "fetch", "manual__1", -1)
+    running = Writer("third_dag", "fetch", "manual__1", -1)
+    sink.claim(killed, ["a.jsonl"])
+    sink.claim(running, ["b.jsonl"])
+    since = json.loads((tmp_path / claim_name(killed)).read_text())["claimed_at"]
+    asked = []
+
+    def ended(writer: Writer) -> str | None:
+        asked.append(writer)
+        return "failed" if writer == killed else None
+
+    with caplog.at_level(logging.WARNING, logger="airflow_capillary_audit.sinks"):
+        assert sink.claim(instance(0), ["a.jsonl"], ended=ended) == {}
+        with pytest.raises(CapillaryFolderBusyError, match="task 'fetch' of DAG 'third_dag'"):
+            sink.claim(instance(0), ["a.jsonl", "b.jsonl"], ended=ended)
+
+    assert asked == [killed, running]
+    assert claim_name(killed) not in files_in(tmp_path)
+    assert warnings_logged(caplog) == [
+        f"The claim {sink.uri}/{claim_name(killed)} of task 'fetch' of DAG 'other_dag', run 'manual__1' "
+        f"(host {socket.gethostname()}, pid {os.getpid()}, since {since}) is stale, and is removed: Airflow "
+        "says that task instance is failed, so it is writing nothing (a process killed outright leaves its "
+        "claim)"
+    ]
 
 
 def test_a_manifest_of_another_instance_of_the_run_holds_its_files(tmp_path):
@@ -561,15 +687,33 @@ def test_claims_that_cannot_be_read_say_where(memory_store, monkeypatch):
     assert raised.value.__cause__ is refused
 
 
-def test_a_claim_that_cannot_be_removed_says_which(memory_store, monkeypatch):
+def test_a_claim_that_cannot_be_removed_or_rewritten_says_which(memory_store, monkeypatch):
     sink = FolderSink("memory://audit-bucket/capillary")
     sink.claim(instance(0), ["a.jsonl"])
     refuse_deletes(monkeypatch, memory_store)
+    monkeypatch.setattr(memory_store, "_open", lambda *args, **kwargs: (_ for _ in ()).throw(PermissionError("no")))
 
     with pytest.raises(
-        CapillaryWriteError, match=r"^Cannot remove the claim .*_claim\.capillary_audit_daily\.fetch\."
+        CapillaryWriteError, match=r"^Cannot remove the claim .*_claim\.capillary_audit_daily\.fetch\..*: AccessDenied"
     ):
         sink.release(instance(0))
+
+
+def test_a_claim_the_store_will_not_delete_is_emptied_and_then_holds_nothing(memory_store, monkeypatch, caplog):
+    sink = FolderSink("memory://audit-bucket/capillary")
+    sink.claim(instance(1, dag_id="other_dag"), ["a.jsonl"])
+    refuse_deletes(monkeypatch, memory_store)
+
+    with caplog.at_level(logging.WARNING, logger="airflow_capillary_audit.sinks"):
+        sink.release(instance(1, dag_id="other_dag"))
+
+    path = f"/audit-bucket/capillary/{claim_name(instance(1, dag_id='other_dag'))}"
+    assert json.loads(memory_store.cat(path))["files"] == []
+    claim = sink.root / claim_name(instance(1, dag_id="other_dag"))
+    assert warnings_logged(caplog)[-1].startswith(
+        f"Could not remove the claim {claim}, so it now claims no file; delete it by hand: AccessDenied: DeleteObject"
+    )
+    assert sink.claim(instance(0), ["a.jsonl"]) == {}
 
 
 def test_a_write_the_store_refuses_outright_warns_of_no_temporary_object(memory_store, monkeypatch, caplog):
@@ -601,7 +745,7 @@ def test_every_other_claim_is_read_whatever_comes_before_it_in_the_listing(memor
     # own claim of an earlier try, then claims no instance of this package could have written.
     sink.claim(instance(1), ["x.jsonl"])
     memory_store.pipe(folder + claim_name(instance(2)), b"[1, 2]")
-    other_run = {**vars(instance(3)), "run_id": "another run", "files": ["a.jsonl"]}
+    other_run = {**vars(instance(3)), "run_id": "another run", "files": ["a.jsonl"]}  # not under its name
     memory_store.pipe(folder + claim_name(instance(3)), json.dumps(other_run).encode())
     memory_store.pipe(
         folder + claim_name(instance(4)), json.dumps({**vars(instance(4)), "files": None}).encode()
@@ -623,10 +767,12 @@ def test_a_manifest_another_run_removes_first_is_no_error(memory_store, monkeypa
         return opened
 
     monkeypatch.setattr(memory_store, "_open", read_then_lose)
+    sink.prepare(manifest_name("mine", "fetch"), ["e.jsonl"])
+    monkeypatch.undo()
 
-    sink.unlist(["e.jsonl"])
+    sink.write("e.jsonl", one_row)
 
-    assert memory_store.find("/audit-bucket") == []
+    assert memory_store.find("/audit-bucket") == ["/audit-bucket/capillary/e.jsonl"]
 
 
 @pytest.mark.parametrize("destination", ["", "   ", None, 5])

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import tenacity
@@ -25,12 +26,8 @@ from airflow_capillary_audit.auth import (
     basic_token,
     password_digest,
 )
-from airflow_capillary_audit.connection import (
-    CONN_TYPE,
-    CapillarySettings,
-    form_widgets,
-    ui_field_behaviour,
-)
+from airflow_capillary_audit.connection import CapillarySettings, form_widgets, ui_field_behaviour
+from airflow_capillary_audit.connection_fields import CONN_TYPE
 from airflow_capillary_audit.exceptions import (
     CapillaryBadRequestError,
     CapillaryCancelledError,
@@ -465,10 +462,25 @@ class CapillaryHook(BaseHook):
         return answer
 
 
+# The port a server listens on when a URL names none.
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
 def budget_key(base_url: str, login: str) -> str:
-    """Return the Redis key of a till's shared rate budget: one per cluster host and till."""
+    """
+    Return the Redis key of a till's shared rate budget: one per cluster host and till.
+
+    The host is taken as a server names it, so that every spelling of one host shares one budget:
+    scheme and host name in lower case, without a trailing dot, and with the scheme's default port
+    (443 for https, 80 for http) when none is given; a path or a trailing slash is ignored.
+    """
+    parts = urlsplit(base_url if "://" in base_url else f"https://{base_url}")
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    port = parts.port or _DEFAULT_PORTS.get(scheme)
+    cluster = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
     # Hashed: the key is visible to anyone who can list Redis's keys; an OAuth client key is a credential.
-    till = hashlib.sha256(f"{base_url}\0{login}".encode()).hexdigest()[:24]
+    till = hashlib.sha256(f"{cluster}\0{login}".encode()).hexdigest()[:24]
     return f"airflow-capillary-audit:rate-budget:{till}"
 
 

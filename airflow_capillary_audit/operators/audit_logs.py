@@ -31,9 +31,10 @@ from airflow_capillary_audit.records import ROW_COLUMNS, FlattenStats
 from airflow_capillary_audit.sinks import (
     EventFile,
     FolderSink,
-    MappedInstance,
     RunInfo,
+    Writer,
     WrittenFile,
+    ended_in_airflow,
     lineage_name,
     manifest_name,
     static_folder_uri,
@@ -300,12 +301,10 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
         map_index = getattr(ti, "map_index", -1)
         dag_id, task_id = getattr(ti, "dag_id", None), getattr(ti, "task_id", self.task_id)
         run_id = context.get("run_id")
-        instance = None
-        if map_index is not None and map_index >= 0 and dag_id and task_id and run_id:
-            instance = MappedInstance(dag_id, task_id, run_id, map_index)
+        # Every writer claims its files, so that no other task writes one of them meanwhile.
+        instance = Writer(dag_id, task_id, run_id, map_index if map_index is not None else -1)
         try:
-            if instance is not None:
-                self._claim(sink, instance, plan)
+            self._claim(sink, instance, plan, ti)
             sink.prepare(manifest_name(dag_id, task_id, map_index), list(plan.file_names.values()))
             columns = ROW_COLUMNS if self.flatten else None
 
@@ -373,12 +372,11 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
                 "total_rows": total,
             }
         finally:
-            if instance is not None:
-                self._release_quietly(sink, instance)
+            self._release_quietly(sink, instance)
 
-    def _claim(self, sink: FolderSink, instance: MappedInstance, plan: _Plan) -> None:
-        """Refuse, before any request, events that another mapped instance of this run also writes."""
-        held = sink.claim(instance, list(plan.file_names.values()))
+    def _claim(self, sink: FolderSink, instance: Writer, plan: _Plan, ti: Any) -> None:
+        """Refuse, before any request, events that another task, or mapped instance of this run, writes."""
+        held = sink.claim(instance, list(plan.file_names.values()), ended=ended_in_airflow(ti))
         if not held:
             return
         lines = [
@@ -394,7 +392,7 @@ class CapillaryAuditLogsOperator(CapillaryAuditLogsBaseOperator):
             f"the other map indexes) from {sink.uri}"
         )
 
-    def _release_quietly(self, sink: FolderSink, instance: MappedInstance) -> None:
+    def _release_quietly(self, sink: FolderSink, instance: Writer) -> None:
         """Remove the instance's claim; a failure is logged, not raised over the run's own outcome."""
         try:
             sink.release(instance)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -18,13 +20,24 @@ from airflow_capillary_audit.operators.base import (
     event_lineage_name,
 )
 from airflow_capillary_audit.records import FlattenStats
+from airflow_capillary_audit.spool import RowSpool
 from airflow_capillary_audit.tables import (
+    DIALECTS,
+    MAX_ORG_ID_SAMPLES,
+    Column,
     Table,
+    ValueStats,
+    batches,
     check_identifier,
+    lock_key,
     missing_columns,
+    null_problems,
+    org_id_bits,
+    org_ids_not_stored,
     pages,
     row_parameters,
     time_parameter,
+    type_problems,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +53,34 @@ if TYPE_CHECKING:
 DEFAULT_PAGE_SIZE = 1_000
 # Event names per DELETE: SQLite before 3.32 takes at most 999 parameters in one statement.
 _NAMES_PER_DELETE = 500
+# SQLite: how long one try to begin the load's transaction waits for another writer, between which
+# the task can be stopped (a wait inside SQLite is deaf to Airflow's execution_timeout).
+_SQLITE_BEGIN_WAIT_MS = 1_000
+# SQLite: how long a statement of the load waits for readers to let go of the database file.
+_SQLITE_STATEMENT_WAIT_MS = 60_000
+_SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+# The provider whose hook each common database connection type needs; others get the usual name.
+_PROVIDER_PACKAGES = {
+    "postgres": "apache-airflow-providers-postgres",
+    "sqlite": "apache-airflow-providers-sqlite",
+    "mysql": "apache-airflow-providers-mysql",
+    "mssql": "apache-airflow-providers-microsoft-mssql",
+    "oracle": "apache-airflow-providers-oracle",
+    "snowflake": "apache-airflow-providers-snowflake",
+    "redshift": "apache-airflow-providers-amazon",
+    "trino": "apache-airflow-providers-trino",
+    "presto": "apache-airflow-providers-presto",
+    "databricks": "apache-airflow-providers-databricks",
+    "vertica": "apache-airflow-providers-vertica",
+    "exasol": "apache-airflow-providers-exasol",
+    "teradata": "apache-airflow-providers-teradata",
+    "odbc": "apache-airflow-providers-odbc",
+    "jdbc": "apache-airflow-providers-jdbc",
+    "hiveserver2": "apache-airflow-providers-apache-hive",
+    "impala": "apache-airflow-providers-apache-impala",
+    "gcpbigquery": "apache-airflow-providers-google",
+    "google_cloud_platform": "apache-airflow-providers-google",
+}
 
 
 class TableSummary(TypedDict):
@@ -51,23 +92,44 @@ class TableSummary(TypedDict):
     events: int
 
 
+@dataclass(frozen=True)
+class _TableState:
+    """What the checks found: whether the table exists, and the width of the integers its org_id holds."""
+
+    exists: bool
+    org_id_bits: int = 64
+
+
+@dataclass(frozen=True)
+class _EventLoad:
+    """One event's rows in the spool, and what shaping and cleaning them counted."""
+
+    rows: int
+    stats: FlattenStats
+    values: ValueStats
+    org_ids: list[tuple[int, Any, Any]]
+
+
 class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
     """
     Fetch the audit logs of Capillary events and load their rows into a SQL table, one transaction a run.
 
     The rows are those of :class:`~airflow_capillary_audit.operators.audit_logs.CapillaryAuditLogsOperator`
-    with ``flatten=True``: the same selection, fetch and shaping (the same core). Once every event is
-    fetched, one transaction deletes the table's rows of this run's events inside the window
-    (``changed_since <= changed_on < changed_until``; all their rows without a window), inserts the
-    new rows and commits. A rerun of a window leaves the same table; a failure of any event or of the
-    database leaves the table as it was.
+    with ``flatten=True``: the same selection, fetch and shaping (the same core). The connection, the
+    table and its columns are checked before any request. Each event's rows wait in a temporary file
+    (:class:`~airflow_capillary_audit.spool.RowSpool`) as it is shaped; once every event is fetched,
+    one transaction takes the table's lock (loads of one table take turns), deletes the table's rows
+    of this run's events inside the window (``changed_since <= changed_on < changed_until``; all their
+    rows without a window), inserts the new rows and commits. A rerun of a window leaves the same
+    table; a failure of any event or of the database leaves the table as it was.
 
     :param sql_conn_id: an Airflow connection whose hook is a ``DbApiHook`` (common.sql): SQLite and
         PostgreSQL are tested, others work where their DB-API driver does.
     :param table: the table's name: letters, digits and ``_``. (templated)
     :param schema: the table's schema, or ``None`` for the connection's default. (templated)
     :param create_table: create the table and its index on (``event_name``, ``changed_on``) when
-        missing (PostgreSQL and SQLite); an existing table must have every row column.
+        missing (PostgreSQL and SQLite); an existing table must have every row column, of types
+        that hold what a load writes.
     :param page_size: rows per insert round trip.
     :param event_names: see :class:`~airflow_capillary_audit.operators.base.CapillaryAuditLogsBaseOperator`,
         as are ``capillary_conn_id``, ``changed_since``, ``changed_until``, ``exclude_event_names``
@@ -104,15 +166,16 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
         selection = self._selection()
         db = self._database_hook()
         table = self._table(db)
-        exists = self._check_table(db, table)
+        state = self._check_table(db, table)
         hook = self._open_hook(context)
-        try:
-            selection = self._listed(hook, selection)
-            self._say_opening(hook, selection, f"table {table.display}")
-            rows = self._fetch_rows(hook, selection, hook.settings.tzinfo)
-        finally:
-            hook.close()
-        summary = self._load(db, table, selection, rows, create=not exists)
+        with RowSpool() as spool:
+            try:
+                selection = self._listed(hook, selection)
+                self._say_opening(hook, selection, f"table {table.display}")
+                self._fetch_rows(hook, selection, hook.settings.tzinfo, table, state, spool)
+            finally:
+                hook.close()
+            summary = self._load(db, table, selection, spool, create=not state.exists)
         self._lineage = (hook.settings.base_url, selection.event_names, (db, table))
         self._record_asset_event(context, summary)
         return summary
@@ -145,7 +208,10 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
                 f"sql_conn_id {self.sql_conn_id!r}: no such connection ({type(err).__name__}); create it, "
                 "or name an existing database connection"
             ) from None
-        db = connection.get_hook()  # type: ignore[no-untyped-call]
+        try:
+            db = connection.get_hook()  # type: ignore[no-untyped-call]
+        except Exception as err:
+            raise CapillaryConfigError(_hook_missing(self.sql_conn_id, connection.conn_type, err)) from err
         if not isinstance(db, DbApiHook):
             raise CapillaryConfigError(
                 f"sql_conn_id {self.sql_conn_id!r} is a {connection.conn_type!r} connection, whose hook "
@@ -161,61 +227,224 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
             raise CapillaryConfigError(str(err)) from None
         return Table(name, schema, dialect_of(db))
 
-    def _check_table(self, db: DbApiHook, table: Table) -> bool:
-        """Tell whether the table exists; refuse, before any request, one whose columns do not fit."""
-        connection = db.get_conn()
+    def _check_table(self, db: DbApiHook, table: Table) -> _TableState:
+        """
+        Tell whether the table exists; before any request, refuse what would fail the load: a schema
+        that does not exist, missing privileges, columns missing or of a type that does not fit.
+        """
+        try:
+            connection = db.get_conn()
+        except Exception as err:  # noqa: BLE001 - each driver has its own error types
+            raise CapillaryConfigError(
+                f"sql_conn_id {self.sql_conn_id!r}: cannot connect to the database ({_short(err)}); "
+                "check the connection"
+            ) from None
         try:
             cursor = connection.cursor()
             try:
-                cursor.execute(table.probe_statement())
-                described = [column[0] for column in cursor.description or ()]
+                columns = self._described_columns(cursor, table)
+            except CapillaryConfigError:
+                raise
             except Exception as err:  # noqa: BLE001 - each driver has its own error types
-                if not self.create_table:
-                    raise CapillaryConfigError(
-                        f"table {table.display!r} cannot be read through {self.sql_conn_id!r} ({err}); "
-                        "create it or set create_table=True"
-                    ) from None
-                return False
+                raise CapillaryConfigError(
+                    f"table {table.display!r} could not be checked through {self.sql_conn_id!r} "
+                    f"({_short(err)})"
+                ) from None
             finally:
                 cursor.close()
-            missing = missing_columns(described)
-            if missing:
-                raise CapillaryConfigError(
-                    f"table {table.display!r} exists without the columns {missing} (it has {described}); "
-                    "name another table, or add the columns (README, 'Audit rows into a SQL table')"
-                )
-            return True
         finally:
-            connection.rollback()
-            connection.close()
+            _quietly(connection.rollback)
+            _quietly(connection.close)
+        if columns is None:
+            return _TableState(exists=False)
+        missing = missing_columns(column.name for column in columns)
+        if missing:
+            raise CapillaryConfigError(
+                f"table {table.display!r} exists without the columns {missing} (it has "
+                f"{[column.name for column in columns]}); name another table, or add the columns (README, "
+                "'Audit rows into a SQL table')"
+            )
+        problems = type_problems(columns, table.dialect)
+        if problems:
+            raise CapillaryConfigError(
+                f"table {table.display!r}: {'; '.join(problems)}: change the column's type, or name another "
+                "table (README, 'Audit rows into a SQL table')"
+            )
+        problems = null_problems(columns)
+        if problems:
+            raise CapillaryConfigError(
+                f"table {table.display!r}: {'; '.join(problems)}: allow nulls, or give a default"
+            )
+        return _TableState(exists=True, org_id_bits=org_id_bits(columns, table.dialect))
+
+    def _described_columns(self, cursor: Any, table: Table) -> list[Column] | None:
+        """Return the table's columns as the database describes them; None when it is missing."""
+        if table.dialect == "postgresql":
+            return self._postgres_columns(cursor, table)
+        if table.dialect == "sqlite":
+            return self._sqlite_columns(cursor, table)
+        try:
+            cursor.execute(table.probe_statement())
+        except Exception as err:  # noqa: BLE001 - each driver has its own error types
+            raise CapillaryConfigError(
+                f"table {table.display!r} cannot be read through {self.sql_conn_id!r} ({_short(err)}); "
+                f"create it with the columns in README ('Audit rows into a SQL table'): create_table knows "
+                f"the DDL of {', '.join(DIALECTS)} only"
+            ) from None
+        return [Column(str(column[0]), "") for column in cursor.description or ()]
+
+    def _postgres_columns(self, cursor: Any, table: Table) -> list[Column] | None:
+        cursor.execute("SELECT current_user, current_schema()")
+        user, current_schema = cursor.fetchone()
+        if table.schema is not None:
+            cursor.execute(
+                "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace WHERE nspname = %s",
+                (table.schema,),
+            )
+            found = cursor.fetchone()
+            if found is None:
+                raise CapillaryConfigError(
+                    f"schema {table.schema!r} does not exist in the database of {self.sql_conn_id!r}: "
+                    f"create it (CREATE SCHEMA {table.quote(table.schema)}) or name an existing schema"
+                )
+            if not found[0]:
+                raise CapillaryConfigError(
+                    f"the login {user!r} of {self.sql_conn_id!r} may not use schema {table.schema!r}: GRANT "
+                    f'USAGE ON SCHEMA {table.quote(table.schema)} TO "{user}"'
+                )
+        cursor.execute("SELECT to_regclass(%s)::oid", (table.qualified,))
+        oid = cursor.fetchone()[0]
+        if oid is None:
+            schema = table.schema or current_schema
+            if schema is None:
+                raise CapillaryConfigError(
+                    f"table {table.display!r}: the search_path of {self.sql_conn_id!r} names no schema that "
+                    "exists, so there is none to find or create the table in: set schema"
+                )
+            self._creatable(table)
+            cursor.execute("SELECT has_schema_privilege(%s, 'CREATE')", (schema,))
+            if not cursor.fetchone()[0]:
+                raise CapillaryConfigError(
+                    f"table {table.display!r} does not exist, and the login {user!r} of {self.sql_conn_id!r} "
+                    f"may not create tables in schema {schema!r}: create the table (README, 'Audit rows into "
+                    f'a SQL table\'), or GRANT CREATE ON SCHEMA {table.quote(schema)} TO "{user}"'
+                )
+            return None
+        # A load reads (the DELETE's WHERE), deletes and inserts.
+        privileges = ("SELECT", "INSERT", "DELETE")
+        checks = ", ".join(f"has_table_privilege(%s, '{privilege}')" for privilege in privileges)
+        cursor.execute(f"SELECT {checks}", (oid,) * len(privileges))
+        denied = [privilege for privilege, granted in zip(privileges, cursor.fetchone()) if not granted]
+        if denied:
+            raise CapillaryConfigError(
+                f"table {table.display!r}: the login {user!r} of {self.sql_conn_id!r} may not "
+                f"{', '.join(denied)} there, which a load does: GRANT {', '.join(privileges)} ON "
+                f'{table.qualified} TO "{user}"'
+            )
+        cursor.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull, atthasdef OR attidentity <> '' "
+            "FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (oid,),
+        )
+        return [Column(name, kind, not_null, default) for name, kind, not_null, default in cursor.fetchall()]
+
+    def _sqlite_columns(self, cursor: Any, table: Table) -> list[Column] | None:
+        if table.schema is not None:
+            cursor.execute("PRAGMA database_list")
+            databases = [str(row[1]) for row in cursor.fetchall()]
+            if table.schema not in databases:
+                raise CapillaryConfigError(
+                    f"schema {table.schema!r} is not a database of {self.sql_conn_id!r}: its SQLite "
+                    f"connection has {', '.join(map(repr, databases))}; leave schema unset, or name one of "
+                    "those"
+                )
+        prefix = "" if table.schema is None else f"{table.quote(table.schema)}."
+        cursor.execute(f"PRAGMA {prefix}table_info({table.quote(table.name)})")
+        described = cursor.fetchall()
+        if not described:
+            self._creatable(table)
+            return None
+        return [
+            Column(
+                str(name),
+                str(declared or ""),
+                bool(not_null),
+                default is not None or (primary_key == 1 and str(declared).upper() == "INTEGER"),
+            )
+            for _, name, declared, not_null, default, primary_key in described
+        ]
+
+    def _creatable(self, table: Table) -> None:
+        """Refuse a missing table that this load may not create."""
+        if not self.create_table:
+            raise CapillaryConfigError(
+                f"table {table.display!r} does not exist in the database of {self.sql_conn_id!r}: create it "
+                "(README, 'Audit rows into a SQL table') or set create_table=True"
+            )
 
     def _fetch_rows(
-        self, hook: CapillaryHook, selection: Selection, default_tz: tzinfo
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Fetch and flatten every event's rows; fail naming every failed event, before the database."""
+        self,
+        hook: CapillaryHook,
+        selection: Selection,
+        default_tz: tzinfo,
+        table: Table,
+        state: _TableState,
+        spool: RowSpool,
+    ) -> None:
+        """Fetch, flatten, spool every event's rows; fail naming every failed event, before the database."""
+        bits = state.org_id_bits
 
-        def handle(name: str, fetched: AuditLogs) -> tuple[list[dict[str, Any]], FlattenStats]:
-            stats = FlattenStats()
+        def handle(name: str, fetched: AuditLogs) -> _EventLoad:
+            stats, values = FlattenStats(), ValueStats()
             rows = self._shape(name, fetched, selection, default_tz, stats)
-            shaped = self._checked(fetched, lambda: list(rows))
-            return shaped, stats
+            parameters = row_parameters(rows, table.dialect, values, bits)
+            count = self._checked(fetched, lambda: spool.write(name, parameters))
+            org_ids = []
+            if values.org_id_rows:
+                org_ids = org_ids_not_stored(fetched.body["data"], values.org_id_record_ids, bits)
+            return _EventLoad(count, stats, values, org_ids)
 
-        def done(name: str, fetched: Fetched[tuple[list[dict[str, Any]], FlattenStats]]) -> int:
-            shaped, stats = fetched.result
-            self._report(name, stats, len(shaped), "table", selection, fetched)
-            return len(shaped)
+        def done(name: str, fetched: Fetched[_EventLoad]) -> int:
+            loaded = fetched.result
+            self._report(name, loaded.stats, loaded.rows, "table", selection, fetched)
+            self._report_values(name, loaded, bits)
+            return loaded.rows
 
-        results = self._fetch_all(hook, selection, handle, done)
-        rows = {name: results[name][0] for name in selection.event_names}
-        self._say_landed(sum(map(len, rows.values())), len(rows), "table", selection)
-        return rows
+        self._fetch_all(hook, selection, handle, done)
+        self._say_landed(spool.rows, len(selection.event_names), "table", selection)
+
+    def _report_values(self, name: str, loaded: _EventLoad, bits: int) -> None:
+        """Warn of the values loaded other than as sent: text with U+FFFD, an orgId as null."""
+        if loaded.values.replaced:
+            self.log.warning(
+                "Event %r: %d value(s) held NUL characters or lone surrogates, which a database cannot "
+                "hold; loaded with U+FFFD in their place",
+                name,
+                loaded.values.replaced,
+            )
+        if loaded.org_ids:
+            shown = ", ".join(
+                f"record {index} (id {record_id!r}) {value!r}"
+                for index, record_id, value in loaded.org_ids[:MAX_ORG_ID_SAMPLES]
+            )
+            more = len(loaded.org_ids) - MAX_ORG_ID_SAMPLES
+            self.log.warning(
+                "Event %r: %d record(s) have an orgId that is not a whole number from -2**%d to 2**%d-1, "
+                "loaded with a null org_id: %s%s",
+                name,
+                len(loaded.org_ids),
+                bits - 1,
+                bits - 1,
+                shown,
+                f", and {more} more" if more > 0 else "",
+            )
 
     def _load(
         self,
         db: DbApiHook,
         table: Table,
         selection: Selection,
-        rows: dict[str, list[dict[str, Any]]],
+        spool: RowSpool,
         *,
         create: bool,
     ) -> TableSummary:
@@ -223,11 +452,9 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
         placeholder = db.placeholder
         bounds = (selection.since, selection.until)
         window = [time_parameter(bound, table.dialect) for bound in bounds if bound is not None]
-        ordered = (row for name in selection.event_names for row in rows[name])
-        parameters = row_parameters(ordered, table.dialect)
         deleted = 0
-        with _transaction(db, table.dialect) as cursor:
-            if create:
+        with _transaction(db, table, self.log) as cursor:
+            if create and not _exists(cursor, table):
                 for statement in table.create_statements():
                     cursor.execute(statement)
                 self.log.info("Created table %s", table.display)
@@ -237,18 +464,19 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
                     [*names, *window],
                 )
                 deleted += max(cursor.rowcount, 0)
-            _insert(cursor, table, placeholder, parameters, self.page_size)
+            if spool.rows:
+                _insert(cursor, table, placeholder, spool.read(selection.event_names), self.page_size)
         self.log.info(
             "Table %s: deleted %d row(s) of %d event(s) in the window, inserted %d",
             table.display,
             deleted,
             len(selection.event_names),
-            len(parameters),
+            spool.rows,
         )
         return {
             "table": table.display,
             "rows_deleted": deleted,
-            "rows_inserted": len(parameters),
+            "rows_inserted": spool.rows,
             "events": len(selection.event_names),
         }
 
@@ -275,56 +503,110 @@ def dialect_of(db: DbApiHook) -> str:
 
 
 @contextmanager
-def _transaction(db: DbApiHook, dialect: str) -> Iterator[Any]:
-    """Give a cursor inside one transaction: committed when the block ends, rolled back on any error."""
+def _transaction(db: DbApiHook, table: Table, log: Any) -> Iterator[Any]:
+    """
+    Give a cursor inside one transaction that holds the table's lock: committed when the block ends,
+    rolled back on any error. Loads of one table take turns: PostgreSQL takes a transaction-scoped
+    advisory lock keyed on the table, SQLite begins an immediate transaction (one writer a database);
+    other databases take no lock (README).
+    """
     connection = db.get_conn()
-    if dialect == "sqlite":
+    sqlite = table.dialect == "sqlite"
+    if sqlite:
         # Python's sqlite3 would commit on its own around DDL; explicit BEGIN keeps it in the transaction.
         connection.isolation_level = None
     else:
         db.set_autocommit(connection, False)
     cursor = connection.cursor()
+    began = False
     try:
-        if dialect == "sqlite":
-            cursor.execute("BEGIN")
+        if sqlite:
+            _begin_sqlite(cursor, table, log)
+            began = True
+        elif table.dialect == "postgresql":
+            _lock_postgres(cursor, table, log)
         yield cursor
-        if dialect == "sqlite":
+        if sqlite:
             cursor.execute("COMMIT")
         else:
             connection.commit()
     except BaseException:
-        if dialect == "sqlite":
-            cursor.execute("ROLLBACK")
-        else:
+        if not sqlite:
             connection.rollback()
+        elif began:
+            cursor.execute("ROLLBACK")
         raise
     finally:
         cursor.close()
         connection.close()
 
 
+def _begin_sqlite(cursor: Any, table: Table, log: Any) -> None:
+    """Begin an immediate transaction, waiting as long as another writer holds the database."""
+    cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BEGIN_WAIT_MS}")
+    waited = False
+    while True:
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            break
+        except sqlite3.OperationalError as err:
+            if getattr(err, "sqlite_errorcode", None) not in _SQLITE_BUSY and "locked" not in str(err):
+                raise
+            if not waited:
+                log.info(
+                    "Table %s: another connection is writing to the database; waiting for the other writer "
+                    "to commit",
+                    table.display,
+                )
+                waited = True
+    cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_STATEMENT_WAIT_MS}")
+
+
+def _lock_postgres(cursor: Any, table: Table, log: Any) -> None:
+    """Take the table's advisory lock for the rest of the transaction, waiting for a load that holds it."""
+    schema = table.schema
+    if schema is None:
+        cursor.execute("SELECT current_schema()")
+        schema = cursor.fetchone()[0] or ""
+    key = lock_key(schema, table.name)
+    cursor.execute(f"SELECT pg_try_advisory_xact_lock({key})")
+    if not cursor.fetchone()[0]:
+        log.info("Table %s: another load of it is running; waiting for it to end", table.display)
+        cursor.execute(f"SELECT pg_advisory_xact_lock({key})")
+
+
+def _exists(cursor: Any, table: Table) -> bool:
+    """Tell whether the table exists now, inside the transaction (another load may have made it)."""
+    if table.dialect == "postgresql":
+        cursor.execute("SELECT to_regclass(%s)", (table.qualified,))
+        return cursor.fetchone()[0] is not None
+    if table.dialect == "sqlite":
+        prefix = "" if table.schema is None else f"{table.quote(table.schema)}."
+        cursor.execute(f"PRAGMA {prefix}table_info({table.quote(table.name)})")
+        return bool(cursor.fetchall())
+    return False
+
+
 def _insert(
-    cursor: Any, table: Table, placeholder: str, parameters: list[tuple[Any, ...]], page_size: int
+    cursor: Any, table: Table, placeholder: str, rows: Iterable[tuple[Any, ...]], page_size: int
 ) -> None:
     """
     Insert the rows the fastest way the driver has: PostgreSQL's ``COPY`` through psycopg 3,
     ``execute_values`` pages through psycopg2, ``executemany`` pages otherwise; never a round trip a row.
     """
-    if not parameters:
-        return
     driver = type(cursor).__module__.split(".")[0]
     if driver == "psycopg":
         with cursor.copy(table.copy_statement()) as copy:
-            for row in parameters:
+            for row in rows:
                 copy.write_row(row)
         return
     if driver == "psycopg2":
         from psycopg2.extras import execute_values  # noqa: PLC0415 - only with that driver
 
-        execute_values(cursor, table.insert_prefix(), parameters, page_size=page_size)
+        execute_values(cursor, table.insert_prefix(), rows, page_size=page_size)
         return
     statement = table.insert_statement(placeholder)
-    for page in pages(parameters, page_size):
+    for page in batches(rows, page_size):
         cursor.executemany(statement, page)
 
 
@@ -350,3 +632,33 @@ def _table_dataset(db: DbApiHook, table: Table) -> tuple[str, str]:
 
 def _is_static(value: object) -> bool:
     return value is None or (isinstance(value, str) and "{{" not in value and "{%" not in value)
+
+
+def _hook_missing(sql_conn_id: str, conn_type: str | None, error: BaseException) -> str:
+    """Say which provider a connection type's hook needs, when Airflow cannot make the hook."""
+    package = _PROVIDER_PACKAGES.get(conn_type or "")
+    install = f"pip install {package}"
+    if package is None:
+        package = f"apache-airflow-providers-{(conn_type or '').replace('_', '-')}"
+        install = f"pip install {package}, or the provider that defines connection type {conn_type!r}"
+    if "Unknown hook type" in str(error):
+        return (
+            f"sql_conn_id {sql_conn_id!r} is a {conn_type!r} connection, and no installed Airflow provider "
+            f"gives its hook: {install}"
+        )
+    return (
+        f"sql_conn_id {sql_conn_id!r}: the hook of its {conn_type!r} connection cannot be made "
+        f"({_short(error)}); is {package} installed, with its database driver?"
+    )
+
+
+def _short(error: BaseException) -> str:
+    """Return a driver error as its type and first line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _quietly(call: Any) -> None:
+    """Run a clean-up whose failure must not hide the error being raised (a dropped connection)."""
+    with suppress(Exception):
+        call()

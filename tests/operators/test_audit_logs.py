@@ -8,6 +8,7 @@ import io
 import json
 import re
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -1255,8 +1256,13 @@ def test_a_claim_that_cannot_be_removed_is_named_and_the_run_stands(capillary_co
     claim = tmp_path / claim_name(MappedInstance("daily", "fetch", run_id, 0))
     capillary_conn.set_faults([Fault("slow", seconds=1.0)])
 
-    # While the event is fetched, the claim becomes something no unlink removes.
-    blocker = threading.Timer(0.4, make_unremovable, [claim])
+    def block_once_claimed() -> None:
+        while not claim.exists():
+            time.sleep(0.01)
+        make_unremovable(claim)
+
+    # While the event is fetched (1 s), the claim becomes something no unlink removes.
+    blocker = threading.Thread(target=block_once_claimed)
     blocker.start()
     op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["shared"], destination=str(tmp_path))
     summary = op.execute(mapped_context("daily", run_id, 0))
@@ -1293,30 +1299,42 @@ def test_an_earlier_file_that_cannot_be_removed_is_named_and_the_run_fails_for_i
     )
 
 
-def test_a_claim_of_another_run_or_by_the_instance_itself_does_not_stop_it(
-    capillary_conn, airflow_db, tmp_path
-):
+def test_an_earlier_claim_of_the_instance_itself_does_not_stop_it(capillary_conn, airflow_db, tmp_path):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
 
-    sink = FolderSink(str(tmp_path))
-    stale = MappedInstance("daily", "fetch", "scheduled__2026-11-23T00:00:00+00:00", 1)
-    sink.claim(stale, ["shared.jsonl"])
-    sink.claim(MappedInstance("daily", "fetch", "scheduled__2026-11-24T00:00:00+00:00", 0), ["shared.jsonl"])
+    run_id = "scheduled__2026-11-24T00:00:00+00:00"
+    FolderSink(str(tmp_path)).claim(MappedInstance("daily", "fetch", run_id, 0), ["shared.jsonl"])
     op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["shared"], destination=str(tmp_path))
 
-    summary = op.execute(mapped_context("daily", "scheduled__2026-11-24T00:00:00+00:00", 0))
+    summary = op.execute(mapped_context("daily", run_id, 0))
 
     assert summary["rows"] == {"shared": len(expected_rows(capillary_conn.dataset, ["shared"]))}
-    assert claims_in(tmp_path) == [claim_name(stale)]  # another run's claim is not this instance's to remove
+    assert claims_in(tmp_path) == []
     assert (tmp_path / manifest_name("daily", "fetch", 0)).exists()
+
+
+def test_a_claim_of_another_run_stops_it_before_any_audit_log_request(capillary_conn, airflow_db, tmp_path):
+    from airflow_capillary_audit.exceptions import CapillaryFolderBusyError
+    from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator
+
+    # Yesterday's instance 1 may still be writing the file: a run of one task does not end another's.
+    running = MappedInstance("daily", "fetch", "scheduled__2026-11-23T00:00:00+00:00", 1)
+    FolderSink(str(tmp_path)).claim(running, ["shared.jsonl"])
+    op = CapillaryAuditLogsOperator(task_id="fetch", event_names=["shared"], destination=str(tmp_path))
+
+    with pytest.raises(CapillaryFolderBusyError, match="run 'scheduled__2026-11-23T00:00:00\\+00:00', map index 1"):
+        op.execute(mapped_context("daily", "scheduled__2026-11-24T00:00:00+00:00", 0))
+
+    assert [r.path for r in capillary_conn.requests] == ["/v2/events"]  # the names' check only
+    assert claims_in(tmp_path) == [claim_name(running)]
 
 
 @pytest.mark.parametrize(
     ("map_index", "held"),
-    [(0, ["_claim.daily.fetch.manual__1.map-0.json"]), (-1, [])],
+    [(0, ["_claim.daily.fetch.manual__1.map-0.json"]), (-1, ["_claim.daily.fetch.manual__1.json"])],
     ids=["mapped", "unmapped"],
 )
-def test_only_a_mapped_instance_holds_a_claim_while_it_fetches(
+def test_every_task_instance_holds_a_claim_while_it_fetches(
     capillary_conn, airflow_db, tmp_path, map_index, held
 ):
     from airflow_capillary_audit.operators.audit_logs import CapillaryAuditLogsOperator

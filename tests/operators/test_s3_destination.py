@@ -240,7 +240,9 @@ def test_an_event_that_fails_while_written_leaves_nothing_in_s3(capillary_conn, 
 
     assert repr(bad) in str(caught.value)
     good_key = f"capillary/{event_file_name(good, 'jsonl')}"
-    assert s3.listed() == [good_key]
+    # The run's claim stays where deletes are refused, emptied: it claims no file any more.
+    assert s3.listed() == [good_key, "capillary/_claim.fetch.json"]
+    assert json.loads(s3.body("capillary/_claim.fetch.json"))["files"] == []
     assert s3.unfinished_uploads() == []
     rows = [json.loads(line) for line in s3.body(good_key).decode().splitlines()]
     assert rows == expected_rows(capillary_conn.dataset, [good])

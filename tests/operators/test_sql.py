@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -312,7 +315,7 @@ def test_names_and_values_cannot_inject_sql(database, airflow_db, monkeypatch):
         ({"schema": "main--"}, "schema 'main--' is not a plain SQL identifier"),
         ({"sql_conn_id": "no_such_db"}, "sql_conn_id 'no_such_db': no such connection"),
         ({"sql_conn_id": "capillary_default"}, "sql_conn_id 'capillary_default' is a 'capillary' connection"),
-        ({"create_table": False}, "table 'audit_rows' cannot be read through 'warehouse'"),
+        ({"create_table": False}, "table 'audit_rows' does not exist in the database of 'warehouse'"),
     ],
 )
 def test_bad_input_fails_before_any_request(api, database, airflow_db, arguments, message):
@@ -336,8 +339,12 @@ def test_a_table_whose_columns_do_not_fit_is_refused_before_any_request(api, dat
 
 
 def test_an_existing_table_with_every_column_is_used_as_it_is(api, database, airflow_db):
-    timestamp = "TEXT" if database.dialect == "sqlite" else "TIMESTAMP WITH TIME ZONE"
-    columns = ", ".join(f'"{c}" {timestamp if c == "changed_on" else "TEXT"}' for c in ROW_COLUMNS)
+    # The types a user may well choose: any text type without a length, any integer type.
+    if database.dialect == "sqlite":
+        types = {"changed_on": "DATETIME", "org_id": "INT", "value": "VARCHAR(10)"}
+    else:
+        types = {"changed_on": "TIMESTAMPTZ", "org_id": "INTEGER", "value": "VARCHAR"}
+    columns = ", ".join(f'"{c}" {types.get(c, "TEXT")}' for c in ROW_COLUMNS)
     database.execute(f'CREATE TABLE "audit_rows" ({columns}, "loaded_by" TEXT DEFAULT \'etl\')')
 
     load(create_table=False)
@@ -534,10 +541,10 @@ def test_a_malformed_record_names_its_event_and_answer_and_loads_nothing(databas
     assert not database.has_table()
 
 
+@pytest.mark.parametrize("database", ["postgresql", "postgresql-psycopg2"], indirect=True)
 @pytest.mark.parametrize("page_size", [50, 1000])
 def test_rows_go_in_one_copy_or_one_statement_a_page_never_one_a_row(api, database, airflow_db, page_size):
-    if database.dialect != "postgresql":
-        pytest.skip("the server's log of statements is PostgreSQL's")
+    # The server's log of statements is PostgreSQL's.
     log = Path(database.connection["host"]) / "server.log"
     start = log.stat().st_size
 
@@ -552,15 +559,13 @@ def test_rows_go_in_one_copy_or_one_statement_a_page_never_one_a_row(api, databa
         assert statements == [b"INSERT INTO"] * -(-summary["rows_inserted"] // page_size)
 
 
-def test_a_table_that_cannot_be_read_without_create_table_says_what_to_do(api, database, airflow_db):
+def test_a_missing_table_without_create_table_says_what_to_do(api, database, airflow_db):
     with pytest.raises(CapillaryConfigError) as caught:
         load(create_table=False)
 
-    # The driver's own words sit in the brackets.
-    assert re.fullmatch(
-        r"table 'audit_rows' cannot be read through 'warehouse' \(.+\); create it or set create_table=True",
-        str(caught.value),
-        re.S,
+    assert str(caught.value) == (
+        "table 'audit_rows' does not exist in the database of 'warehouse': create it (README, 'Audit rows "
+        "into a SQL table') or set create_table=True"
     )
     assert api.requests == []
 
@@ -702,3 +707,431 @@ def test_the_table_load_takes_the_connection_and_concurrency_defaults_of_the_oth
     load = CapillaryAuditLogsToSqlOperator(task_id="load", event_names=["a"], sql_conn_id="db", table="audit")
 
     assert (load.capillary_conn_id, load.max_active_requests) == ("capillary_default", 4)
+
+
+# --- Two loads of one table at the same time -------------------------------------------------------
+
+GATE_KEY = 4242
+
+
+@pytest.fixture
+def gate(database):
+    """
+    A PostgreSQL advisory lock the test holds in a session of its own, that a trigger in the table waits
+    for: a load that reaches it stays inside its transaction until the test opens the gate.
+    """
+    connection = database.hook().get_conn()
+    connection.autocommit = True
+    cursor = connection.cursor()
+    cursor.execute(f"SELECT pg_advisory_lock({GATE_KEY})")
+    state = SimpleNamespace(open=False)
+
+    def open_gate():
+        if not state.open:
+            cursor.execute(f"SELECT pg_advisory_unlock({GATE_KEY})")
+            state.open = True
+
+    try:
+        yield SimpleNamespace(open=open_gate, cursor=cursor)
+    finally:
+        open_gate()
+        database.execute("DROP EVENT TRIGGER IF EXISTS gate_ddl", "DROP FUNCTION IF EXISTS gate_ddl() CASCADE")
+        connection.close()
+
+
+def gate_inserts(database) -> None:
+    """Make each insert into audit_rows wait at the gate, inside the load's transaction."""
+    database.execute(
+        f"CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"PERFORM pg_advisory_xact_lock({GATE_KEY}); RETURN NULL; END $$",
+        'CREATE TRIGGER gate AFTER INSERT ON "audit_rows" FOR EACH STATEMENT EXECUTE FUNCTION refuse()',
+    )
+
+
+def sessions_waiting_for_a_lock(gate) -> int:
+    gate.cursor.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    return gate.cursor.fetchone()[0]
+
+
+def run_at_once(gate, *loads: dict, waiting: int = 2) -> list:
+    """
+    Run loads in threads of their own; open the gate once ``waiting`` sessions wait for a lock (each
+    load at the gate, or at whatever makes it wait for the other); return each one's summary or error.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(loads)) as pool:
+        futures = [pool.submit(load, **arguments) for arguments in loads]
+        deadline = time.monotonic() + 60
+        while sessions_waiting_for_a_lock(gate) < waiting and time.monotonic() < deadline:
+            if any(f.done() for f in futures):
+                break
+            time.sleep(0.05)
+        gate.open()
+    return [f.exception() or f.result() for f in futures]
+
+
+def assert_each_row_once(database, rows: list[dict]) -> None:
+    got = sorted(map(key, database.rows()))
+    assert len(got) == len(set(got)), f"{len(got)} rows, {len(set(got))} distinct"
+    assert got == sorted(map(key, rows))
+
+
+@pytest.mark.parametrize("database", ["postgresql", "postgresql-psycopg2"], indirect=True)
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ((END - 3 * DAY, END - 2 * DAY), (END - 3 * DAY, END - 2 * DAY)),
+        ((END - 3 * DAY, END - 2 * DAY), (END - 3 * DAY + timedelta(hours=9), END - 3 * DAY + timedelta(hours=15))),
+    ],
+    ids=["one day twice", "a day and hours inside it"],
+)
+def test_two_loads_of_one_table_at_once_end_as_one_after_the_other(api, database, gate, airflow_db, first, second):
+    load(changed_since=END - DAY, changed_until=END)  # the table exists, with another day's rows
+    gate_inserts(database)
+    other_day = window_rows(api, END - DAY, END)
+
+    results = run_at_once(
+        gate,
+        {"changed_since": first[0], "changed_until": first[1]},
+        {"changed_since": second[0], "changed_until": second[1]},
+    )
+
+    assert [type(r) for r in results] == [dict, dict], results
+    assert_each_row_once(database, other_day + window_rows(api, END - 3 * DAY, END - 2 * DAY))
+
+
+@pytest.mark.parametrize("database", ["postgresql", "postgresql-psycopg2"], indirect=True)
+def test_two_first_loads_of_a_missing_table_at_once_both_succeed(api, database, gate, airflow_db):
+    # The first load's CREATE TABLE waits at the gate, inside its transaction.
+    database.execute(
+        f"CREATE FUNCTION gate_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"PERFORM pg_advisory_xact_lock({GATE_KEY}); END $$",
+        "CREATE EVENT TRIGGER gate_ddl ON ddl_command_end WHEN TAG IN ('CREATE TABLE') "
+        "EXECUTE FUNCTION gate_ddl()",
+    )
+    since, until = END - 3 * DAY, END - 2 * DAY
+
+    results = run_at_once(gate, *[{"changed_since": since, "changed_until": until}] * 2)
+
+    assert [type(r) for r in results] == [dict, dict], results
+    assert_each_row_once(database, window_rows(api, since, until))
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_loads_of_one_sqlite_table_wait_for_the_writer_before_them(api, database, airflow_db, capfd):
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    load(changed_since=END - DAY, changed_until=END)
+    since, until = END - 3 * DAY, END - 2 * DAY
+    # Another writer holds the database, longer than Python's default wait of 5 s for a lock.
+    writer = sqlite3.connect(database.connection["host"], isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    text = ""
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(load, changed_since=since, changed_until=until),
+            pool.submit(load, changed_since=since + timedelta(hours=9), changed_until=since + timedelta(hours=15)),
+        ]
+        deadline = time.monotonic() + 8
+        while text.count("waiting for the other writer") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            text += "".join(capfd.readouterr())
+        writer.execute("COMMIT")
+        writer.close()
+    results = [f.exception() or f.result() for f in futures]
+
+    assert [type(r) for r in results] == [dict, dict], results
+    assert_each_row_once(database, window_rows(api, END - DAY, END) + window_rows(api, since, until))
+
+
+# --- Values a database cannot hold as sent ----------------------------------------------------------
+
+
+@contextmanager
+def serve_records(monkeypatch, records: list[dict]) -> Iterator[CapillaryStandIn]:
+    """Run a stand-in that answers every audit-log request with these records (JSON escapes kept)."""
+    body = json.dumps({"data": records, "warnings": [], "errors": []}).encode()
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=org_dataset(), faults=[Fault("body", body=body)]) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(server.url, **FAST_EXTRAS))
+        yield server
+
+
+def test_nul_and_lone_surrogates_are_loaded_as_the_replacement_character(database, airflow_db, monkeypatch, capfd, caplog):
+    record = {
+        "id": "r\x001",
+        "orgId": 1,
+        "eventName": "Odd",
+        "updatedType": "MOD\ud800",
+        "requestId": "q\x00",
+        "valueHistory": [
+            {"value": "a\x00b", "changedOn": "2026-11-01T00:00:00Z"},
+            {"value": "\ud83d", "changedOn": "2026-11-02T00:00:00Z"},
+            {"value": {"k": "\udc00", "nul": "\x00"}, "changedOn": "2026-11-03T00:00:00Z"},
+            {"value": "paired \ud83d\ude00 stays", "changedOn": "2026-11-04\x00"},
+        ],
+    }
+    with serve_records(monkeypatch, [record]):
+        summary = load(event_names=["Odd"])
+
+    base = {"event_name": "Odd", "id": "r\ufffd1", "org_id": 1, "updated_type": "MOD\ufffd", "request_id": "q\ufffd"}
+    dict_value = '{"k": "\ufffd", "nul": "\\u0000"}'  # JSON escapes a NUL in an object: nothing to replace
+    expected = [
+        {**base, "value": "a\ufffdb", "previous_value": None, "changed_on": "2026-11-01T00:00:00+00:00",
+         "changed_on_raw": "2026-11-01T00:00:00Z"},
+        {**base, "value": "\ufffd", "previous_value": "a\ufffdb", "changed_on": "2026-11-02T00:00:00+00:00",
+         "changed_on_raw": "2026-11-02T00:00:00Z"},
+        {**base, "value": dict_value, "previous_value": "\ufffd", "changed_on": "2026-11-03T00:00:00+00:00",
+         "changed_on_raw": "2026-11-03T00:00:00Z"},
+        {**base, "value": "paired \U0001f600 stays", "previous_value": None, "changed_on": None,
+         "changed_on_raw": "2026-11-04\ufffd"},
+    ]
+    assert summary["rows_inserted"] == 4
+    assert database.rows() == sorted(expected, key=key)
+    # Per row: id, updated_type, request_id; then 3 values, 2 previous values and one changed_on_raw.
+    assert logged_whole(
+        "Event 'Odd': 18 value(s) held NUL characters or lone surrogates, which a database cannot hold; "
+        "loaded with U+FFFD in their place",
+        logged(capfd, caplog),
+    )
+
+
+def test_an_org_id_the_column_cannot_hold_is_loaded_as_null_and_named(database, airflow_db, monkeypatch, capfd, caplog):
+    org_ids = ["abc", {"x": 1}, 2**70, 1.5, True, "42", 7, -(2**63), None, " 9", "٣"]
+    records = [
+        {"id": f"r{n}", "orgId": org_id, "eventName": "Odd", "updatedType": "MODIFIED", "requestId": "q",
+         "valueHistory": [{"value": str(n), "changedOn": "2026-11-01T00:00:00Z"}]}
+        for n, org_id in enumerate(org_ids)
+    ]
+    with serve_records(monkeypatch, records):
+        summary = load(event_names=["Odd"])
+
+    loaded = {row["id"]: row["org_id"] for row in database.rows()}
+    assert summary["rows_inserted"] == len(org_ids)
+    assert loaded == {
+        "r0": None, "r1": None, "r2": None, "r3": None, "r4": None, "r5": 42, "r6": 7, "r7": -(2**63),
+        "r8": None, "r9": None, "r10": None,
+    }
+    assert logged_whole(
+        "Event 'Odd': 7 record(s) have an orgId that is not a whole number from -2**63 to 2**63-1, "
+        "loaded with a null org_id: record 0 (id 'r0') 'abc', record 1 (id 'r1') {'x': 1}, record 2 (id 'r2') "
+        "1180591620717411303424, record 3 (id 'r3') 1.5, record 4 (id 'r4') True, and 2 more",
+        logged(capfd, caplog),
+    )
+
+
+# --- The table, checked before the first request ---------------------------------------------------
+
+
+def test_a_schema_that_does_not_exist_is_named_before_any_request(api, database, airflow_db):
+    with pytest.raises(CapillaryConfigError) as caught:
+        load(schema="nosuch")
+
+    if database.dialect == "sqlite":
+        assert str(caught.value) == (
+            "schema 'nosuch' is not a database of 'warehouse': its SQLite connection has 'main'; leave "
+            "schema unset, or name one of those"
+        )
+    else:
+        assert str(caught.value) == (
+            "schema 'nosuch' does not exist in the database of 'warehouse': create it "
+            '(CREATE SCHEMA "nosuch") or name an existing schema'
+        )
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    ("database", "column", "declared", "shown", "expected"),
+    [
+        ("postgresql", "changed_on", "TEXT", "text", "timestamp with time zone"),
+        ("postgresql", "changed_on", "TIMESTAMP", "timestamp without time zone", "timestamp with time zone"),
+        ("postgresql", "org_id", "TEXT", "text", "bigint"),
+        ("postgresql", "value", "VARCHAR(20)", "character varying(20)", "text"),
+        ("postgresql", "value", "INTEGER", "integer", "text"),
+        ("postgresql-psycopg2", "changed_on", "TEXT", "text", "timestamp with time zone"),
+        ("sqlite", "value", "INTEGER", "INTEGER", "TEXT"),
+        ("sqlite", "changed_on", "REAL", "REAL", "TEXT"),
+        ("sqlite", "org_id", "TEXT", "TEXT", "INTEGER"),
+    ],
+    indirect=["database"],
+)
+def test_a_column_of_the_wrong_type_is_refused_before_any_request(
+    api, database, airflow_db, column, declared, shown, expected
+):
+    if database.dialect == "sqlite":
+        types = {"changed_on": "TEXT", "org_id": "INTEGER", column: declared}
+    else:
+        types = {"changed_on": "TIMESTAMP WITH TIME ZONE", "org_id": "BIGINT", column: declared}
+    columns = ", ".join(f'"{c}" {types.get(c, "TEXT")}' for c in ROW_COLUMNS)
+    database.execute(f'CREATE TABLE "audit_rows" ({columns})')
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        load()
+
+    assert str(caught.value) == (
+        f"table 'audit_rows': column {column!r} is {shown}, and a load writes {expected} there: change the "
+        "column's type, or name another table (README, 'Audit rows into a SQL table')"
+    )
+    assert api.requests == []
+
+
+def test_a_column_a_load_leaves_null_must_allow_null(api, database, airflow_db):
+    timestamp = "TEXT" if database.dialect == "sqlite" else "TIMESTAMP WITH TIME ZONE"
+    columns = ", ".join(
+        f'"{c}" {timestamp if c == "changed_on" else "BIGINT" if c == "org_id" else "TEXT"}'
+        + (" NOT NULL" if c == "previous_value" else "")
+        for c in ROW_COLUMNS
+    )
+    database.execute(f'CREATE TABLE "audit_rows" ({columns}, "batch" TEXT NOT NULL)')
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        load()
+
+    assert str(caught.value) == (
+        "table 'audit_rows': column 'previous_value' is NOT NULL, and a load writes null there (the first "
+        "change of a record has none); column 'batch' is NOT NULL without a default, and a load writes no "
+        "value there: allow nulls, or give a default"
+    )
+    assert api.requests == []
+
+
+@pytest.fixture
+def reader(database, monkeypatch):
+    """A PostgreSQL login that may do nothing but connect, not even create tables in ``public``."""
+    database.execute(
+        "DROP OWNED BY reader CASCADE" if database.query("SELECT 1 FROM pg_roles WHERE rolname = 'reader'") else "SELECT 1",
+        "DROP ROLE IF EXISTS reader",
+        "CREATE ROLE reader LOGIN",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+    )
+    yield "reader"
+    # The warehouse's own statements go through the connection too: back to the superuser.
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(database.connection))
+    database.execute("GRANT CREATE ON SCHEMA public TO PUBLIC", "DROP OWNED BY reader CASCADE", "DROP ROLE reader")
+
+
+@pytest.mark.parametrize("database", ["postgresql", "postgresql-psycopg2"], indirect=True)
+def test_a_login_that_may_not_write_the_table_is_refused_before_any_request(api, database, reader, airflow_db, monkeypatch):
+    load(event_names=["TierUpgraded"])
+    database.execute('GRANT SELECT ON "audit_rows" TO reader')
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({**database.connection, "login": reader}))
+    requests_before = len(api.requests)
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        load()
+
+    assert str(caught.value) == (
+        "table 'audit_rows': the login 'reader' of 'warehouse' may not INSERT, DELETE there, which a load "
+        'does: GRANT SELECT, INSERT, DELETE ON "audit_rows" TO "reader"'
+    )
+    assert len(api.requests) == requests_before
+
+
+@pytest.mark.parametrize("database", ["postgresql", "postgresql-psycopg2"], indirect=True)
+def test_a_login_that_may_not_read_the_table_is_refused_before_any_request(api, database, reader, airflow_db, monkeypatch):
+    load(event_names=["TierUpgraded"])
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({**database.connection, "login": reader}))
+    requests_before = len(api.requests)
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        load()
+
+    assert str(caught.value) == (
+        "table 'audit_rows': the login 'reader' of 'warehouse' may not SELECT, INSERT, DELETE there, which a "
+        'load does: GRANT SELECT, INSERT, DELETE ON "audit_rows" TO "reader"'
+    )
+    assert len(api.requests) == requests_before
+
+
+@pytest.mark.parametrize("database", ["postgresql", "postgresql-psycopg2"], indirect=True)
+def test_a_login_that_may_not_create_the_missing_table_is_refused_before_any_request(api, database, reader, airflow_db, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({**database.connection, "login": reader}))
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        load()
+
+    assert str(caught.value) == (
+        "table 'audit_rows' does not exist, and the login 'reader' of 'warehouse' may not create tables in "
+        "schema 'public': create the table (README, 'Audit rows into a SQL table'), or GRANT CREATE ON "
+        'SCHEMA "public" TO "reader"'
+    )
+    assert api.requests == []
+
+
+# --- The database's provider ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("conn_type", "package"),
+    [
+        ("mysql", "apache-airflow-providers-mysql"),
+        ("mssql", "apache-airflow-providers-microsoft-mssql"),
+        ("snowflake", "apache-airflow-providers-snowflake"),
+        ("some_db", "apache-airflow-providers-some-db, or the provider that defines connection type 'some_db'"),
+    ],
+)
+def test_a_database_whose_provider_is_not_installed_names_the_package(api, airflow_db, monkeypatch, conn_type, package):
+    pytest.importorskip("airflow")
+    from importlib import metadata
+
+    with pytest.raises(metadata.PackageNotFoundError):
+        metadata.version(package.split(",")[0])
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": conn_type, "host": "db.example.com"}))
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        load()
+
+    assert str(caught.value) == (
+        f"sql_conn_id 'warehouse' is a {conn_type!r} connection, and no installed Airflow provider gives "
+        f"its hook: pip install {package}"
+    )
+    assert api.requests == []
+
+
+# --- Memory ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_the_rows_wait_in_a_file_so_memory_does_not_grow_with_them(database, airflow_db, monkeypatch):
+    import gc
+    import tracemalloc
+
+    names = [f"Bulk{n}" for n in range(16)]
+    dataset = Dataset(seed=3, event_names=names, records_per_event=(20, 20), history_per_record=(60, 60), end=END)
+    for name in names:
+        dataset.body(name)  # the stand-in's own copy of every answer, made before memory is traced
+
+    def peak_of_load(events: list[str]) -> int:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            summary = load(event_names=events, max_active_requests=1)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert summary["rows_inserted"] == len(expected_rows(dataset, events))
+
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(server.url, **FAST_EXTRAS))
+        load(event_names=names[:1])  # imports and first connections
+        few, many = peak_of_load(names[:2]), peak_of_load(names)
+
+    # Eight times the rows: the peak is that of one answer and a page of rows, not of every row.
+    assert many < 1.5 * few, f"peak {few / 2**20:.1f} MiB for 2 events, {many / 2**20:.1f} MiB for 16"
+
+
+def test_a_database_that_cannot_be_reached_is_named_before_any_request(api, airflow_db, tmp_path, monkeypatch):
+    path = tmp_path / "no such folder" / "warehouse.db"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+
+    with pytest.raises(CapillaryConfigError) as caught:
+        load()
+
+    assert str(caught.value) == (
+        "sql_conn_id 'warehouse': cannot connect to the database (OperationalError: unable to open database "
+        "file); check the connection"
+    )
+    assert api.requests == []
