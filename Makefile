@@ -13,7 +13,7 @@ AIRFLOW_EXTRAS ?= $(if $(filter 3.0.%,$(AIRFLOW)),[fab])
 # The oldest Airflow this package claims.
 OLDEST_AIRFLOW ?= 3.0.6
 
-.PHONY: venv demo example examples test lint docs dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators mutation-connection clean
+.PHONY: venv demo watch-demo example examples test lint docs dist-check venv-airflow test-airflow test-oldest ui-test system-test bench mutation-venv mutation mutation-core mutation-pure mutation-hook mutation-sinks mutation-operators mutation-connection clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ example: venv
 
 examples: venv
 	$(BIN)/python scripts/demo.py --all
+
+# The watch: the stand-in changes an event every few seconds; the trigger reports each change.
+watch-demo: venv
+	$(BIN)/python scripts/watch_demo.py
 
 # The suite starts its own Redis and PostgreSQL: scripts/test_services.py installs Debian's packages
 # when they are missing (as root) or fails naming them, and CAPILLARY_TEST_REQUIRE_SERVICES makes a

@@ -34,6 +34,12 @@ def password_digest(password: str, *, password_is_md5: bool = False) -> str:
     return password.lower() if password_is_md5 else md5_hex(password)
 
 
+def token_renew_in(ttl_seconds: float) -> float:
+    """Return how long an OAuth token is used before a new one is fetched: a little less than its ttl."""
+    # Renew a little early so a token never expires on its way to Capillary.
+    return max(0.0, ttl_seconds - min(30.0, ttl_seconds * 0.1))
+
+
 def basic_token(login: str, digest: str) -> str:
     """Return the token of ``Authorization: Basic <token>``: ``base64(login:md5(password))``."""
     return base64.b64encode(f"{login}:{digest}".encode()).decode("ascii")
@@ -87,8 +93,7 @@ class CapillaryOAuth(requests.auth.AuthBase):
         with self._lock:
             if self._token is None or self._clock() >= self._renew_at:
                 token, ttl = self._fetch()
-                # Renew a little early so a token never expires on its way to Capillary.
-                self._renew_at = self._clock() + max(0.0, ttl - min(30.0, ttl * 0.1))
+                self._renew_at = self._clock() + token_renew_in(ttl)
                 self._token = token
             return self._token
 

@@ -44,6 +44,18 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "sensors": [
+            {
+                "integration-name": "Capillary",
+                "python-modules": ["airflow_capillary_audit.sensors.audit_logs"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Capillary",
+                "python-modules": ["airflow_capillary_audit.triggers.audit_logs"],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

@@ -1,10 +1,11 @@
 """
-Print B1-B6 and P1 against their targets: ``python -m benchmarks`` (about 5 minutes) or ``--quick``.
+Print B1-B7 and P1 against their targets: ``python -m benchmarks`` (about 10 minutes) or ``--quick``.
 
 The stand-in runs in its own process on loopback; the operator runs in this one through its
 ``execute``, writing to a temporary folder, so the figures hold the operator's work and not an
 Airflow task's start-up. B3, B5 and P1 run the operator in processes of their own, for the reason
-each module gives. Timings are wall-clock seconds of one run each, but for P1's medians.
+each module gives; B7 runs the watch's trigger in this one, on an event loop. Timings are wall-clock
+seconds of one run each, but for P1's medians.
 
 The exit status is 1 when a target is missed or could not be measured, except for a miss listed
 in ``EXPECTED_MISSES`` with its reason; 0 otherwise.
@@ -30,6 +31,7 @@ from urllib.parse import urlsplit
 
 from benchmarks.b5_org import b5
 from benchmarks.b6_sql import b6
+from benchmarks.b7_watch import b7
 from benchmarks.p1_dlt import p1
 from benchmarks.report import EXPECTED_MISSES, Report
 from benchmarks.runs import prepare_environment, run_operator, use_stand_in
@@ -52,6 +54,9 @@ class Sizes:
     p1_events: int
     p1_rounds: int
     b6_events: int
+    b7_events: int
+    b7_poll_interval: float
+    b7_changes: int
 
 
 FULL = Sizes(
@@ -64,6 +69,9 @@ FULL = Sizes(
     p1_events=200,
     p1_rounds=3,
     b6_events=500,
+    b7_events=300,
+    b7_poll_interval=15.0,
+    b7_changes=6,
 )
 QUICK = Sizes(
     b1_events=50,
@@ -75,8 +83,11 @@ QUICK = Sizes(
     p1_events=50,
     p1_rounds=1,
     b6_events=50,
+    b7_events=60,
+    b7_poll_interval=5.0,
+    b7_changes=4,
 )
-BENCHMARKS = ("B1", "B2", "B3", "B4", "B5", "B6", "P1")
+BENCHMARKS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "P1")
 B1_LATENCY = 0.05
 B2_RATE = 600
 # The tightest of the stand-in's limiters: a smooth 10 a second with room for 2 at once. A fixed
@@ -87,7 +98,7 @@ B3_FORMATS = ("jsonl", "json", "csv", "parquet")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run B1-B6 and P1 once and print every figure beside its target."""
+    """Run B1-B7 and P1 once and print every figure beside its target."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[1])
     parser.add_argument("--quick", action="store_true", help="smaller runs (about 90 s); same targets")
     parser.add_argument(
@@ -115,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "B4": lambda: b4(report, env, sizes.b4_processes),
         "B5": lambda: b5(report, env, sizes.b5_groups, sizes.b5_group_size, B1_LATENCY),
         "B6": lambda: b6(report, env, sizes.b6_events),
+        "B7": lambda: b7(report, env, sizes.b7_events, sizes.b7_poll_interval, sizes.b7_changes),
         "P1": lambda: p1(report, env, sizes.p1_events, sizes.p1_rounds, B1_LATENCY),
     }
     for name in BENCHMARKS:

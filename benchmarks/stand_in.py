@@ -110,7 +110,8 @@ class StandInProcess:
             for item in value if isinstance(value, list) else [value]:
                 if item is not None:
                     command += [f"--{name.replace('_', '-')}", str(item)]
-        self._process = subprocess.Popen(command, cwd=ROOT, env=self._env)
+        # Its standard output says only what the stand-in changed (B7), which the report does not need.
+        self._process = subprocess.Popen(command, cwd=ROOT, env=self._env, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while not ready.exists():
             if self._process.poll() is not None:

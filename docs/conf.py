@@ -35,7 +35,7 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(datetime|collections|typing|requests|tenacity|airflow)\..*"),
     # Types of other packages named in annotations by their bare names (imported for type checking).
-    (r"py:class", r"(OperatorLineage|ObjectStoragePath|Connection)"),
+    (r"py:class", r"(OperatorLineage|ObjectStoragePath|Connection|PokeReturnValue)"),
     # Private names of this package (a TypeVar in a signature) have no page, by design.
     (r"py:.*", r"airflow_capillary_audit\.(\w+\.)*_\w+"),
 ]

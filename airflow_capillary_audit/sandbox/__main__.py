@@ -6,6 +6,12 @@ Example::
         --events "points_update,tier_change" --rate-limit 600 --fault http_503:0.05 \\
         --fault "http_400@tier_change" --ready-file /tmp/url \\
         --request-log /tmp/requests.jsonl
+
+    # A change every 30 s to each listed event in turn; the history generated ends at start-up.
+    python -m airflow_capillary_audit.sandbox --events "points_update,tier_change" --live-every 30
+
+    # A change now, from another shell (any event the org has; value, record_id optional):
+    curl -X POST localhost:8765/_control/changes -d '{"event_name": "points_update", "value": "Gold"}'
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 
+from airflow_capillary_audit.sandbox.changes import AddedChange
 from airflow_capillary_audit.sandbox.data import Dataset
 from airflow_capillary_audit.sandbox.faults import FAULT_KINDS, RATE_LIMIT_ALGORITHMS, Fault, RateLimit
 from airflow_capillary_audit.sandbox.server import DEFAULT_USERS, CapillaryStandIn
@@ -45,6 +52,34 @@ def _count(text: str) -> int:
     return count
 
 
+def _names(text: str | None) -> list[str] | None:
+    """Return the names of a comma-separated list, or None for none."""
+    names = [name.strip() for name in text.split(",") if name.strip()] if text else []
+    return names or None
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return seconds
+
+
+def _moment(text: str) -> datetime:
+    if text == "now":
+        return datetime.now(timezone.utc)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"expected 'now' or an ISO 8601 time with an offset, got {text!r}")
+    return moment
+
+
 def _fault(text: str) -> Fault:
     try:
         return Fault.parse(text)
@@ -59,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serve a local stand-in of Capillary's audit-log API (GET /v2/events/audit_logs) and of its "
             "list of the org's events (GET /v2/events)."
+        ),
+        epilog=(
+            'Changes while it runs: POST /_control/changes with a JSON object {"event_name": ..., '
+            '"value": ..., "record_id": ..., "updated_type": ..., "new_record": false} adds a '
+            "value-history entry to that event now (changedOn = now; value, record and updatedType "
+            "chosen when left out) and answers 201 with the change; GET /_control/changes lists the "
+            "changes added. The control endpoint needs no credentials and is neither rate limited nor "
+            "in --request-log. --live-every adds one by itself."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -114,6 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--oauth-client", action="append", type=_pair, default=[], metavar="KEY:SECRET")
     parser.add_argument("--oauth-ttl", type=int, default=300, help="OAuth token lifetime in seconds")
     parser.add_argument("--no-basic-auth", action="store_true", help="refuse Basic authentication")
+    parser.add_argument(
+        "--data-end",
+        type=_moment,
+        metavar="now|ISO",
+        help="end of the generated history (exclusive): 'now' or an ISO time with offset (default: the "
+        "next UTC midnight; 'now' with --live-every)",
+    )
+    parser.add_argument(
+        "--live-every",
+        type=_seconds,
+        metavar="SECONDS",
+        help="add a change to an event every SECONDS while running, to each of --live-events in turn, "
+        "and print it",
+    )
+    parser.add_argument(
+        "--live-events",
+        metavar="NAMES",
+        help="comma-separated events --live-every changes (default: the org's event list)",
+    )
     parser.add_argument("--ready-file", help="write the URL to this file once listening")
     parser.add_argument(
         "--request-log",
@@ -127,11 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
 def build_stand_in(args: argparse.Namespace, *, data_end: datetime | None = None) -> CapillaryStandIn:
     """Return the stand-in that parsed command-line arguments describe, not yet started.
 
-    :param data_end: ``Dataset``'s ``end``, the end of the generated instants; by default the next UTC
-        midnight. The benchmarks fix it, so that the bytes served do not depend on the day.
+    :param data_end: ``Dataset``'s ``end``, the end of the generated instants; by default ``--data-end``,
+        else now with ``--live-every``, else the next UTC midnight. The benchmarks fix it, so that the
+        bytes served do not depend on the day.
     """
     seed: int | str = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
+    if data_end is None:
+        data_end = args.data_end
+    if data_end is None and args.live_every is not None:
+        # Live changes are made now: the generated history must not run past them.
+        data_end = datetime.now(timezone.utc)
     events = [name.strip() for name in args.events.split(",") if name.strip()] if args.events else None
+    live_events = _names(args.live_events)
     rate_limit = None
     if args.rate_limit is not None:
         rate_limit = RateLimit(
@@ -164,6 +233,19 @@ def build_stand_in(args: argparse.Namespace, *, data_end: datetime | None = None
         request_log=args.request_log,
         gzip=args.gzip,
         chunked=args.chunked,
+        live_every=args.live_every,
+        live_events=live_events,
+        on_change=_print_change,
+    )
+
+
+def _print_change(change: AddedChange) -> None:
+    """Say on standard output what changed, so that a person running the stand-in sees it."""
+    record = "new record" if change.new_record else "record"
+    print(
+        f"change: event {change.event_name!r}, {record} {change.record_id}: "
+        f"{change.previous_value!r} -> {change.value!r} at {change.changed_on}",
+        flush=True,
     )
 
 

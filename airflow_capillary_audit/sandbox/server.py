@@ -7,6 +7,10 @@ faults, parameters (400), then 200 with the :class:`~.data.Dataset`'s records.
 aside; its rate limit is counted apart, as Capillary counts per API.
 ``POST /v3/oauth/token/generate`` issues OAuth tokens when OAuth clients are configured.
 Every response carries an ``X-Cap-Requestid`` header.
+
+``POST /_control/changes`` (the stand-in's own, not Capillary's) adds a value-history entry to an
+event now, and ``GET /_control/changes`` lists those added; ``live_every`` adds one every so many
+seconds. See :mod:`airflow_capillary_audit.sandbox.changes`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +42,7 @@ from types import TracebackType
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
+from airflow_capillary_audit.sandbox.changes import AddedChange, LiveChanges, UnknownEventError
 from airflow_capillary_audit.sandbox.data import Dataset, encode_json
 from airflow_capillary_audit.sandbox.faults import (
     DEFAULT_HANG_SECONDS,
@@ -57,6 +62,8 @@ log = logging.getLogger(__name__)
 AUDIT_LOGS_PATH = "/v2/events/audit_logs"
 EVENTS_PATH = "/v2/events"
 OAUTH_TOKEN_PATH = "/v3/oauth/token/generate"
+# The stand-in's own control endpoint: not Capillary's, not authenticated, not rate limited, not recorded.
+CONTROL_CHANGES_PATH = "/_control/changes"
 OAUTH_TOKEN_HEADER = "X-CAP-API-OAUTH-TOKEN"
 REQUEST_ID_HEADER = "X-Cap-Requestid"
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
@@ -202,6 +209,11 @@ class CapillaryStandIn:
     :param request_log: A file to append one JSON line to per request answered, as it is recorded
         (see :meth:`request_log_line`), so that another process can read what the stand-in received,
         even after a crash; opened on :meth:`start`, closed on :meth:`stop`.
+    :param live_every: Add a change (:meth:`add_change`) every this many seconds while running, to
+        the ``live_events`` in turn; ``None`` adds none by itself.
+    :param live_events: The events ``live_every`` changes, in turn; by default the org's event list.
+    :param on_change: Called with each change added, by :meth:`add_change`, the control endpoint or
+        ``live_every``, e.g. to print it.
     """
 
     def __init__(
@@ -222,8 +234,18 @@ class CapillaryStandIn:
         request_log: str | os.PathLike[str] | None = None,
         gzip: bool = False,
         chunked: bool = False,
+        live_every: float | None = None,
+        live_events: Sequence[str] | None = None,
+        on_change: Callable[[AddedChange], None] | None = None,
     ) -> None:
+        if live_every is not None and not live_every > 0:
+            raise ValueError(f"live_every must be a number of seconds above 0, got {live_every!r}")
         self.dataset = dataset if dataset is not None else Dataset(seed=42)
+        self.changes = LiveChanges(self.dataset, seed)
+        self._live_every = live_every
+        self._live_events = tuple(live_events) if live_events else self.dataset.org_event_names
+        self._on_change = on_change
+        self._live_thread: threading.Thread | None = None
         self._digests = {
             login: md5_hex(password)
             for login, password in (DEFAULT_USERS if users is None else users).items()
@@ -275,6 +297,11 @@ class CapillaryStandIn:
             daemon=True,
         )
         self._thread.start()
+        if self._live_every is not None:
+            self._live_thread = threading.Thread(
+                target=self._live, name="capillary-stand-in-live", daemon=True
+            )
+            self._live_thread.start()
         return self
 
     def stop(self) -> None:
@@ -283,6 +310,9 @@ class CapillaryStandIn:
         if server is None or thread is None:
             return
         self._stopping.set()
+        if self._live_thread is not None:
+            self._live_thread.join(timeout=5)
+            self._live_thread = None
         server.shutdown()
         server.close_connections()
         server.server_close()
@@ -383,6 +413,41 @@ class CapillaryStandIn:
         with self._lock:
             self._tokens = dict.fromkeys(self._tokens, float("-inf"))
 
+    # Changes while running -------------------------------------------------------------------------
+
+    def add_change(
+        self,
+        event_name: str,
+        *,
+        value: Any = None,
+        record_id: str | None = None,
+        updated_type: str | None = None,
+        new_record: bool = False,
+    ) -> AddedChange:
+        """Add a value-history entry to an event's audit logs now; see :meth:`.LiveChanges.add`."""
+        change = self.changes.add(
+            event_name, value=value, record_id=record_id, updated_type=updated_type, new_record=new_record
+        )
+        log.info(
+            "Change added: event %r, record %s, %r -> %r at %s",
+            change.event_name,
+            change.record_id,
+            change.previous_value,
+            change.value,
+            change.changed_on,
+        )
+        if self._on_change is not None:
+            self._on_change(change)
+        return change
+
+    def _live(self) -> None:
+        """Add a change every ``live_every`` seconds, to each of ``live_events`` in turn, until stopped."""
+        assert self._live_every is not None
+        for event_name in itertools.cycle(self._live_events):
+            if self._stopping.wait(self._live_every):
+                return
+            self.add_change(event_name)
+
     # Recorded requests -----------------------------------------------------------------------------
 
     @property
@@ -455,6 +520,34 @@ class CapillaryStandIn:
             return reply
         return _error(404, ERROR_NOT_FOUND, f"No resource at {path}")
 
+    def _control_changes(self, method: str, body: bytes) -> _Reply:
+        """Add a change (POST, a JSON object with ``event_name`` and optional ``value``, ``record_id``,
+        ``updated_type``, ``new_record``), or list those added (GET)."""
+        if method == "GET":
+            return _Reply(200, encode_json({"data": [c.as_json() for c in self.changes.added]}))
+        if method != "POST":
+            return _error(405, ERROR_METHOD_NOT_ALLOWED, "Method not allowed", headers={"Allow": "GET, POST"})
+        try:
+            document = json.loads(body or b"{}")
+        except ValueError:
+            document = None
+        allowed = {"event_name", "value", "record_id", "updated_type", "new_record"}
+        if not isinstance(document, dict) or not set(document) <= allowed:
+            return _error(400, ERROR_BAD_REQUEST, f"Expected a JSON object with keys among {sorted(allowed)}")
+        try:
+            change = self.add_change(
+                str(document.get("event_name") or ""),
+                value=document.get("value"),
+                record_id=document.get("record_id"),
+                updated_type=document.get("updated_type"),
+                new_record=bool(document.get("new_record", False)),
+            )
+        except UnknownEventError as err:
+            return _error(404, ERROR_UNKNOWN_EVENT, str(err))
+        except ValueError as err:
+            return _error(400, ERROR_BAD_REQUEST, str(err))
+        return _Reply(201, encode_json({"data": change.as_json()}))
+
     def _audit_logs(self, query: dict[str, list[str]], headers: Message) -> _Reply:
         refusal = self._authenticate(headers) or self._limit("audit_logs")
         if refusal is not None:
@@ -506,7 +599,7 @@ class CapillaryStandIn:
             return _error(400, ERROR_BAD_REQUEST, "format must be json")
         if not self.dataset.knows(event_name) and self.dataset.unknown_event == "400":
             return _error(400, ERROR_UNKNOWN_EVENT, f"Invalid event name: {event_name}")
-        return _Reply(200, self.dataset.body(event_name))
+        return _Reply(200, self.changes.body(event_name))
 
     def _authenticate(self, headers: Message) -> _Reply | None:  # noqa: PLR0911 - one return per refusal
         token = headers.get(OAUTH_TOKEN_HEADER)
@@ -623,11 +716,11 @@ class CapillaryStandIn:
 
     def _success_body(self, event_name: str | None) -> bytes:
         """Return the body served without a fault: an event's audit logs, or the event list for None."""
-        return self.dataset.org_events_body() if event_name is None else self.dataset.body(event_name)
+        return self.dataset.org_events_body() if event_name is None else self.changes.body(event_name)
 
     def _malformed(self, kind: str, event_name: str | None) -> Any:
         """Return the document a malformed-shape or warnings fault serves (the event list for None)."""
-        entries = self.dataset.org_events() if event_name is None else self.dataset.records(event_name)
+        entries = self.dataset.org_events() if event_name is None else self.changes.records(event_name)
         if kind == "warnings_in_body":
             note = "Audit log history may be incomplete" if event_name else "Event list may be incomplete"
             warning = {"status": True, "code": WARNING_IN_BODY, "message": note}
@@ -764,6 +857,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         split = urlsplit(self.path)
         query = parse_qs(split.query, keep_blank_values=True)
+        if split.path == CONTROL_CHANGES_PATH:
+            # The stand-in's own endpoint: no latency, and not among the requests Capillary received.
+            self._send(stand_in._control_changes(self.command, body), stand_in._next_request_id())
+            return
         reply = stand_in._answer(self.command, split.path, query, self.headers, body)
         request_id = stand_in._next_request_id()
         stopping = stand_in._stopping

@@ -12,10 +12,13 @@ process ids this script started:
   and PostgreSQL DAGs, which answers 400 to the audit logs of one event, ``RetiredEvent``
   (``--fault http_400@RetiredEvent``), and the org's, with 300 events, a limit of 600 requests a
   minute (a leaky bucket of 5) and a log of every request it answers (``--request-log``);
-- Airflow with the CeleryExecutor: ``api-server`` (on 127.0.0.1), ``scheduler``, ``dag-processor`` and two
-  ``celery worker`` processes. Each worker runs in its own UTS namespace, so it has a host name of its
-  own, as on two machines. Only the workers get the connections, as environment variables; the
-  warehouse's is a ``postgres`` connection whose host is the socket's folder.
+- a third stand-in for the watch, whose history ends when it starts and which changes through its
+  control endpoint (``POST /_control/changes``);
+- Airflow with the CeleryExecutor: ``api-server`` (on 127.0.0.1), ``scheduler``, ``dag-processor``,
+  ``triggerer`` and two ``celery worker`` processes. Each worker runs in its own UTS namespace, so
+  it has a host name of its own, as on two machines. Only the workers get the connections, as
+  environment variables (the triggerer, the watch's); the warehouse's is a ``postgres`` connection
+  whose host is the socket's folder.
 
 A server that can bind port 0 does so and names the port it got, and PostgreSQL and Redis listen on
 Unix sockets, so no other process can take an address between its choice and its use. The one port
@@ -46,13 +49,19 @@ Then it checks, through the REST API, the bucket and the files:
    from the first day's start to that day's end, none twice; each task's XCom summary names the rows
    it deleted and inserted, as the stand-in's data counts them. The rerun (try 2) deleted and
    inserted the first day's rows and left the table byte for byte as it was (``COPY`` of the sorted
-   table). The run with ``RetiredEvent`` failed, once, with its log naming that event alone, and left
+   table). The run with ``RetiredEvent`` (which the org no longer lists) failed, once, before any
+   audit-log request, with its log naming that event alone as not listed, and left
    the table byte for byte as it was although it would have added the third day's rows.
    Measured, in five runs: 649 and 646 rows a day, the rerun 649 deleted and 649 inserted, the
    failed run leaving the 1,295 rows (208,544 bytes) as they were; each run took 1.5 to 2.6 s from
    trigger (or clear) to its end, 0.2 to 0.6 s of it the task, but for one failed run of 6.3 s.
-5. The task logs of every run, the workers' logs and the org stand-in's request log hold no secret.
-6. It prints the figures: run times, rows, instances per worker, the org's requests and pace, the
+5. ``capillary_audit_watch`` (``watch.py``), the other DAGs paused and the scheduler restarted with
+   ``use_job_schedule`` on: a change at the watch's stand-in starts one run within ``poll_interval`` +
+   15 s with the change in its triggering asset event; a change made while the triggerer is stopped
+   (SIGTERM) starts one run after it is started again; a third change one run more; three runs in all,
+   each change in one, each run's file holding it, no secret in the triggerer's or the runs' logs.
+6. The task logs of every run, the workers' logs and the org stand-in's request log hold no secret.
+7. It prints the figures: run times, rows, instances per worker, the org's requests and pace, the
    PostgreSQL DAG's rows per day, its rerun's deletes and inserts and each of its runs' time.
 
 Usage, from the repository's root: ``python3 -m scripts.system_test [--keep]`` (``make system-test``).
@@ -67,6 +76,7 @@ The modules, in the order a run uses them:
 - ``services``: PostgreSQL (with the warehouse), Redis, moto and the stand-ins;
 - ``cluster``: Airflow's processes, their configuration and its REST API;
 - ``checks``: the four DAGs' runs, what they wrote and sent, the logs, and the figures printed at the end;
+- ``watch``: the watch DAG's runs across a triggerer restart, and its figures;
 - ``processes`` and ``common``: starting and stopping processes, waiting, errors, settings.
 
 Every module imports only the standard library at its top: the command line runs first outside

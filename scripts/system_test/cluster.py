@@ -34,6 +34,9 @@ from scripts.system_test.common import (
     START_TIMEOUT,
     WAREHOUSE,
     WAREHOUSE_TABLE,
+    WATCH_CONN_ID,
+    WATCH_EVENTS,
+    WATCH_POLL_INTERVAL,
     WORKER_CONCURRENCY,
     WORKER_HOSTS,
     SystemTestError,
@@ -85,6 +88,8 @@ class Cluster:
         self.airflow_home = work / "airflow"
         # Where the daily example DAG writes, as CAPILLARY_AUDIT_BASE tells it.
         self.daily_output = work / "daily"
+        # Where the watch DAG writes a file per run, as CAPILLARY_WATCH_BASE tells it.
+        self.watch_output = work / "watch"
         self.api_password = secrets.token_urlsafe(12)
         self.ports: dict[str, int] = {}
 
@@ -125,6 +130,11 @@ class Cluster:
             # The table's outlet Asset names the connection: every process that parses must agree.
             "CAPILLARY_AUDIT_SQL_CONN_ID": WAREHOUSE,
             "CAPILLARY_AUDIT_TABLE": WAREHOUSE_TABLE,
+            # The watch: its trigger's kwargs come from these when parsed, so every process agrees.
+            "CAPILLARY_WATCH_CONN_ID": WATCH_CONN_ID,
+            "CAPILLARY_WATCH_EVENTS": ",".join(WATCH_EVENTS),
+            "CAPILLARY_WATCH_POLL_INTERVAL": str(WATCH_POLL_INTERVAL),
+            "CAPILLARY_WATCH_BASE": str(self.watch_output),
         }
 
     def api_env(self, base: dict[str, str]) -> dict[str, str]:
@@ -170,6 +180,45 @@ class Cluster:
             f"AIRFLOW_CONN_{WAREHOUSE.upper()}": json.dumps(self.services.warehouse_connection()),
         }
 
+    def triggerer_env(self, base: dict[str, str]) -> dict[str, str]:
+        """Add what the triggerer needs: the watch's connection (through the shared rate budget)."""
+        watch = {
+            "conn_type": "capillary",
+            "host": self.services.watch_stand_in_url,
+            "login": LOGIN,
+            "password": PASSWORD,
+            "extra": {
+                "requests_per_minute": ORG_RATE_LIMIT,
+                "rate_limit_redis_conn_id": "capillary_rate_budget",
+            },
+        }
+        return {
+            **base,
+            f"AIRFLOW_CONN_{WATCH_CONN_ID.upper()}": json.dumps(watch),
+            "AIRFLOW_CONN_CAPILLARY_RATE_BUDGET": json.dumps(self.services.budget_connection()),
+        }
+
+    def start_triggerer(self) -> None:
+        """Start the triggerer (again): it runs the watch DAG's asset watcher."""
+        airflow = str(Path(sys.prefix) / "bin" / "airflow")
+        self.processes.start(
+            "triggerer", [airflow, "triggerer", "--skip-serve-logs"], self.triggerer_env(self._env), tier=2
+        )
+
+    def stop_triggerer(self) -> None:
+        """Stop the triggerer as a service manager does, with SIGTERM, and wait for it."""
+        forced = self.processes.stop("triggerer")
+        if forced:
+            raise SystemTestError(f"the triggerer did not stop within its grace period: {forced}")
+
+    def restart_scheduler(self, **settings: str) -> None:
+        """Stop the scheduler and start it again with these ``[scheduler]`` settings."""
+        airflow = str(Path(sys.prefix) / "bin" / "airflow")
+        self.processes.stop("scheduler")
+        overrides = {f"AIRFLOW__SCHEDULER__{name.upper()}": value for name, value in settings.items()}
+        self._env = {**self._env, **overrides}
+        self.processes.start("scheduler", [airflow, "scheduler"], self._env, tier=2)
+
     def start(self) -> None:
         """Migrate the metadata DB, then start the API server, scheduler, DAG processor and workers."""
         from cryptography.fernet import Fernet
@@ -183,7 +232,7 @@ class Cluster:
         airflow = str(Path(sys.prefix) / "bin" / "airflow")
         self._migrate(airflow, env)
 
-        step("Starting the API server, scheduler, DAG processor and two Celery workers")
+        step("Starting the API server, scheduler, DAG processor, triggerer and two Celery workers")
         started = time.monotonic()
         # Stopped by tier, highest first: workers, while the API server can still take their tasks' ends.
         self.processes.start(
@@ -192,9 +241,10 @@ class Cluster:
         api_url = logged_url(self.processes, "api-server", r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
         self.api_url = wait_until("the API server names its port", api_url, START_TIMEOUT, self.processes)
         self.ports["api"] = int(self.api_url.rsplit(":", 1)[1])
-        env = self.api_env(env)
+        env = self._env = self.api_env(env)
         self.processes.start("scheduler", [airflow, "scheduler"], env, tier=2)
         self.processes.start("dag-processor", [airflow, "dag-processor"], env, tier=2)
+        self.start_triggerer()
         self._start_workers(airflow, self.worker_env(env))
         self.api = AirflowApi(self.api_url)
         self._wait_ready()

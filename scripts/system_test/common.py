@@ -45,6 +45,13 @@ WAREHOUSE = "warehouse"
 WAREHOUSE_TABLE = "capillary_audit_logs"
 # The stand-in answers 400 to this event's audit logs, as Capillary does to a name it refuses.
 FAILING_EVENT = "RetiredEvent"
+# The watch: capillary_audit_watch on a stand-in of its own, whose history ends when it starts, through
+# the shared rate budget; a change must start its run within the poll interval and 15 s.
+WATCH_DAG = "capillary_audit_watch"
+WATCH_CONN_ID = "capillary_watch"
+WATCH_EVENTS = ("TierUpgraded", "PointsIssued", "CouponRedeemed")
+WATCH_POLL_INTERVAL = 5.0
+WATCH_LAG_LIMIT = WATCH_POLL_INTERVAL + 15.0
 WORKER_HOSTS = ("capillary-worker-1", "capillary-worker-2")
 # Two slots per worker, three mapped instances: with Airflow's late acks (prefetch = concurrency) one
 # worker holds at most two tasks, so the third must go to the other.

@@ -58,6 +58,15 @@ class Processes:
             raise SystemTestError(f"pid {process.pid} still runs; only an exited process can be forgotten")
         self.started = [started for started in self.started if started.process is not process]
 
+    def stop(self, name: str, grace: float = 30.0) -> list[str]:
+        """Stop the process started as ``name`` (and what it left in its session); return what was killed."""
+        group = [started for started in self.started if started.name == name]
+        if not group:
+            raise SystemTestError(f"no process was started as {name!r}")
+        forced = _stop_group(group, grace)
+        self.started = [started for started in self.started if started.name != name]
+        return forced
+
     def log(self, name: str) -> Path:
         """Return the log file of the process started as ``name``."""
         return self.log_dir / f"{name}.log"

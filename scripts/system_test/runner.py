@@ -20,6 +20,7 @@ from scripts.system_test.cluster import Cluster
 from scripts.system_test.common import STARTED_AT_VARIABLE, Interrupted, SystemTestError, step, tail
 from scripts.system_test.processes import Processes, listening_ports
 from scripts.system_test.services import Services
+from scripts.system_test.watch import print_watch_figures, run_watch
 
 
 class SystemTest:
@@ -45,6 +46,7 @@ class SystemTest:
         daily: dict[str, Any] = {}
         org: dict[str, Any] = {}
         pg: dict[str, Any] = {}
+        watch: dict[str, Any] = {}
         self.phases["installs and bootstrap"] = time.time() - self.started_at
         try:
             print(f"Working folder: {self.work}")
@@ -60,6 +62,8 @@ class SystemTest:
                 org = checks.run_org_dag(self.cluster, self.services)
             with self.phase("PostgreSQL runs, with their checks"):
                 pg = checks.run_postgres_dag(self.cluster, self.services)
+            with self.phase("watch, with a triggerer restart"):
+                watch = run_watch(self.cluster, self.services)
             with self.phase("log checks"):
                 runs = mapped["runs"] + daily["runs"] + org["runs"] + pg["runs"]
                 checks.check_logs(self.cluster, self.services, runs, pg["failed_runs"])
@@ -76,6 +80,7 @@ class SystemTest:
                 ok = self.stop() and ok
         if ok:
             checks.print_figures(time.time() - self.started_at, self.phases, mapped, daily, org, pg)
+            print_watch_figures(watch)
             print("\nSystem test passed.")
             return 0
         return 1
@@ -90,7 +95,7 @@ class SystemTest:
             self.phases[name] = time.monotonic() - started
 
     def print_diagnostics(self) -> None:
-        for name in ("scheduler", "worker-1", "worker-2", "api-server", "dag-processor"):
+        for name in ("scheduler", "worker-1", "worker-2", "api-server", "dag-processor", "triggerer"):
             if self.processes.log(name).exists():
                 print(f"\n--- last lines of {self.processes.log(name)}", file=sys.stderr)
                 print(tail(self.processes.log(name), 25), file=sys.stderr)

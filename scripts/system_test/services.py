@@ -40,6 +40,7 @@ from scripts.system_test.common import (
     RECORDS_PER_EVENT,
     SEED,
     WAREHOUSE,
+    WATCH_EVENTS,
     SystemTestError,
     step,
 )
@@ -67,6 +68,7 @@ class Services:
         # Redis listens on TCP too, which any local user can reach: a password keeps them out.
         self.redis_password = secrets.token_hex(16)
         self.org_request_log = work / "org-stand-in-requests.jsonl"
+        self.watch_request_log = work / "watch-stand-in-requests.jsonl"
 
     def start(self) -> None:
         """Start PostgreSQL, Redis, moto and the Capillary stand-ins on loopback."""
@@ -77,9 +79,11 @@ class Services:
         )
         ready = self._start_stand_in()
         org_ready = self._start_org_stand_in()
+        watch_ready = self._start_watch_stand_in()
         self._start_redis()
         self.stand_in_url = self._wait_for_url("stand-in", ready)
         self.org_stand_in_url = self._wait_for_url("org stand-in", org_ready)
+        self.watch_stand_in_url = self._wait_for_url("watch stand-in", watch_ready)
         moto_url = logged_url(self.processes, "moto", r"Running on (http://127\.0\.0\.1:\d+)")
         self.moto_url = wait_until("moto names its port", moto_url, 60, self.processes)
         self.ports["moto"] = int(self.moto_url.rsplit(":", 1)[1])
@@ -98,7 +102,7 @@ class Services:
             f"Redis {self.sockets['redis']} and 127.0.0.1:{self.ports['redis']}, moto {self.moto_url} "
             f"(bucket {BUCKET}), stand-in {self.stand_in_url}, org stand-in {self.org_stand_in_url} "
             f"({len(ORG_EVENTS)} events, {ORG_RATE_LIMIT} requests a minute, leaky bucket of "
-            f"{ORG_RATE_BURST})"
+            f"{ORG_RATE_BURST}), watch stand-in {self.watch_stand_in_url} ({len(WATCH_EVENTS)} events)"
         )
 
     def _wait_for_url(self, name: str, ready: Path) -> str:
@@ -194,6 +198,41 @@ class Services:
             dict(os.environ),
         )
         return ready
+
+    def _start_watch_stand_in(self) -> Path:
+        """Start the watch's stand-in: its history ends at start-up; it changes through /_control/changes."""
+        ready = self.work / "watch-stand-in.url"
+        self.processes.start(
+            "watch-stand-in",
+            [sys.executable, "-m", "airflow_capillary_audit.sandbox", "--port", "0", "--seed", str(SEED),
+             "--user", f"{LOGIN}:{PASSWORD}", "--events", ",".join(WATCH_EVENTS), "--data-end", "now",
+             "--request-log", str(self.watch_request_log), "--ready-file", str(ready)],
+            dict(os.environ),
+        )
+        return ready
+
+    def add_watch_change(self, event_name: str, value: str) -> dict[str, Any]:
+        """Change an event at the watch's stand-in now (``POST /_control/changes``); return the change."""
+        import requests
+
+        response = requests.post(
+            f"{self.watch_stand_in_url}/_control/changes",
+            json={"event_name": event_name, "value": value},
+            timeout=10,
+        )
+        if response.status_code != 201:
+            raise SystemTestError(
+                f"the watch stand-in refused a change: HTTP {response.status_code} {response.text}"
+            )
+        change: dict[str, Any] = response.json()["data"]
+        return change
+
+    def watch_requests(self) -> list[dict[str, Any]]:
+        """Return what the watch's stand-in logged of each request it answered."""
+        if not self.watch_request_log.exists():
+            return []
+        lines = self.watch_request_log.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
 
     def start_postgres(self) -> None:
         """Create a cluster in the working folder and start it on a Unix socket in that folder."""

@@ -402,6 +402,7 @@ def test_example_dags_load_without_errors(airflow_db):
         "capillary_audit_consumer",
         "capillary_audit_org",
         "capillary_audit_to_postgres",
+        "capillary_audit_watch",
     }
 
 
