@@ -25,7 +25,8 @@ venv: $(BIN)/activate
 demo: venv
 	$(BIN)/python scripts/demo.py capillary_audit_daily
 
-# `make example DAG=capillary_audit_org`: any example DAG against the stand-in (scripts/demo.py lists them).
+# `make example DAG=capillary_audit_org`: any example DAG against the stand-in (scripts/demo.py lists them;
+# capillary_audit_watch runs its trigger against a stand-in that changes, as `make watch-demo` does).
 DAG ?= capillary_audit_daily
 example: venv
 	$(BIN)/python scripts/demo.py $(DAG)
