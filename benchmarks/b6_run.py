@@ -35,8 +35,14 @@ def timed_operator(names: list[str], table: str) -> Any:
             finally:
                 self.load_seconds = time.perf_counter() - started
 
+    # The stand-in serves any name but lists its own org: the name check's listing is not what B6 measures.
     return TimedLoad(
-        task_id="b6", event_names=names, capillary_conn_id=CONN_ID, sql_conn_id=SQL_CONN_ID, table=table
+        task_id="b6",
+        event_names=names,
+        capillary_conn_id=CONN_ID,
+        sql_conn_id=SQL_CONN_ID,
+        table=table,
+        check_event_names=False,
     )
 
 

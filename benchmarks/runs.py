@@ -56,6 +56,9 @@ def run_operator(
         destination=destination,
         output_format=output_format,
         max_active_requests=max_active_requests,
+        # The stand-in serves any name but lists its own org: the name check's one listing request is
+        # not what B1-B3 measure (B5 and P1 list the org).
+        check_event_names=False,
     )
     started = time.perf_counter()
     summary = operator.execute({"run_id": "bench"})
