@@ -1,8 +1,9 @@
 """
 Read a ``capillary`` connection: the form's fields, every check, and the typed settings the hook uses.
 
-The extras a connection understands are the keys of :data:`CONN_FIELDS`, one table that serves the
-connection form (through ``get_provider_info``) and the checks (as an allow-list) alike.
+The extras a connection understands are the keys of
+:data:`~airflow_capillary_audit.connection_fields.CONN_FIELDS`, one table that serves the connection
+form (through ``get_provider_info``) and the checks (as an allow-list) alike.
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def form_widgets() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class CapillarySettings:
-    """What a ``capillary`` connection says, checked and typed; see :data:`CONN_FIELDS`."""
+    """
+    What a ``capillary`` connection says, checked and typed.
+
+    See :data:`~airflow_capillary_audit.connection_fields.CONN_FIELDS` for the extras.
+    """
 
     base_url: str
     login: str

@@ -2,8 +2,9 @@
 The ``capillary`` connection's form: its type, the extras it shows, and the relabelled fields.
 
 Data only, importing nothing: Airflow reads it through ``get_provider_info`` while it loads its
-configuration, before this package could import Airflow itself. :mod:`connection` checks a
-connection against the same table (the extras are an allow-list).
+configuration, before this package could import Airflow itself.
+:mod:`~airflow_capillary_audit.connection` checks a connection against the same table (the extras are
+an allow-list).
 """
 
 from __future__ import annotations

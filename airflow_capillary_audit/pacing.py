@@ -124,9 +124,9 @@ redis.call('HSET', KEYS[1], 'next', string.format('%.0f', next_slot),
 redis.call('PEXPIRE', KEYS[1], math.floor((math.max(next_slot, interval_until) - now) / 1000) + 60000)
 return {wait, interval}
 """
-# How long a connection's rate binds the others on its till after its last request: a connection
-# with a lower rate that is still working asks again well within it (its waits, back-off and answers
-# are shorter), and one that has finished stops binding the others this long after.
+#: How long a connection's rate binds the others on its till after its last request: a connection
+#: with a lower rate that is still working asks again well within it (its waits, back-off and answers
+#: are shorter), and one that has finished stops binding the others this long after.
 STRICTEST_RATE_MEMORY = 600.0
 # While a hold this pacer set is running, a wait for a slot wakes this often to put the hold back in
 # Redis, should Redis have lost it (a restart without persistence).

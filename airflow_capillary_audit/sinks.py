@@ -205,7 +205,11 @@ class FolderSink:
         # Airflow writes through the filesystems its providers register, not every fsspec protocol.
         if not _compat.has_fs(scheme):
             provider = STORE_PROVIDERS.get(scheme)
-            hint = f"install {provider} where tasks run" if provider else "use a local path, file://, s3://, gs://"
+            hint = (
+                f"install {provider} where tasks run"
+                if provider
+                else "use a local path, file://, s3://, gs://"
+            )
             raise CapillaryConfigError(
                 f"destination {self.uri!r}: Airflow has no filesystem for scheme {scheme!r}; {hint}"
             )
@@ -304,9 +308,10 @@ class FolderSink:
         other's claim. Each writer holds its claim until its run has ended (the caller removes it
         with :meth:`release` whatever happens), so two writers of one file never overlap.
 
-        - Another task instance's claim on one of the files raises :class:`CapillaryFolderBusyError`
-          naming it, unless ``ended`` (which asks Airflow) says that writer ended: that claim is
-          stale, left by a process killed outright, and is removed with a warning.
+        - Another task instance's claim on one of the files raises
+          :class:`~airflow_capillary_audit.exceptions.CapillaryFolderBusyError` naming it, unless
+          ``ended`` (which asks Airflow) says that writer ended: that claim is stale, left by a
+          process killed outright, and is removed with a warning.
         - The claims, and then the manifests, of other map indexes of the same DAG run and task are
           returned instead: each file one holds, with the map indexes holding it. The caller refuses
           to run when that is not empty (a mapped instance's manifest counts: its groups overlap).

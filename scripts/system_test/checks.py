@@ -309,7 +309,8 @@ def _check_org_pace(requests: list[dict[str, Any]]) -> dict[str, Any]:
         "requests": len(requests),
         "audit_requests": len(audit),
         "rejected": len(rejected),
-        "listing_gap": audit[0] - listing[-1] if audit and listing else float("nan"),
+        # From the listing task's listing; each mapped instance lists again to check its names.
+        "listing_gap": audit[0] - listing[0] if audit and listing else float("nan"),
         "span": span,
         "floor": floor,
         "ratio": span / floor if floor else float("nan"),
