@@ -24,8 +24,8 @@ from airflow_capillary_audit.spool import RowSpool
 from airflow_capillary_audit.tables import (
     DIALECTS,
     MAX_ORG_ID_SAMPLES,
-    Column,
     TABLE_COLUMNS_URL,
+    Column,
     Table,
     ValueStats,
     batches,
