@@ -22,6 +22,8 @@ from airflow_capillary_audit.records import ROW_COLUMNS
 # Letters, digits and underscores, not starting with a digit: valid unquoted in every SQL dialect,
 # so quoting changes nothing but keeps reserved words (``order``, ``user``) usable.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The docs page that lists the table's columns and types, which errors about a table point at.
+TABLE_COLUMNS_URL = "https://airflow-capillary-audit.readthedocs.io/en/latest/operators/sql.html#table-columns"
 MAX_IDENTIFIER_LENGTH = 63  # PostgreSQL's limit, the smallest of the common databases
 
 # The SQL type of each row column, per dialect. ``changed_on`` is a UTC timestamp with time zone
@@ -125,7 +127,7 @@ class Table:
         if types is None:
             raise ValueError(
                 f"create_table knows the DDL of {', '.join(DIALECTS)}, not {self.dialect!r}: create the "
-                "table yourself (README, 'Audit rows into a SQL table') and set create_table=False"
+                f"table yourself (its columns are listed at {TABLE_COLUMNS_URL}) and set create_table=False"
             )
         columns = ",\n  ".join(
             f"{self.quote(c)} {types[COLUMN_KINDS[c]]}" + (" NOT NULL" if c == "event_name" else "")

@@ -6,7 +6,8 @@ from __future__ import annotations
 EXPECTED_MISSES = {
     "B3 jsonl vs decode-only": (
         "a per-row Python pipeline (read changedOn in five formats, build the row, encode) against "
-        "a C decoder; reaching 3x needs a flattener in C (README, 'Why B3 misses its target')"
+        "a C decoder; reaching 3x needs a flattener in C (docs/contributing/benchmarks.md, 'Why B3 "
+        "misses its target')"
     ),
 }
 

@@ -86,7 +86,7 @@ def test_a_dialect_without_ddl_says_what_to_do():
 
     assert str(caught.value) == (
         "create_table knows the DDL of postgresql, sqlite, not 'mysql': create the table yourself "
-        "(README, 'Audit rows into a SQL table') and set create_table=False"
+        "(its columns are listed at https://airflow-capillary-audit.readthedocs.io/en/latest/operators/sql.html#table-columns) and set create_table=False"
     )
 
 

@@ -24,6 +24,7 @@ from airflow_capillary_audit.spool import RowSpool
 from airflow_capillary_audit.tables import (
     DIALECTS,
     MAX_ORG_ID_SAMPLES,
+    TABLE_COLUMNS_URL,
     Column,
     Table,
     ValueStats,
@@ -261,14 +262,14 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
         if missing:
             raise CapillaryConfigError(
                 f"table {table.display!r} exists without the columns {missing} (it has "
-                f"{[column.name for column in columns]}); name another table, or add the columns (README, "
-                "'Audit rows into a SQL table')"
+                f"{[column.name for column in columns]}); name another table, or add the columns (the "
+                f"table's columns are listed at {TABLE_COLUMNS_URL})"
             )
         problems = type_problems(columns, table.dialect)
         if problems:
             raise CapillaryConfigError(
                 f"table {table.display!r}: {'; '.join(problems)}: change the column's type, or name another "
-                "table (README, 'Audit rows into a SQL table')"
+                f"table (the table's columns are listed at {TABLE_COLUMNS_URL})"
             )
         problems = null_problems(columns)
         if problems:
@@ -288,7 +289,7 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
         except Exception as err:  # noqa: BLE001 - each driver has its own error types
             raise CapillaryConfigError(
                 f"table {table.display!r} cannot be read through {self.sql_conn_id!r} ({_short(err)}); "
-                f"create it with the columns in README ('Audit rows into a SQL table'): create_table knows "
+                f"create it with the columns listed at {TABLE_COLUMNS_URL}: create_table knows "
                 f"the DDL of {', '.join(DIALECTS)} only"
             ) from None
         return [Column(str(column[0]), "") for column in cursor.description or ()]
@@ -326,8 +327,8 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
             if not cursor.fetchone()[0]:
                 raise CapillaryConfigError(
                     f"table {table.display!r} does not exist, and the login {user!r} of {self.sql_conn_id!r} "
-                    f"may not create tables in schema {schema!r}: create the table (README, 'Audit rows into "
-                    f'a SQL table\'), or GRANT CREATE ON SCHEMA {table.quote(schema)} TO "{user}"'
+                    f"may not create tables in schema {schema!r}: create the table (its columns are listed "
+                    f'at {TABLE_COLUMNS_URL}), or GRANT CREATE ON SCHEMA {table.quote(schema)} TO "{user}"'
                 )
             return None
         # A load reads (the DELETE's WHERE), deletes and inserts.
@@ -379,7 +380,7 @@ class CapillaryAuditLogsToSqlOperator(CapillaryAuditLogsBaseOperator):
         if not self.create_table:
             raise CapillaryConfigError(
                 f"table {table.display!r} does not exist in the database of {self.sql_conn_id!r}: create it "
-                "(README, 'Audit rows into a SQL table') or set create_table=True"
+                f"(its columns are listed at {TABLE_COLUMNS_URL}) or set create_table=True"
             )
 
     def _fetch_rows(
@@ -508,7 +509,7 @@ def _transaction(db: DbApiHook, table: Table, log: Any) -> Iterator[Any]:
     Give a cursor inside one transaction that holds the table's lock: committed when the block ends,
     rolled back on any error. Loads of one table take turns: PostgreSQL takes a transaction-scoped
     advisory lock keyed on the table, SQLite begins an immediate transaction (one writer a database);
-    other databases take no lock (README).
+    other databases take no lock (docs/operators/sql.rst).
     """
     connection = db.get_conn()
     sqlite = table.dialect == "sqlite"

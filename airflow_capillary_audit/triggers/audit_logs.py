@@ -80,7 +80,8 @@ class CapillaryAuditLogTrigger(BaseEventTrigger):
     that doubles up to ``max_backoff``; it never ends the watch. Where the Airflow line gives a
     trigger somewhere to keep its place (the asset state store from 3.3, Variables before), the
     changes seen are kept there, so a restarted triggerer reports what changed while it was down, and
-    nothing twice; see the README for what each line does.
+    nothing twice. What each line does:
+    https://airflow-capillary-audit.readthedocs.io/en/latest/triggers.html#across-a-triggerer-restart
 
     The deferrable :class:`~airflow_capillary_audit.sensors.audit_logs.CapillaryAuditLogSensor` runs it
     with ``changed_since``, a ``deadline`` and ``fire_once``.

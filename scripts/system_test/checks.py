@@ -53,7 +53,7 @@ TASK_LOG_LINES = {
     "list_events": "The org has ",
     PG_TASK_ID: f"Table {WAREHOUSE_TABLE}: deleted ",
 }
-# The table's columns, as the README documents them.
+# The table's columns, as the docs' table page (docs/operators/sql.rst) lists them.
 TABLE_COLUMNS = (
     "event_name",
     "id",
@@ -635,7 +635,7 @@ def _as_stored(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _text(value: Any) -> str | None:
-    """Return a value as the README says the table keeps it: a string as it is, other JSON as its JSON."""
+    """Return a value as the docs say the table keeps it: a string as it is, other JSON as its JSON."""
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -333,7 +333,8 @@ def test_a_table_whose_columns_do_not_fit_is_refused_before_any_request(api, dat
     assert str(caught.value) == (
         "table 'audit_rows' exists without the columns ['id', 'org_id', 'updated_type', 'request_id', "
         "'previous_value', 'changed_on', 'changed_on_raw'] (it has ['event_name', 'value']); name another "
-        "table, or add the columns (README, 'Audit rows into a SQL table')"
+        "table, or add the columns (the table's columns are listed at "
+        "https://airflow-capillary-audit.readthedocs.io/en/latest/operators/sql.html#table-columns)"
     )
     assert api.requests == []
 
@@ -564,8 +565,8 @@ def test_a_missing_table_without_create_table_says_what_to_do(api, database, air
         load(create_table=False)
 
     assert str(caught.value) == (
-        "table 'audit_rows' does not exist in the database of 'warehouse': create it (README, 'Audit rows "
-        "into a SQL table') or set create_table=True"
+        "table 'audit_rows' does not exist in the database of 'warehouse': create it (its columns are "
+        "listed at https://airflow-capillary-audit.readthedocs.io/en/latest/operators/sql.html#table-columns) or set create_table=True"
     )
     assert api.requests == []
 
@@ -973,7 +974,8 @@ def test_a_column_of_the_wrong_type_is_refused_before_any_request(
 
     assert str(caught.value) == (
         f"table 'audit_rows': column {column!r} is {shown}, and a load writes {expected} there: change the "
-        "column's type, or name another table (README, 'Audit rows into a SQL table')"
+        "column's type, or name another table (the table's columns are listed at "
+        "https://airflow-capillary-audit.readthedocs.io/en/latest/operators/sql.html#table-columns)"
     )
     assert api.requests == []
 
@@ -1055,7 +1057,8 @@ def test_a_login_that_may_not_create_the_missing_table_is_refused_before_any_req
 
     assert str(caught.value) == (
         "table 'audit_rows' does not exist, and the login 'reader' of 'warehouse' may not create tables in "
-        "schema 'public': create the table (README, 'Audit rows into a SQL table'), or GRANT CREATE ON "
+        "schema 'public': create the table (its columns are listed at "
+        "https://airflow-capillary-audit.readthedocs.io/en/latest/operators/sql.html#table-columns), or GRANT CREATE ON "
         'SCHEMA "public" TO "reader"'
     )
     assert api.requests == []

@@ -125,7 +125,7 @@ def test_a_restart_reports_the_changes_made_while_down_once_and_nothing_twice(ho
     ]
     logs = home.logs()
     assert "Resuming the watch from" in logs
-    # The figure the README quotes (pytest -s): how soon after its start the triggerer reported it.
+    # The figure this test measures (pytest -s): how soon after its start the triggerer reported it.
     print(
         f"Airflow {AIRFLOW_VERSION}: 3 changes, 3 asset events; the change made while down {resumed:.1f} s after the restart"
     )
