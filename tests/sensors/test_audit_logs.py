@@ -9,6 +9,7 @@ import inspect
 import json
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.airflow
 EVENTS = ["TierUpgraded", "PointsIssued"]
 END = datetime(2025, 6, 1, tzinfo=timezone.utc)
 HTTPX = "httpx/"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -106,6 +108,23 @@ def test_changes_already_made_since_satisfy_it_at_once(api, run_dag, deferrable)
     assert sum(len([r for r in result["changes"] if r["event_name"] == n]) <= 1 for n in EVENTS) == 2
     assert result["omitted_count"] == 3 - len(result["changes"])
     # One check was enough: nothing deferred.
+    assert not audit_requests(api, HTTPX)
+
+
+def test_the_documented_dag_finds_the_changes_since_its_data_interval_end(api, run_dag):
+    # docs/sensors.rst shows this file's task: run it as it is, on a run whose logical date (a manual
+    # run's data_interval_end) falls before the last two changes of TierUpgraded.
+    instants = sorted(m for h in api.dataset.instants("TierUpgraded") for m in h if m is not None)
+    since = instants[-2]
+    source = (ROOT / "docs" / "examples" / "sensor_dag.py").read_text(encoding="utf-8")
+    dag_run, xcom = run_dag(
+        source.replace("capillary_audit_wait_for_tier_change", "__DAG_ID__"), logical_date=since
+    )
+    assert dag_run.state == "success"
+    result = xcom("wait_for_tier_change")
+    assert result["change_count"] == len([m for m in instants if m >= since]) >= 2
+    assert set(result["events"]) == {"TierUpgraded"}
+    # The first check found them: nothing was handed to the trigger.
     assert not audit_requests(api, HTTPX)
 
 
