@@ -82,7 +82,7 @@ test-airflow: venv-airflow
 test-oldest:
 	$(MAKE) test-airflow AIRFLOW=$(OLDEST_AIRFLOW)
 
-ui-test: venv
+ui-test: docs
 	$(BIN)/python -m pip install --quiet 'playwright>=1.49'
 	$(BIN)/python -m pytest -m ui tests/ui -ra
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The browser test on a fresh Debian machine: Debian's Chromium, Playwright for Python in .venv, then
 # the `ui` tests (Airflow's API server and the Capillary stand-in on 127.0.0.1, headless Chromium).
-# Screenshots land in artifacts/ui/.
+# Then the documentation site CI built before (docs/_build/html). Screenshots land in artifacts/ui/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,7 +6,8 @@ port itself and names it in its log (its own AIRFLOW_HOME and SQLite DB, ``[core
 then drives Debian's ``chromium`` with Playwright. Screenshots land in ``artifacts/ui/``.
 Run it with ``make ui-test``; ``.ci/ui-test.sh`` installs what it needs on a fresh Debian machine.
 ``CAPILLARY_DOCS_SCREENSHOTS=docs/_static/screenshots make ui-test`` also takes the documentation's
-pictures of the form again.
+pictures of the form again. Last, it opens the built documentation site (``make docs``, which
+``make ui-test`` runs first) from disk and keeps screenshots of its index and connection pages.
 """
 
 from __future__ import annotations
@@ -284,3 +285,31 @@ def test_add_a_capillary_connection_in_the_browser_and_test_it(api_server, page,
     page.wait_for_function(FINITE_ANIMATIONS_DONE)
     expect(toast).to_be_visible()
     _keep_screenshot(page, "connection-test.png", dialog_only=False)
+
+
+DOCS_HTML = Path(__file__).resolve().parents[2] / "docs" / "_build" / "html"
+
+
+@pytest.mark.ui
+@needs_browser
+@pytest.mark.parametrize(
+    ("page_path", "heading", "screenshot"),
+    [
+        ("index.html", "airflow-capillary-audit", "docs-index.png"),
+        ("connections/capillary.html", "The capillary connection", "docs-connection.png"),
+    ],
+)
+def test_the_docs_site_opens_in_the_browser(page, page_path, heading, screenshot):
+    """Open the built site (``make docs``) from disk: its heading, its sidebar and its pictures load."""
+    built = DOCS_HTML / page_path
+    assert built.is_file(), f"{built} is missing: build the site with `make docs` first"
+    page.goto(built.as_uri())
+    assert heading in page.locator("h1").first.inner_text()
+    # The sidebar's table of contents links the operators' pages from every page.
+    assert page.locator("a[href*='operators/']").count() >= 1
+    broken = page.evaluate(
+        "() => [...document.images].filter((i) => !i.complete || i.naturalWidth === 0).map((i) => i.src)"
+    )
+    assert broken == []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
