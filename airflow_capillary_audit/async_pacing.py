@@ -19,13 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-# The one budget script, shared with the workers' SharedPacer: one algorithm, one key layout.
-from airflow_capillary_audit.pacing import (
-    _BUDGET_SCRIPT,
-    HOLD_REASSERT,
-    STRICTEST_RATE_MEMORY,
-    PacerUnavailable,
-)
+# The one budget, shared with the workers' SharedPacer: one script, one key layout, one spacing.
+from airflow_capillary_audit.pacing import HOLD_REASSERT, PacerUnavailable, SharedBudget
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +66,7 @@ class AsyncScriptingStore(Protocol):
     def register_script(self, script: str) -> Callable[..., Any]: ...
 
 
-class AsyncSharedPacer:
+class AsyncSharedPacer(SharedBudget):
     """
     Hand out request slots from the budget in Redis that every process naming ``key`` shares.
 
@@ -94,14 +89,10 @@ class AsyncSharedPacer:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.key = key
-        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
-        self._interval_us = round(self.interval * 1_000_000)
+        super().__init__(client, key, requests_per_minute)
         self._clock = clock
-        self._script = client.register_script(_BUDGET_SCRIPT)
         # When the longest hold this pacer set ends, on this process's clock.
         self._held_until = float("-inf")
-        self._warned_interval = 0
         self._holds: set[asyncio.Task[Any]] = set()
 
     async def acquire(self) -> float:
@@ -109,7 +100,7 @@ class AsyncSharedPacer:
         waited = 0.0
         while True:
             held = max(0.0, self._held_until - self._clock())
-            wait_us, interval_us = await self._call(self._interval_us, round(held * 1_000_000), take=True)
+            wait_us, interval_us = await self._call(round(held * 1_000_000), take=True)
             self._note_interval(interval_us)
             wait = wait_us / 1_000_000
             if wait <= 0:
@@ -132,30 +123,14 @@ class AsyncSharedPacer:
 
     async def _send_hold(self, hold_us: int) -> None:
         try:
-            await self._call(self._interval_us, hold_us, take=False)
+            await self._call(hold_us, take=False)
         except PacerUnavailable as err:
             # Kept in memory all the same: the next request for a slot sends it again.
             log.warning("A hold could not be sent to the shared rate budget now: %s", err)
 
-    def _note_interval(self, interval_us: int) -> None:
-        """Say once that another caller's lower rate paces this one, and at what rate."""
-        if interval_us <= self._interval_us or interval_us <= self._warned_interval:
-            return
-        self._warned_interval = interval_us
-        log.warning(
-            "The shared rate budget %s paces at %g requests a minute, below this connection's %s: another "
-            "connection on the same till asked for that rate, and the lowest rate binds them all",
-            self.key,
-            round(60_000_000 / interval_us, 3),
-            f"{60 / self.interval:g}" if self.interval else "(none set)",
-        )
-
-    async def _call(self, interval_us: int, hold_us: int, *, take: bool) -> tuple[int, int]:
-        memory_us = round(STRICTEST_RATE_MEMORY * 1_000_000)
+    async def _call(self, hold_us: int, *, take: bool) -> tuple[int, int]:
         try:
-            wait, interval = await self._script(
-                keys=[self.key], args=[interval_us, hold_us, 1 if take else 0, memory_us]
-            )
+            wait, interval = await self._script(keys=[self.key], args=self._script_args(hold_us, take=take))
             return int(wait), int(interval)
         except Exception as err:
-            raise PacerUnavailable(f"the shared rate budget {self.key!r} cannot be reached: {err}") from err
+            raise self._unavailable(err) from err

@@ -135,7 +135,48 @@ HOLD_REASSERT = 1.0
 log = logging.getLogger(__name__)
 
 
-class SharedPacer:
+class SharedBudget:
+    """
+    What the shared pacers, for threads and for coroutines, keep alike of one budget in Redis.
+
+    The budget's key, this caller's spacing in whole microseconds of the server's clock (rounded up:
+    the chain never runs faster than the rate), the budget script, and the warning, given once, that
+    another caller's lower rate paces this one.
+
+    :param client: a Redis client with ``register_script`` (blocking or asyncio).
+    :param key: the budget's key; every process that shares the budget uses the same key.
+    :param requests_per_minute: this caller's cap; ``None`` takes slots without spacing them.
+    """
+
+    def __init__(self, client: ScriptingStore, key: str, requests_per_minute: int | None) -> None:
+        self.key = key
+        self._interval_us = math.ceil(60_000_000 / requests_per_minute) if requests_per_minute else 0
+        self.interval = self._interval_us / 1_000_000
+        self._script = client.register_script(_BUDGET_SCRIPT)
+        self._warned_interval = 0
+
+    def _script_args(self, hold_us: int, *, take: bool) -> list[int]:
+        """Return the budget script's arguments: this caller's interval, a hold, take or not, the memory."""
+        return [self._interval_us, hold_us, 1 if take else 0, round(STRICTEST_RATE_MEMORY * 1_000_000)]
+
+    def _unavailable(self, err: Exception) -> PacerUnavailable:
+        return PacerUnavailable(f"the shared rate budget {self.key!r} cannot be reached: {err}")
+
+    def _note_interval(self, interval_us: int) -> None:
+        """Say once that another caller's lower rate paces this one, and at what rate."""
+        if interval_us <= self._interval_us or interval_us <= self._warned_interval:
+            return
+        self._warned_interval = interval_us
+        log.warning(
+            "The shared rate budget %s paces at %g requests a minute, below this connection's %s: another "
+            "connection on the same till asked for that rate, and the lowest rate binds them all",
+            self.key,
+            round(60_000_000 / interval_us, 3),
+            f"{60 / self.interval:g}" if self.interval else "(none set)",
+        )
+
+
+class SharedPacer(SharedBudget):
     """
     Hand out request slots from one budget kept in Redis, shared by every process that names its key.
 
@@ -165,17 +206,12 @@ class SharedPacer:
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.key = key
-        # Whole microseconds of the server's clock, rounded up: the chain never runs faster than the rate.
-        self._interval_us = math.ceil(60_000_000 / requests_per_minute) if requests_per_minute else 0
-        self.interval = self._interval_us / 1_000_000
+        super().__init__(client, key, requests_per_minute)
         self._stop = stop if stop is not None else threading.Event()
-        self._script = client.register_script(_BUDGET_SCRIPT)
         self._clock = clock
         self._lock = threading.Lock()
         # When the longest hold this pacer set ends, on this process's clock.
         self._held_until = float("-inf")
-        self._warned_interval = 0
 
     def acquire(self) -> float:
         """Block until the shared budget gives this caller a slot; return the seconds waited."""
@@ -184,7 +220,7 @@ class SharedPacer:
             if self._stop.is_set():
                 raise PacerStopped("the pacer was stopped; no further slot is handed out")
             held = self._held_for()
-            wait_us, interval_us = self._call(self._interval_us, round(held * 1_000_000), take=True)
+            wait_us, interval_us = self._call(round(held * 1_000_000), take=True)
             self._note_interval(interval_us)
             wait = wait_us / 1_000_000
             if wait <= 0:
@@ -200,32 +236,16 @@ class SharedPacer:
         if seconds > 0:
             with self._lock:
                 self._held_until = max(self._held_until, self._clock() + seconds)
-            self._call(self._interval_us, max(1, round(seconds * 1_000_000)), take=False)
+            self._call(max(1, round(seconds * 1_000_000)), take=False)
 
     def _held_for(self) -> float:
         """Return the seconds left of the longest hold this pacer set, or 0."""
         with self._lock:
             return max(0.0, self._held_until - self._clock())
 
-    def _note_interval(self, interval_us: int) -> None:
-        """Say once that another caller's lower rate paces this one, and at what rate."""
-        if interval_us <= self._interval_us or interval_us <= self._warned_interval:
-            return
-        self._warned_interval = interval_us
-        log.warning(
-            "The shared rate budget %s paces at %g requests a minute, below this connection's %s: another "
-            "connection on the same till asked for that rate, and the lowest rate binds them all",
-            self.key,
-            round(60_000_000 / interval_us, 3),
-            f"{60 / self.interval:g}" if self.interval else "(none set)",
-        )
-
-    def _call(self, interval_us: int, hold_us: int, *, take: bool) -> tuple[int, int]:
-        memory_us = round(STRICTEST_RATE_MEMORY * 1_000_000)
+    def _call(self, hold_us: int, *, take: bool) -> tuple[int, int]:
         try:
-            wait, interval = self._script(
-                keys=[self.key], args=[interval_us, hold_us, 1 if take else 0, memory_us]
-            )
+            wait, interval = self._script(keys=[self.key], args=self._script_args(hold_us, take=take))
             return int(wait), int(interval)
         except Exception as err:
-            raise PacerUnavailable(f"the shared rate budget {self.key!r} cannot be reached: {err}") from err
+            raise self._unavailable(err) from err

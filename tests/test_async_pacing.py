@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from airflow_capillary_audit.async_pacing import AsyncRequestPacer, AsyncSharedPacer
 from airflow_capillary_audit.pacing import SharedPacer
-from tests.helpers import redis_client
+from tests.helpers import redis_client, refused_port
 
 
 class Clock:
@@ -88,3 +90,17 @@ def test_the_lowest_rate_on_a_till_binds_the_watch_too(redis_port, caplog):
     # The worker at 60 a minute took a slot: the watch at 600 waits the worker's second, not 0.1 s.
     assert intervals[0] > 0.5
     assert "paces at 60 requests a minute, below this connection's 600" in caplog.text
+
+
+# The watch keeps the workers' chain as SharedPacer does: whole microseconds, rounded up, so that no
+# rate runs faster than asked (11 a minute is 5,454,545.45 µs; 5,454,545 would be 11.000001 a minute).
+@pytest.mark.parametrize(
+    ("rate", "interval"),
+    [(1, 60.0), (7, 8.571429), (11, 5.454546), (60, 1.0), (120, 0.5), (600, 0.1), (6000, 0.01), (None, 0.0)],
+)
+def test_the_shared_spacing_is_the_sync_pacers_never_shorter_than_the_rate(rate, interval):
+    import redis.asyncio
+
+    with refused_port() as port:  # nothing is sent until a slot is asked for
+        pacer = AsyncSharedPacer(redis.asyncio.Redis(host="127.0.0.1", port=port), "k", rate)
+        assert pacer.interval == interval
