@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import tenacity
 
@@ -27,6 +27,9 @@ from airflow_capillary_audit.exceptions import (
     CapillaryServerError,
     request_subject,
 )
+
+if TYPE_CHECKING:
+    from airflow_capillary_audit.connection import CapillarySettings
 
 #: The HTTP statuses retried (with timeouts, connection errors and 200 bodies that are not JSON).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -83,6 +86,15 @@ class RetryPolicy:
     max_retries: int = 5
     initial_wait: float = 0.5
     max_wait: float = 60.0
+
+    @classmethod
+    def of_connection(cls, settings: CapillarySettings, max_retries: int | None = None) -> RetryPolicy:
+        """Return a connection's policy, with ``max_retries`` in place of its own if given."""
+        return cls(
+            max_retries=settings.max_retries if max_retries is None else max_retries,
+            initial_wait=settings.retry_initial_wait,
+            max_wait=settings.retry_max_wait,
+        )
 
     @property
     def attempts(self) -> int:

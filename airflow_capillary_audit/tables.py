@@ -23,7 +23,9 @@ from airflow_capillary_audit.records import ROW_COLUMNS
 # so quoting changes nothing but keeps reserved words (``order``, ``user``) usable.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The docs page that lists the table's columns and types, which errors about a table point at.
-TABLE_COLUMNS_URL = "https://airflow-capillary-audit.readthedocs.io/en/latest/operators/sql.html#table-columns"
+TABLE_COLUMNS_URL = (
+    "https://airflow-capillary-audit.readthedocs.io/en/latest/operators/sql.html#table-columns"
+)
 MAX_IDENTIFIER_LENGTH = 63  # PostgreSQL's limit, the smallest of the common databases
 
 # The SQL type of each row column, per dialect. ``changed_on`` is a UTC timestamp with time zone

@@ -268,12 +268,7 @@ class CapillaryHook(BaseHook):
 
     def retry_policy(self, max_retries: int | None = None) -> RetryPolicy:
         """Return the connection's retry policy, with ``max_retries`` in place of its own if given."""
-        settings = self.settings
-        return RetryPolicy(
-            max_retries=settings.max_retries if max_retries is None else max_retries,
-            initial_wait=settings.retry_initial_wait,
-            max_wait=settings.retry_max_wait,
-        )
+        return RetryPolicy.of_connection(self.settings, max_retries)
 
     def _get(
         self,
@@ -586,17 +581,38 @@ def _connection_error(
     err: Exception, base_url: str, event_name: str | None, action: str | None = None
 ) -> CapillaryConnectionError:
     """Return the error for a failed exchange: retryable, except a certificate that is not trusted."""
-    if isinstance(err, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(err):
-        # An untrusted certificate stays untrusted: a retry would only delay the error.
-        detail = re.search(r"certificate verify failed: ([^'\")(]+)", str(err))
-        return CapillaryConnectionError(
-            f"TLS certificate of {base_url} could not be verified"
-            + (f" ({detail.group(1).strip()})" if detail else "")
-            + "; if the cluster host uses a private CA, set extra 'verify' to its CA bundle path",
-            event_name=event_name,
-            action=action,
-        )
-    reason = f"connection failed ({_short_cause(err)})"
+    if isinstance(err, requests.exceptions.SSLError):
+        untrusted = certificate_error(str(err), base_url, event_name, action)
+        if untrusted is not None:
+            return untrusted
+    return exchange_failed_error(_short_cause(err), base_url, event_name, action)
+
+
+def certificate_error(
+    text: str, base_url: str, event_name: str | None, action: str | None
+) -> CapillaryConnectionError | None:
+    """
+    Return the final error for a TLS failure whose ``text`` says the certificate is not trusted, else None.
+
+    Final: an untrusted certificate stays untrusted, so a retry would only delay the error.
+    """
+    if "CERTIFICATE_VERIFY_FAILED" not in text:
+        return None
+    detail = re.search(r"certificate verify failed: ([^'\")(]+)", text)
+    return CapillaryConnectionError(
+        f"TLS certificate of {base_url} could not be verified"
+        + (f" ({detail.group(1).strip()})" if detail else "")
+        + "; if the cluster host uses a private CA, set extra 'verify' to its CA bundle path",
+        event_name=event_name,
+        action=action,
+    )
+
+
+def exchange_failed_error(
+    cause: str, base_url: str, event_name: str | None, action: str | None
+) -> CapillaryConnectionError:
+    """Return the retryable error for an exchange that failed for ``cause`` after it was connected."""
+    reason = f"connection failed ({cause})"
     return CapillaryConnectionError(
         f"Connection to {base_url} failed: {reason}",
         event_name=event_name,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import ssl
 from collections.abc import Coroutine, Mapping
 from dataclasses import replace
@@ -48,7 +47,13 @@ from airflow_capillary_audit.exceptions import (
     CapillaryTimeoutError,
     request_subject,
 )
-from airflow_capillary_audit.hooks.capillary import AUDIT_LOGS_PATH, EVENTS_PATH, budget_key
+from airflow_capillary_audit.hooks.capillary import (
+    AUDIT_LOGS_PATH,
+    EVENTS_PATH,
+    budget_key,
+    certificate_error,
+    exchange_failed_error,
+)
 from airflow_capillary_audit.pacing import PacerUnavailable
 from airflow_capillary_audit.responses import (
     LISTING_EVENTS,
@@ -167,12 +172,7 @@ class CapillaryAsyncHook:
 
     def retry_policy(self, max_retries: int | None = None) -> RetryPolicy:
         """Return the connection's retry policy, with ``max_retries`` in place of its own if given."""
-        settings = self.settings
-        return RetryPolicy(
-            max_retries=settings.max_retries if max_retries is None else max_retries,
-            initial_wait=settings.retry_initial_wait,
-            max_wait=settings.retry_max_wait,
-        )
+        return RetryPolicy.of_connection(self.settings, max_retries)
 
     async def fetch_audit_logs(self, event_name: str) -> AuditLogs:
         """Fetch every audit log of one event, with the status, request id and attempts of the answer."""
@@ -399,28 +399,13 @@ def _connection_error(
 ) -> CapillaryConnectionError:
     """Return the error for a failed exchange: retryable, except a certificate that is not trusted."""
     chain = _causes(err)
-    text = " ".join(str(cause) for cause in chain)
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        # An untrusted certificate stays untrusted: a retry would only delay the error.
-        detail = re.search(r"certificate verify failed: ([^'\")(]+)", text)
-        return CapillaryConnectionError(
-            f"TLS certificate of {base_url} could not be verified"
-            + (f" ({detail.group(1).strip()})" if detail else "")
-            + "; if the cluster host uses a private CA, set extra 'verify' to its CA bundle path",
-            event_name=event_name,
-            action=action,
-        )
+    untrusted = certificate_error(" ".join(str(cause) for cause in chain), base_url, event_name, action)
+    if untrusted is not None:
+        return untrusted
     # The innermost OS error says what happened, e.g. "[Errno 111] Connection refused".
     errno = next((c.errno for c in reversed(chain) if isinstance(c, OSError) and c.errno), None)
     cause = f"[Errno {errno}] {os.strerror(errno)}" if errno else type(err).__name__
-    reason = f"connection failed ({cause})"
-    return CapillaryConnectionError(
-        f"Connection to {base_url} failed: {reason}",
-        event_name=event_name,
-        action=action,
-        retryable=True,
-        reason=reason,
-    )
+    return exchange_failed_error(cause, base_url, event_name, action)
 
 
 def _causes(err: BaseException) -> list[BaseException]:

@@ -23,7 +23,7 @@ from airflow_capillary_audit.exceptions import (
     CapillaryServerError,
     CapillaryTimeoutError,
 )
-from airflow_capillary_audit.hooks.capillary import CapillaryHook
+from airflow_capillary_audit.hooks.capillary import CapillaryHook, certificate_error, exchange_failed_error
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
 from tests.helpers import (
     FAST_EXTRAS,
@@ -181,8 +181,9 @@ def test_warnings_are_logged_not_raised(stand_in, monkeypatch, capfd, caplog):
     assert "Capillary warning for event 'e'" in logged(capfd, caplog)
 
 
-@pytest.mark.parametrize("kind", ["http_500_html", "http_502", "http_504", "reset", "truncated", "html_200",
-                                  "not_json_200"])
+@pytest.mark.parametrize(
+    "kind", ["http_500_html", "http_502", "http_504", "reset", "truncated", "html_200", "not_json_200"]
+)
 def test_transient_faults_are_retried_to_the_same_answer(stand_in, monkeypatch, kind):
     stand_in.set_faults([Fault(kind, times=2)])
     hook = use_connection(monkeypatch, stand_in.url)
@@ -326,7 +327,9 @@ def test_unknown_extras_are_warned_not_fatal(stand_in, monkeypatch, capfd, caplo
 def test_bare_host_means_https_and_loopback_http_is_allowed(monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_CAPILLARY_DEFAULT",
-        json.dumps({"conn_type": "capillary", "host": "eu.api.capillarytech.com", "login": "l", "password": "p"}),
+        json.dumps(
+            {"conn_type": "capillary", "host": "eu.api.capillarytech.com", "login": "l", "password": "p"}
+        ),
     )
     assert CapillaryHook().settings.base_url == "https://eu.api.capillarytech.com"
     hook = use_connection(monkeypatch, "http://localhost:9", conn_id="local")
@@ -475,7 +478,11 @@ def test_the_connection_test_sends_one_probe_and_no_retry(stand_in, monkeypatch)
     ("kind", "ok", "says"),
     [
         ("http_400", True, "Connected to {url}; credentials accepted (probe answered 400)"),
-        ("http_404", False, "Capillary rejected the request | event name 'airflow-connection-test' | HTTP 404"),
+        (
+            "http_404",
+            False,
+            "Capillary rejected the request | event name 'airflow-connection-test' | HTTP 404",
+        ),
         ("http_403", False, "CapillaryAuthError: Capillary refused the credentials or denied access"),
     ],
 )
@@ -496,7 +503,10 @@ def test_the_connection_test_names_an_unexpected_error(monkeypatch):
     )
     ok, message = CapillaryHook().test_connection()
     assert not ok
-    assert message == "CapillaryConfigError: Connection 'capillary_default': host scheme 'ftp' is not http or https"
+    assert (
+        message
+        == "CapillaryConfigError: Connection 'capillary_default': host scheme 'ftp' is not http or https"
+    )
 
 
 def test_a_retry_after_beyond_the_cap_says_what_to_change(stand_in, monkeypatch):
@@ -512,7 +522,9 @@ def test_a_retry_after_beyond_the_cap_says_what_to_change(stand_in, monkeypatch)
     )
 
 
-def test_a_429_that_persists_is_a_rate_limit_error_and_each_retry_says_why(stand_in, monkeypatch, capfd, caplog):
+def test_a_429_that_persists_is_a_rate_limit_error_and_each_retry_says_why(
+    stand_in, monkeypatch, capfd, caplog
+):
     stand_in.set_faults([Fault("rate_limited", retry_after=None)])
     hook = use_connection(monkeypatch, stand_in.url, max_retries=2, retry_initial_wait=0.01)
 
@@ -520,7 +532,9 @@ def test_a_429_that_persists_is_a_rate_limit_error_and_each_retry_says_why(stand
         hook.get_audit_logs("e")
 
     message = str(caught.value)
-    assert message.startswith("Capillary kept answering 429 (rate limited) | event name 'e' | HTTP 429 | Capillary errors: ")
+    assert message.startswith(
+        "Capillary kept answering 429 (rate limited) | event name 'e' | HTTP 429 | Capillary errors: "
+    )
     assert "| after 3 attempts | X-Cap-Requestid " in message
     text = logged(capfd, caplog)
     assert "event 'e' failed on attempt 1 of 3: rate limited (429); retrying in" in text
@@ -534,7 +548,9 @@ def test_a_5xx_that_persists_is_a_server_error_naming_the_status(stand_in, monke
     with pytest.raises(CapillaryServerError) as caught:
         hook.get_audit_logs("e")
 
-    assert str(caught.value).startswith("Capillary answered HTTP 502 | event name 'e' | HTTP 502 | after 2 attempts")
+    assert str(caught.value).startswith(
+        "Capillary answered HTTP 502 | event name 'e' | HTTP 502 | after 2 attempts"
+    )
 
 
 def test_a_redirect_error_names_the_event_and_status(stand_in, monkeypatch):
@@ -590,7 +606,9 @@ def test_each_warning_is_logged_whatever_its_shape(stand_in, monkeypatch, capfd,
 
     assert answer["data"] == []
     request_id = stand_in.requests[0].request_id
-    assert f"Capillary warning for event 'e' (X-Cap-Requestid {request_id}): {logged_as}" in logged(capfd, caplog)
+    assert f"Capillary warning for event 'e' (X-Cap-Requestid {request_id}): {logged_as}" in logged(
+        capfd, caplog
+    )
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
@@ -611,7 +629,9 @@ def test_every_thread_keeps_its_connection_open(monkeypatch, tmp_path, caplog, s
     caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
     with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=Dataset(seed=7), ssl_context=context) as api:
         api.set_latency(0.3)  # every thread has a request in flight at once
-        monkeypatch.setenv("AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(api.url, **{**FAST_EXTRAS, **extra}))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CAPILLARY_DEFAULT", connection_json(api.url, **{**FAST_EXTRAS, **extra})
+        )
         hook = CapillaryHook(pool_size=threads)
         with ThreadPoolExecutor(threads) as pool:
             for _ in range(2):
@@ -649,3 +669,36 @@ def test_fetched_audit_logs_name_their_event_status_request_id_and_attempts(stan
         2,
     )
     assert fetched.body["data"] == stand_in.dataset.records("PointsRedeemed")
+
+
+# The errors both hooks (requests' and the triggerer's httpx) make of a failed exchange, from its text.
+UNTRUSTED = (
+    "HTTPSConnectionPool(host='127.0.0.1', port=443): Max retries exceeded (Caused by SSLError("
+    "SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+    "self-signed certificate (_ssl.c:1006)')))"
+)
+
+
+def test_an_untrusted_certificate_is_a_final_error_naming_why_and_the_verify_extra():
+    error = certificate_error(UNTRUSTED, "https://127.0.0.1", "TierUpgraded", "listing events")
+    assert error is not None and not error.retryable
+    assert str(error).startswith(
+        "TLS certificate of https://127.0.0.1 could not be verified (self-signed certificate); if the "
+        "cluster host uses a private CA, set extra 'verify' to its CA bundle path"
+    )
+    assert (error.event_name, error.action) == ("TierUpgraded", "listing events")
+    # Without ssl's wording of the reason, the message says no reason rather than an empty one.
+    bare = certificate_error("CERTIFICATE_VERIFY_FAILED", "https://h", None, None)
+    assert bare is not None and str(bare).startswith(
+        "TLS certificate of https://h could not be verified; if the cluster host"
+    )
+    assert (
+        certificate_error("[SSL: WRONG_VERSION_NUMBER] wrong version number", "https://h", None, None) is None
+    )
+
+
+def test_a_failed_exchange_is_a_retryable_error_naming_the_host_and_the_cause():
+    error = exchange_failed_error("[Errno 104] Connection reset by peer", "https://h", "TierUpgraded", "x")
+    assert error.retryable and error.reason == "connection failed ([Errno 104] Connection reset by peer)"
+    assert str(error).startswith("Connection to https://h failed: connection failed ([Errno 104]")
+    assert (error.event_name, error.action) == ("TierUpgraded", "x")
