@@ -348,6 +348,32 @@ def test_a_deadline_ends_the_wait_with_a_timeout_event(api, monkeypatch):
     assert polls(api, EVENTS[0]) >= 2
 
 
+@pytest.mark.parametrize("changed", [False, True])
+def test_a_trigger_started_after_its_deadline_polls_once_before_it_times_out(api, monkeypatch, changed):
+    use_connection(monkeypatch, api.url)
+    if changed:
+        change = api.add_change(EVENTS[0], value="Gold")
+    deadline = datetime.now(timezone.utc) - timedelta(seconds=5)
+    trigger = CapillaryAuditLogTrigger(
+        event_names=EVENTS[:1],
+        poll_interval=0.05,
+        changed_since=END.isoformat(),
+        deadline=deadline.isoformat(),
+        fire_once=True,
+    )
+
+    async def main():
+        return [event async for event in trigger.run()]
+
+    events = asyncio.run(main())
+    assert polls(api, EVENTS[0]) == 1
+    if changed:
+        assert [event.payload["status"] for event in events] == ["success"]
+        assert changes_of(events[0]) == [(EVENTS[0], change.record_id, change.previous_value, "Gold")]
+    else:
+        assert [event.payload["status"] for event in events] == ["timeout"]
+
+
 @pytest.mark.parametrize("password", ["wrong-password", None])
 def test_fire_once_fails_at_once_on_refused_credentials_or_a_missing_connection(api, monkeypatch, password):
     if password is None:
