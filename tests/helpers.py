@@ -19,8 +19,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timezone
 from pathlib import Path
@@ -140,6 +141,28 @@ def connection_json(url: str, **extra: object) -> str:
     return json.dumps(
         {"conn_type": "capillary", "host": url, "login": LOGIN, "password": PASSWORD, "extra": extra}
     )
+
+
+def wait_until(what: str, check: Callable[[], object], timeout: float = 30) -> None:
+    """Wait until ``check()`` is true: a loaded machine may take its time, never forever."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.01)
+
+
+def stop_once(hook: Any, what: str, check: Callable[[], object]) -> threading.Thread:
+    """Start a thread that stops ``hook`` a moment after ``check()`` is true, however late that is."""
+
+    def stop() -> None:
+        wait_until(what, check)
+        time.sleep(0.3)
+        hook.stop()
+
+    thread = threading.Thread(target=stop, daemon=True)
+    thread.start()
+    return thread
 
 
 def use_connection(monkeypatch, url: str, conn_id: str = "capillary_default", **extra: Any) -> CapillaryHook:

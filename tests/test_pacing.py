@@ -176,7 +176,8 @@ def test_pacers_on_different_keys_do_not_wait_for_each_other(redis_port):
     first.acquire()
     started = time.monotonic()
     assert second.acquire() == 0
-    assert time.monotonic() - started < 0.5
+    # Sharing a key would make it wait the second an interval is.
+    assert time.monotonic() - started < 0.9
 
 
 def test_a_hold_by_one_pacer_holds_the_other(redis_port):
@@ -305,7 +306,7 @@ def test_a_lower_rate_binds_the_others_while_its_caller_last_asked_within_the_me
     if bound:
         assert time.monotonic() - started >= 1 - SLACK
     else:
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 0.9
 
 
 def test_a_hold_outlives_a_redis_restart_in_the_pacer_that_set_it_and_returns_to_redis(redis):

@@ -34,6 +34,7 @@ from tests.helpers import (
     connection_json,
     logged,
     logged_matching,
+    stop_once,
     use_connection,
 )
 
@@ -449,7 +450,7 @@ def test_stop_ends_waits_and_refuses_new_attempts(stand_in, monkeypatch):
 
     stand_in.set_faults([Fault("http_503")])
     hook = use_connection(monkeypatch, stand_in.url, retry_initial_wait=30, retry_max_wait=30, max_retries=5)
-    threading.Timer(0.5, hook.stop).start()
+    stop_once(hook, "the first attempt", lambda: stand_in.requests)
     started = time.monotonic()
 
     with pytest.raises(CapillaryCancelledError, match="task was stopped"):

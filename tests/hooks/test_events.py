@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 
 import pytest
@@ -22,7 +21,7 @@ from airflow_capillary_audit.exceptions import (
 from airflow_capillary_audit.hooks.capillary import EVENTS_PATH, CapillaryHook
 from airflow_capillary_audit.responses import LISTING_EVENTS, OrgEvent
 from airflow_capillary_audit.sandbox import DEFAULT_ORG_EVENTS, CapillaryStandIn, Dataset, Fault
-from tests.helpers import LOGIN, PASSWORD, PASSWORD_MD5, logged, use_connection
+from tests.helpers import LOGIN, PASSWORD, PASSWORD_MD5, logged, stop_once, use_connection
 
 TOKEN = base64.b64encode(f"{LOGIN}:{PASSWORD_MD5}".encode()).decode()
 SECRETS = (PASSWORD, PASSWORD_MD5, TOKEN)
@@ -276,7 +275,7 @@ def test_a_5xx_that_persists_is_a_server_error_of_the_listing(stand_in, monkeypa
 def test_stop_cancels_a_listing_that_waits_to_retry(stand_in, monkeypatch):
     stand_in.set_faults([Fault("http_503", endpoint="events")])
     hook = use_connection(monkeypatch, stand_in.url, retry_initial_wait=30, retry_max_wait=30, max_retries=5)
-    threading.Timer(0.5, hook.stop).start()
+    stop_once(hook, "the first attempt", lambda: stand_in.requests)
     started = time.monotonic()
 
     with pytest.raises(CapillaryCancelledError, match="^Request listing the org's events not sent: the task was stopped$"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,7 +16,7 @@ from airflow_capillary_audit.exceptions import (
 )
 from airflow_capillary_audit.hooks.capillary import CapillaryHook
 from airflow_capillary_audit.sandbox import CapillaryStandIn, Dataset, Fault
-from tests.helpers import FakeClock, airflow_redact, connection_json
+from tests.helpers import FakeClock, airflow_redact, connection_json, stop_once
 
 KEY = "brand-client-key"
 SECRET = "s3cr3t-client-value"
@@ -96,8 +95,7 @@ def test_a_stop_during_the_request_sent_again_with_a_new_token_names_what_it_was
     oauth_api.expire_oauth_tokens()
     # The refused request is answered before any fault: the one sent again is the one that trickles in.
     oauth_api.set_faults([Fault("trickle", bytes_per_second=20, **where)])
-    stopper = threading.Timer(1.0, hook.stop)
-    stopper.start()
+    stopper = stop_once(hook, "the trickling answer", lambda: any(r.fault == "trickle" for r in oauth_api.requests))
 
     with pytest.raises(CapillaryCancelledError) as caught:
         hook.get_audit_logs(event_name) if event_name else hook.list_event_names()

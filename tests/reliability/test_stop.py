@@ -16,7 +16,7 @@ import requests
 from airflow_capillary_audit.exceptions import CapillaryError
 from airflow_capillary_audit.formats import event_file_name
 from airflow_capillary_audit.sandbox import Fault
-from tests.helpers import data_files, fetch_to, hidden_files, manifest_of, use_capillary
+from tests.helpers import data_files, fetch_to, hidden_files, manifest_of, stop_once, use_capillary
 
 pytestmark = pytest.mark.airflow
 
@@ -221,8 +221,7 @@ def test_a_stop_ends_a_body_that_trickles_in(api, monkeypatch, airflow_db, tmp_p
     use_capillary(monkeypatch, api.url, timeout=300, max_retries=0)
     api.set_faults([TRICKLE])
     hook = CapillaryHook()
-    stopper = threading.Timer(1.0, hook.stop)
-    stopper.start()
+    stopper = stop_once(hook, "the trickling answer", lambda: any(r.fault == "trickle" for r in api.requests))
 
     started = time.monotonic()
     with pytest.raises(CapillaryCancelledError) as caught:
@@ -240,8 +239,7 @@ def test_a_stop_ends_a_listing_that_trickles_in_and_names_the_listing(api, monke
     use_capillary(monkeypatch, api.url, timeout=300, max_retries=0)
     api.set_faults([Fault("trickle", bytes_per_second=20, endpoint="events")])
     hook = CapillaryHook()
-    stopper = threading.Timer(1.0, hook.stop)
-    stopper.start()
+    stopper = stop_once(hook, "the trickling answer", lambda: any(r.fault == "trickle" for r in api.requests))
 
     with pytest.raises(CapillaryCancelledError) as caught:
         hook.list_event_names()

@@ -32,6 +32,7 @@ from airflow_capillary_audit.sandbox import DEFAULT_ORG_EVENTS, CapillaryStandIn
 from airflow_capillary_audit.sandbox.__main__ import build_parser, build_stand_in
 from airflow_capillary_audit.sandbox.data import CHANGED_ON_FORMATS
 from airflow_capillary_audit.sandbox.faults import RateLimiter, retry_after_value
+from tests.helpers import wait_until
 
 PATH = "/v2/events/audit_logs"
 EVENTS_PATH = "/v2/events"
@@ -623,6 +624,7 @@ def test_hang_fault_is_released_by_stop():
 
     caller = threading.Thread(target=call)
     caller.start()
+    wait_until("the request reaches the stand-in", lambda: stand_in.requests)
     time.sleep(0.3)
     assert not outcome
     assert stand_in.requests[-1].status is None
@@ -657,6 +659,7 @@ def test_latency_and_stop_release_sleeping_handlers():
 
     caller = threading.Thread(target=call)
     caller.start()
+    # Should the request arrive only after the stop, it is refused: a ConnectionError all the same.
     time.sleep(0.2)
     started = time.monotonic()
     stand_in.stop()
