@@ -168,7 +168,8 @@ class CapillaryFolderBusyError(CapillaryWriteError):
 
 class CapillaryEventsError(CapillaryError):
     """
-    Raised when events of a run failed: ``failures`` maps each failed event name to its own error.
+    Raised when events of a run failed: ``failures`` maps each failed event name to its own error, in
+    the order of ``event_names``.
 
     The message has one line per failed event with the error's type and everything it carries.
     ``not_fetched`` names the events left out once the run stopped: after an authentication failure,
@@ -181,7 +182,9 @@ class CapillaryEventsError(CapillaryError):
         self, event_names: Sequence[str], failures: dict[str, BaseException], not_fetched: Sequence[str] = ()
     ) -> None:
         self.event_names = list(event_names)
-        self.failures = dict(failures)
+        # In the order the events were asked for, however their requests finished.
+        place = {name: index for index, name in enumerate(self.event_names)}
+        self.failures = dict(sorted(failures.items(), key=lambda item: place.get(item[0], len(place))))
         self.not_fetched = list(not_fetched)
         lines = [f"  - {name!r}: {type(error).__name__}: {error}" for name, error in self.failures.items()]
         if self.not_fetched:

@@ -96,6 +96,17 @@ def test_a_run_failure_carries_each_events_error_and_survives_a_pickle():
     assert str(again.failures["b"]) == str(timeout)
 
 
+def test_a_run_failure_lists_its_events_in_the_order_asked_however_they_finished():
+    from airflow_capillary_audit.exceptions import CapillaryEventsError
+
+    late, early, stray = (CapillaryServerError("HTTP 503", event_name=n, status=503) for n in ("d", "b", "x"))
+    error = CapillaryEventsError(["a", "b", "c", "d"], {"x": stray, "d": late, "b": early})
+
+    assert list(error.failures) == ["b", "d", "x"]
+    assert [line.split(":")[0] for line in str(error).splitlines()[1:]] == ["  - 'b'", "  - 'd'", "  - 'x'"]
+    assert list(pickle.loads(pickle.dumps(error)).failures) == ["b", "d", "x"]
+
+
 @pytest.mark.parametrize(
     ("failure", "why"),
     [
