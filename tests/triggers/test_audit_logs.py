@@ -77,6 +77,26 @@ def watch(
     return asyncio.run(main())
 
 
+def run_to_end(trigger: CapillaryAuditLogTrigger) -> list:
+    """Run a ``fire_once`` trigger until it ends; return the events it fired."""
+
+    async def main() -> list:
+        return [event async for event in trigger.run()]
+
+    return asyncio.run(main())
+
+
+def until_deadline(deadline: datetime) -> CapillaryAuditLogTrigger:
+    """Return the trigger a deferred sensor hands over: the first event since END, or a timeout."""
+    return CapillaryAuditLogTrigger(
+        event_names=EVENTS[:1],
+        poll_interval=0.05,
+        changed_since=END.isoformat(),
+        deadline=deadline.isoformat(),
+        fire_once=True,
+    )
+
+
 def changes_of(event) -> list[tuple[str, str, object, object]]:
     return [(r["event_name"], r["id"], r["previous_value"], r["value"]) for r in event.payload["changes"]]
 
@@ -318,10 +338,7 @@ def test_with_changed_since_and_fire_once_it_reports_what_changed_since_then_and
         event_names=EVENTS[:1], poll_interval=0.05, changed_since=since.isoformat(), fire_once=True
     )
 
-    async def main():
-        return [event async for event in trigger.run()]
-
-    events = asyncio.run(main())
+    events = run_to_end(trigger)
     assert len(events) == 1
     assert [row["changed_on"] for row in events[0].payload["changes"]] == [
         m.isoformat() for m in rows_at[-2:]
@@ -330,19 +347,10 @@ def test_with_changed_since_and_fire_once_it_reports_what_changed_since_then_and
 
 def test_a_deadline_ends_the_wait_with_a_timeout_event(api, monkeypatch):
     use_connection(monkeypatch, api.url)
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=0.5)
-    trigger = CapillaryAuditLogTrigger(
-        event_names=EVENTS[:1],
-        poll_interval=0.05,
-        changed_since=END.isoformat(),
-        deadline=deadline.isoformat(),
-        fire_once=True,
-    )
+    # Room for a few polls 0.05 s apart even on a loaded machine.
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=2)
 
-    async def main():
-        return [event async for event in trigger.run()]
-
-    events = asyncio.run(main())
+    events = run_to_end(until_deadline(deadline))
     assert [event.payload["status"] for event in events] == ["timeout"]
     assert deadline.isoformat() in events[0].payload["message"]
     assert polls(api, EVENTS[0]) >= 2
@@ -354,18 +362,8 @@ def test_a_trigger_started_after_its_deadline_polls_once_before_it_times_out(api
     if changed:
         change = api.add_change(EVENTS[0], value="Gold")
     deadline = datetime.now(timezone.utc) - timedelta(seconds=5)
-    trigger = CapillaryAuditLogTrigger(
-        event_names=EVENTS[:1],
-        poll_interval=0.05,
-        changed_since=END.isoformat(),
-        deadline=deadline.isoformat(),
-        fire_once=True,
-    )
 
-    async def main():
-        return [event async for event in trigger.run()]
-
-    events = asyncio.run(main())
+    events = run_to_end(until_deadline(deadline))
     assert polls(api, EVENTS[0]) == 1
     if changed:
         assert [event.payload["status"] for event in events] == ["success"]
@@ -389,10 +387,7 @@ def test_fire_once_fails_at_once_on_refused_credentials_or_a_missing_connection(
         conn_id, event_names=EVENTS[:1], changed_since=END.isoformat(), fire_once=True
     )
 
-    async def main():
-        return [event async for event in trigger.run()]
-
-    events = asyncio.run(main())
+    events = run_to_end(trigger)
     assert [event.payload["status"] for event in events] == ["error"]
     expected = "CapillaryAuthError" if password else "capillary_nowhere"
     assert expected in events[0].payload["message"]
@@ -569,13 +564,19 @@ def test_airflow_lists_the_trigger_and_the_sensor_of_this_provider():
 
 def test_a_change_fires_as_soon_as_its_event_is_read_not_at_the_end_of_the_poll(monkeypatch):
     dataset = Dataset(seed=3, event_names=EVENTS, end=END)
-    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset, latency=0.2) as api:
+    # Each answer 0.5 s late: the margin the check below has, room for a loaded machine's stalls.
+    with CapillaryStandIn(users={LOGIN: PASSWORD}, dataset=dataset, latency=0.5) as api:
         use_connection(monkeypatch, api.url)
         trigger = CapillaryAuditLogTrigger(event_names=EVENTS, poll_interval=0.01, max_active_requests=1)
         # A poll reads the events in the order of their names.
         first, last = sorted(EVENTS)[0], sorted(EVENTS)[-1]
         changed_at: list[float] = []
         fired_at: list[float] = []
+
+        def last_of_the_poll_that_read_the_change():
+            after = [r for r in api.requests if r.monotonic > changed_at[0]]
+            found = next((i for i, r in enumerate(after) if r.event_name == first), None)
+            return None if found is None else next((r for r in after[found:] if r.event_name == last), None)
 
         async def main() -> None:
             async def collect() -> None:
@@ -587,17 +588,17 @@ def test_a_change_fires_as_soon_as_its_event_is_read_not_at_the_end_of_the_poll(
             changed_at.append(time.monotonic())
             api.add_change(first)
             await until("the change fires", lambda: fired_at, task)
-            await asyncio.sleep(0.5)
+            # A request is recorded once answered: wait for the answer to that poll's last event.
+            await until("the poll's last event is read", last_of_the_poll_that_read_the_change, task)
+            await asyncio.sleep(0.2)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
         asyncio.run(main())
-        requests = [r for r in api.requests if r.monotonic > changed_at[0]]
-    # The poll that read the change asked for each event in turn, each answered 0.2 s later: the event
+        last_of_that_poll = last_of_the_poll_that_read_the_change()
+    # The poll that read the change asked for each event in turn, each answered 0.5 s later: the event
     # fired before that poll even asked for its last event.
-    found = next(i for i, r in enumerate(requests) if r.event_name == first)
-    last_of_that_poll = next(r for r in requests[found:] if r.event_name == last)
     assert len(fired_at) == 1
     assert fired_at[0] < last_of_that_poll.monotonic
 
